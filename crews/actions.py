@@ -1,0 +1,269 @@
+"""The policy-bound executor: typed action tools that check config/policy.yaml themselves.
+
+The executor agent may only call these tools, and each tool decides in code — whatever the model or
+the ticket text asks — whether the action is allowed: it must be in the plan the critic approved,
+on an order of the ticket's own customer, and within policy (a refund above the auto-approve limit
+is refused and goes to a person). Tools only *stage* actions; `perform` carries out the staged side
+effects after the ticket's outcome is decided, each keyed by ticket, content and action in the
+ledger's side_effects table, so a re-run, resume or retry never sends a second reply or refund.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+from typing import Any
+
+from crewai.tools import BaseTool
+from pydantic import BaseModel, Field, PrivateAttr
+
+from .knowledge import Orders
+from .outputs import Draft, ProposedAction
+from .settings import Policy, slug
+from .ticket import Ticket
+
+SUPPORT_ADDRESS = "support@crewbatch.invalid"
+
+
+@dataclass
+class Decision:
+    kind: str
+    args: dict[str, Any]
+    allowed: bool
+    reason: str = ""
+
+
+@dataclass
+class ActionDesk:
+    """One ticket's executor state: the approved plan, and each call's decision."""
+
+    ticket: Ticket
+    draft: Draft
+    plan: list[ProposedAction]
+    policy: Policy
+    orders: Orders
+    decisions: list[Decision] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _decide(self, kind: str, args: dict, refusal: str | None) -> str:
+        with self._lock:
+            self.decisions.append(Decision(kind, args, refusal is None, refusal or ""))
+        if refusal:
+            return json.dumps({"done": False, "refused": refusal})
+        return json.dumps({"done": True, "action": kind, **args})
+
+    def _planned(self, kind: str, **match: Any) -> ProposedAction | None:
+        for action in self.plan:
+            if action.kind == kind and all(getattr(action, k) == v for k, v in match.items()):
+                return action
+        return None
+
+    def _common_refusal(self, kind: str) -> str | None:
+        if kind not in self.policy.allowed_actions:
+            return f"{kind} is not an allowed action in config/policy.yaml"
+        return None
+
+    def queue_reply(self) -> str:
+        refusal = self._common_refusal("queue_reply")
+        if refusal is None and self._planned("queue_reply") is None:
+            refusal = "sending a reply is not in the approved plan"
+        return self._decide("queue_reply", {}, refusal)
+
+    def tag_ticket(self, queue: str) -> str:
+        queue = (queue or "").strip()
+        refusal = self._common_refusal("tag_ticket")
+        if refusal is None and queue not in self.policy.queues:
+            refusal = f"queue `{queue}` is not one of the queues in policy: {', '.join(self.policy.queues)}"
+        if refusal is None and self._planned("tag_ticket", queue=queue) is None:
+            refusal = f"routing to `{queue}` is not in the approved plan"
+        return self._decide("tag_ticket", {"queue": queue}, refusal)
+
+    def escalate_to_human(self, reason: str) -> str:
+        # Escalating only narrows what happens, so it is always allowed.
+        return self._decide("escalate_to_human", {"reason": (reason or "").strip()[:500]},
+                            self._common_refusal("escalate_to_human"))
+
+    def request_refund(self, order_id: str, amount: float, currency: str) -> str:
+        order_id = (order_id or "").strip().upper()
+        args = {"order_id": order_id, "amount": round(float(amount), 2),
+                "currency": (currency or "").strip().upper()}
+        return self._decide("request_refund", args, self.refund_refusal(**args))
+
+    def refund_refusal(self, order_id: str, amount: float, currency: str) -> str | None:
+        """Why policy refuses this refund, or None if it may be requested automatically."""
+        refusal = self._common_refusal("request_refund")
+        if refusal:
+            return refusal
+        order = self.orders.get(order_id)
+        if order is None:
+            return f"order {order_id or '(none)'} does not exist"
+        if self.policy.require_customer_match and order["customer"] != self.ticket.customer:
+            return f"order {order_id} does not belong to this ticket's customer"
+        order_currency = (order.get("currency") or "").upper()
+        if currency and order_currency and currency != order_currency:
+            return f"the refund is in {currency} but order {order_id} was paid in {order_currency}"
+        if amount <= 0:
+            return "a refund amount must be positive"
+        try:
+            total = float(order.get("total") or 0)
+        except ValueError:
+            total = 0.0
+        if total and amount > total + 0.005:
+            return f"the refund of {amount:.2f} is more than the order total of {total:.2f}"
+        limit = self.policy.refunds.auto_approve_limit
+        if amount > limit:
+            return (f"a refund of {amount:.2f} {order_currency} is above the auto-approve limit of "
+                    f"{limit:g} {order_currency}; a person must approve it")
+        with self._lock:
+            done = sum(1 for d in self.decisions if d.kind == "request_refund" and d.allowed)
+        if done >= self.policy.refunds.max_refunds_per_ticket:
+            return (f"policy allows at most {self.policy.refunds.max_refunds_per_ticket} refund "
+                    "request(s) per ticket")
+        planned = self._planned("request_refund", order_id=order_id)
+        if planned is None:
+            return f"a refund on {order_id} is not in the approved plan"
+        if amount > planned.amount + 0.005:
+            return f"the approved plan refunds {planned.amount:.2f}, not {amount:.2f}"
+        return None
+
+
+# --- the tools the executor agent sees -----------------------------------------------------------
+
+
+class _DeskTool(BaseTool):
+    _desk: ActionDesk = PrivateAttr()
+
+    def bind(self, desk: ActionDesk) -> _DeskTool:
+        self._desk = desk
+        return self
+
+
+class _NoArgs(BaseModel):
+    pass
+
+
+class QueueReply(_DeskTool):
+    name: str = "queue_reply"
+    description: str = "Queue the approved reply to be sent to the customer (the text is fixed)."
+    args_schema: type[BaseModel] = _NoArgs
+
+    def _run(self, **_: Any) -> str:
+        return self._desk.queue_reply()
+
+
+class _TagArgs(BaseModel):
+    queue: str = Field(description="the queue to route the ticket to")
+
+
+class TagTicket(_DeskTool):
+    name: str = "tag_ticket"
+    description: str = "Route the ticket to a support queue."
+    args_schema: type[BaseModel] = _TagArgs
+
+    def _run(self, queue: str) -> str:
+        return self._desk.tag_ticket(queue)
+
+
+class _EscalateArgs(BaseModel):
+    reason: str = Field(description="why a person must handle this ticket")
+
+
+class EscalateToHuman(_DeskTool):
+    name: str = "escalate_to_human"
+    description: str = "Hand the ticket to a person instead of answering it automatically."
+    args_schema: type[BaseModel] = _EscalateArgs
+
+    def _run(self, reason: str) -> str:
+        return self._desk.escalate_to_human(reason)
+
+
+class _RefundArgs(BaseModel):
+    order_id: str = Field(description="the order to refund")
+    amount: float = Field(description="amount to refund, in the order's currency")
+    currency: str = Field(description="ISO currency code of the amount")
+
+
+class RequestRefund(_DeskTool):
+    name: str = "request_refund"
+    description: str = ("Request a refund on one of this customer's orders. Policy decides whether "
+                        "it can be approved automatically.")
+    args_schema: type[BaseModel] = _RefundArgs
+
+    def _run(self, order_id: str, amount: float, currency: str) -> str:
+        return self._desk.request_refund(order_id, amount, currency)
+
+
+TOOLS = {"queue_reply": QueueReply, "tag_ticket": TagTicket,
+         "escalate_to_human": EscalateToHuman, "request_refund": RequestRefund}
+
+
+def action_tools(names: list[str], desk: ActionDesk) -> list[BaseTool]:
+    return [TOOLS[n]().bind(desk) for n in names if n in TOOLS]
+
+
+# --- carrying out staged actions -----------------------------------------------------------------
+
+
+def idempotency_key(ticket: Ticket, decision: Decision) -> str:
+    args = json.dumps(decision.args, sort_keys=True, ensure_ascii=False)
+    return f"{ticket.key}|{ticket.content_hash}|{decision.kind}|{args}"
+
+
+def perform(decisions: list[Decision], ticket: Ticket, draft: Draft, run_dir: Path, ledger,
+            outcome_id: int) -> list[str]:
+    """Carry out the allowed, staged side effects exactly once; return a line per action."""
+    lines = []
+    for d in decisions:
+        if not d.allowed:
+            continue
+        key = idempotency_key(ticket, d)
+        if ledger.side_effect_done(key):
+            lines.append(f"{d.kind}: already done earlier, not repeated")
+            continue
+        detail = ""
+        if d.kind == "queue_reply":
+            detail = str(write_outbox(ticket, draft.reply, run_dir / "outbox"))
+        elif d.kind == "request_refund":
+            detail = str(_write_json(run_dir / "refund_requests",
+                                     f"{slug(ticket.key)}-{ticket.content_hash[:8]}.json",
+                                     {"ticket_id": ticket.ticket_id, "customer": ticket.customer,
+                                      **d.args}))
+        else:
+            detail = json.dumps(d.args, ensure_ascii=False)
+        ledger.record_side_effect(key, outcome_id, d.kind, detail)
+        lines.append(f"{d.kind}: {detail}")
+    return lines
+
+
+def write_outbox(ticket: Ticket, reply: str, outbox: Path) -> Path:
+    """Write the reply as an .eml under a name fixed by ticket and content (so never twice)."""
+    msg = EmailMessage()
+    msg["From"] = SUPPORT_ADDRESS
+    msg["To"] = ticket.customer or "unknown-customer@invalid"
+    subject = " ".join(ticket.subject.split()) or f"Your request {ticket.ticket_id}"
+    msg["Subject"] = subject if subject.lower().startswith("re:") else f"Re: {subject}"
+    msg["Date"] = format_datetime(datetime.now(timezone.utc))
+    msg["Message-ID"] = make_msgid(idstring=slug(ticket.key), domain="crewbatch.invalid")
+    msg["X-Crewbatch-Ticket"] = ticket.ticket_id
+    msg.set_content(reply)
+    return _atomic_write(outbox, f"{slug(ticket.key)}-{ticket.content_hash[:8]}.eml", msg.as_bytes())
+
+
+def _write_json(directory: Path, name: str, data: dict) -> Path:
+    return _atomic_write(directory, name,
+                         json.dumps(data, ensure_ascii=False, indent=2).encode("utf-8"))
+
+
+def _atomic_write(directory: Path, name: str, data: bytes) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / name
+    tmp = directory / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+    return target

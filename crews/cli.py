@@ -1,0 +1,306 @@
+"""The `crewbatch` command line: parse options, call one function, render the result.
+
+Data goes to stdout, progress and errors to stderr. Exit codes: 0 every record reached a final
+status; 1 the run finished but some tickets failed; 2 it could not run (config, input); 3 it
+stopped early on purpose (SIGTERM, Ctrl-C) and the rest stays pending. CrewAI is imported only
+inside `run`, so every other command starts fast and needs no key.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from .settings import ConfigError, find_root, load_config, resolve_options
+
+EXIT_CANNOT_RUN = 2
+
+
+class Context:
+    def __init__(self, root: str | None, debug: bool):
+        self.root_option = root
+        self.debug = debug
+
+    def config(self, check_files: bool = True):
+        root = find_root(self.root_option)
+        from dotenv import load_dotenv
+
+        load_dotenv(root / ".env", override=False)
+        return load_config(root, check_files=check_files)
+
+    def ledger(self, config):
+        from .ledger import Ledger
+
+        if not config.ledger_file.exists():
+            raise click.ClickException(f"{config.ledger_file}: no ledger yet; start a run with "
+                                       "`crewbatch run`")
+        return Ledger(config.ledger_file)
+
+
+def fail(message: str, code: int = EXIT_CANNOT_RUN) -> None:
+    click.echo(f"crewbatch: {message}", err=True)
+    sys.exit(code)
+
+
+class CrewbatchGroup(click.Group):
+    """Turns configuration and input errors into one clear message and exit 2 (no traceback)."""
+
+    def invoke(self, ctx):
+        from .intake import SourceError
+
+        try:
+            return super().invoke(ctx)
+        except ConfigError as err:
+            if ctx.obj and ctx.obj.debug:
+                raise
+            click.echo("crewbatch: configuration problems:" if len(err.problems) > 1
+                       else "crewbatch: configuration problem:", err=True)
+            for problem in err.problems:
+                click.echo(f"  - {problem}", err=True)
+            sys.exit(EXIT_CANNOT_RUN)
+        except SourceError as err:
+            if ctx.obj and ctx.obj.debug:
+                raise
+            fail(str(err))
+
+
+@click.group(cls=CrewbatchGroup)
+@click.option("--root", type=click.Path(file_okay=False), envvar="CREWBATCH_ROOT",
+              help="Project directory (holds config/settings.yaml). Default: the nearest one at or "
+                   "above the working directory.")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of short error messages.")
+@click.version_option(package_name="crewbatch")
+@click.pass_context
+def main(ctx, root, debug):
+    """Run a four-role CrewAI crew (researcher, writer, critic, executor) over support tickets.
+
+    \b
+    Examples:
+      crewbatch check                       # validate config/ without calling a model
+      crewbatch run data/tickets.csv --offline
+      crewbatch runs                        # list runs
+      crewbatch show RUN_ID T-1001          # one ticket's full trail
+      crewbatch export RUN_ID -o review.csv
+    """
+    ctx.obj = Context(root, debug)
+
+
+@main.command()
+@click.argument("sources", nargs=-1)
+@click.option("--offline", is_flag=True, help="Use the built-in deterministic model (no network).")
+@click.option("--model", help="Model for every role without an override in agents.yaml "
+                              "(env CREWBATCH_MODEL; settings `llm.model`).")
+@click.option("--concurrency", type=click.IntRange(1, 256), help="Tickets in flight at once.")
+@click.option("--batch-size", type=click.IntRange(1, 10_000),
+              help="Records read and registered in the ledger per batch.")
+@click.option("--revision-limit", type=click.IntRange(0, 10),
+              help="Rewrites the critic may ask for before a ticket goes to a person.")
+@click.option("--limit", type=click.IntRange(1), help="Read at most N records.")
+@click.option("--reprocess", is_flag=True,
+              help="Process tickets again even if an earlier run finished them.")
+@click.pass_obj
+def run(obj: Context, sources, offline, model, concurrency, batch_size, revision_limit, limit,
+        reprocess):
+    """Process tickets from SOURCE files (default: `sources` in settings.yaml).
+
+    Prints the run id on stdout and writes runs/RUN_ID/results.csv.
+
+    \b
+    Examples:
+      crewbatch run data/tickets.csv --offline
+      crewbatch run exports/*.csv --model gpt-4o-mini --concurrency 8
+      crewbatch run            # the sources listed in config/settings.yaml (for cron)
+    """
+    from . import pipeline
+
+    config = obj.config()
+    options = resolve_options(config, {
+        "offline": offline, "model": model, "concurrency": concurrency,
+        "batch_size": batch_size, "revision_limit": revision_limit, "limit": limit,
+        "reprocess": reprocess})
+    stop = threading.Event()
+
+    def request_stop(signum, frame):
+        if stop.is_set():
+            return
+        stop.set()
+        click.echo("crewbatch: stopping: in-flight tickets finish, the rest stays pending "
+                   "(exit 3)", err=True)
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with _progress() as advance:
+            summary = pipeline.run(config, options, list(sources), stop=stop, progress=advance)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    for warning in summary.warnings:
+        click.echo(f"crewbatch: warning: {warning}", err=True)
+    click.echo(summary.run_id)
+    click.echo(summary.line(), err=True)
+    sys.exit(summary.exit_code)
+
+
+class _progress:
+    """A progress bar on stderr when it is a terminal; silent under cron."""
+
+    def __enter__(self):
+        self._bar = None
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self._bar = Progress(TextColumn("tickets"), BarColumn(), MofNCompleteColumn(),
+                                 transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task("tickets", total=None)
+        return self.advance
+
+    def advance(self, n: int) -> None:
+        if self._bar is not None and n:
+            self._bar.advance(self._task, n)
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.stop()
+
+
+@main.command()
+@click.option("--limit", default=20, show_default=True, help="How many recent runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_obj
+def runs(obj: Context, limit, as_json):
+    """List recent runs with their status, counts, cost and duration.
+
+    \b
+    Example:
+      crewbatch runs --limit 5
+    """
+    from .show import runs_table
+
+    config = obj.config(check_files=False)
+    with obj.ledger(config) as ledger:
+        data = ledger.runs(limit)
+    click.echo(json.dumps(data, indent=2) if as_json else runs_table(data))
+
+
+def _resolve_run(ledger, run_id: str) -> str:
+    if ledger.run(run_id):
+        return run_id
+    matches = ledger.run_ids_like(run_id)
+    if len(matches) == 1:
+        return matches[0]
+    hint = f" (matches: {', '.join(matches[:5])})" if matches else \
+        "; `crewbatch runs` lists the run ids"
+    raise click.ClickException(f"no run `{run_id}`{hint}")
+
+
+@main.command()
+@click.argument("run_id")
+@click.argument("ticket_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.pass_obj
+def show(obj: Context, run_id, ticket_id, as_json):
+    """Show one run's tickets, or one ticket's full trail.
+
+    The trail has every agent's output, each critic verdict and revision, the gate's
+    findings, the actions and every status change.
+
+    \b
+    Examples:
+      crewbatch show 20261121-093012-ab12
+      crewbatch show 20261121-093012-ab12 T-1014
+    """
+    from .show import run_table, trail_text
+
+    config = obj.config(check_files=False)
+    with obj.ledger(config) as ledger:
+        run_id = _resolve_run(ledger, run_id)
+        if ticket_id is None:
+            outcomes = ledger.outcomes(run_id)
+            click.echo(json.dumps(outcomes, indent=2, ensure_ascii=False) if as_json
+                       else run_table(ledger.run(run_id), outcomes))
+            return
+        trail = ledger.trail(run_id, ticket_id)
+    if trail is None:
+        raise click.ClickException(f"run {run_id} has no ticket `{ticket_id}`; "
+                                   f"`crewbatch show {run_id}` lists its tickets")
+    click.echo(json.dumps(trail, indent=2, ensure_ascii=False) if as_json else trail_text(trail))
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the sheet (.csv).")
+@click.pass_obj
+def export(obj: Context, run_id, output):
+    """Write the review sheet of any run.
+
+    \b
+    Example:
+      crewbatch export 20261121-093012-ab12 -o review.csv
+    """
+    from .export import write_results
+
+    if Path(output).suffix.lower() != ".csv":
+        raise click.ClickException(f"{output}: only .csv is supported; name the file *.csv")
+    config = obj.config(check_files=False)
+    with obj.ledger(config) as ledger:
+        run_id = _resolve_run(ledger, run_id)
+        path = write_results(ledger, run_id, Path(output))
+    click.echo(str(path))
+
+
+@main.command()
+@click.argument("sources", nargs=-1)
+@click.option("--offline", is_flag=True, help="Check as if the run were offline (skip the key check).")
+@click.pass_obj
+def check(obj: Context, sources, offline):
+    """Validate config/, the knowledge files, the orders table and sources. Calls no model.
+
+    Exits 2 listing every problem at once, or 0 with a summary.
+
+    \b
+    Examples:
+      crewbatch check
+      crewbatch check data/tickets.csv
+    """
+    from . import intake
+    from .knowledge import KnowledgeBase, Orders
+    from .llms import preflight, role_models
+
+    config = obj.config()
+    options = resolve_options(config, {"offline": offline})
+    preflight(config, options.model)
+    kb = KnowledgeBase(config.knowledge_dir)
+    try:
+        orders = Orders(config.orders_file)
+    except (ValueError, OSError) as exc:
+        raise ConfigError([f"config/settings.yaml: `paths.orders`: {exc}"]) from exc
+    click.echo(f"project: {config.root}")
+    click.echo("models: " + ", ".join(f"{r}={m}" for r, m in
+                                      role_models(config, options.model).items()))
+    click.echo(f"knowledge: {len(kb.sections)} sections in {config.knowledge_dir}")
+    click.echo(f"orders: {len(orders.frame)} in {config.orders_file}")
+    files = intake.expand_sources(list(sources) or config.settings.sources, config.root)
+    for path in files:
+        tickets = rejections = 0
+        reasons: dict[str, int] = {}
+        for item in intake.read_source(path, config.settings.limits.max_body_chars):
+            if isinstance(item, intake.Ticket):
+                tickets += 1
+            else:
+                rejections += 1
+                reasons[item.reason] = reasons.get(item.reason, 0) + 1
+        click.echo(f"source {path}: {tickets} tickets, {rejections} rejected")
+        for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5]:
+            click.echo(f"  {n} × {reason}")
+    click.echo("ok")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,332 @@
+"""The crew: the four YAML-configured roles run over one ticket, with the revision loop in Python.
+
+research → draft ⇄ review → execute. Each step is a real CrewAI `Agent` + `Task` kicked off as a
+one-task `Crew`, built fresh per ticket so concurrent tickets never share an executor. The
+writer ⇄ critic cycle is a plain loop (not a guardrail), so "still rejected after the revision
+limit" is an ordinary `needs_human` outcome with every verdict kept. Ticket text is rendered into
+the task descriptions by us — as JSON inside <ticket> tags, never through `kickoff(inputs=...)` —
+so braces in a ticket are just text and instructions in it stay data.
+
+Token accounting listens to CrewAI's LLM-call events and attributes each call to the ticket and
+step held in a ContextVar (CrewAI's own totals are wrong in batch use).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from crewai import Agent, Crew, Task
+from crewai.events.event_bus import crewai_event_bus
+from crewai.events.types.llm_events import LLMCallCompletedEvent, LLMCallType
+
+from . import gate
+from .actions import ActionDesk, Decision, action_tools
+from .knowledge import KnowledgeBase, Orders
+from .outputs import MODELS, Draft, Finding, ProposedAction, Verdict
+from .research import Evidence, research_tools
+from .settings import Config, Policy
+from .ticket import Status, Ticket
+
+# --- prompts -------------------------------------------------------------------------------------
+
+
+def data_block(tag: str, value: Any) -> str:
+    """Untrusted or generated content as JSON between tags; '<' is escaped so no tag can be forged."""
+    text = json.dumps(value, ensure_ascii=False, indent=1).replace("<", "\\u003c")
+    return f"<{tag}>\n{text}\n</{tag}>"
+
+
+def policy_summary(policy: Policy) -> str:
+    limit = policy.refunds.auto_approve_limit
+    lines = [
+        f"- Refunds up to {limit:g} in the order's currency may be requested automatically; larger "
+        "refunds need a person's approval (propose them, never promise them).",
+        f"- At most {policy.refunds.max_refunds_per_ticket} refund request(s) per ticket.",
+        "- Never disclose or act on an order or account that does not belong to the ticket's customer.",
+        f"- Allowed actions: {', '.join(policy.allowed_actions)}.",
+        f"- Queues: {', '.join(policy.queues)}.",
+    ]
+    if policy.escalate_categories:
+        lines.append(f"- Always escalate to a person: {', '.join(policy.escalate_categories)}.")
+    return "\n".join(lines)
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    # Placeholders were validated by settings.load_config; substituted values are not re-parsed.
+    return template.format_map(values)
+
+
+# --- accounting ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Usage:
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.calls += other.calls
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.cached_tokens += other.cached_tokens
+
+
+class Meter:
+    """Per-ticket token counts, by step, filled from LLM-call events."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.by_step: dict[str, Usage] = {}
+
+    def record(self, step: str, usage: dict | None) -> None:
+        usage = usage or {}
+        details = usage.get("prompt_tokens_details") or {}
+        cached = usage.get("cached_prompt_tokens") or (
+            details.get("cached_tokens") if isinstance(details, dict) else 0) or 0
+        with self._lock:
+            u = self.by_step.setdefault(step, Usage())
+            u.calls += 1
+            u.prompt_tokens += int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+            u.completion_tokens += int(usage.get("completion_tokens")
+                                       or usage.get("output_tokens") or 0)
+            u.cached_tokens += int(cached)
+
+    def total(self) -> Usage:
+        t = Usage()
+        with self._lock:
+            for u in self.by_step.values():
+                t.add(u)
+        return t
+
+    def step(self, key: str) -> Usage:
+        with self._lock:
+            return self.by_step.get(key, Usage())
+
+
+_metering: ContextVar[tuple[Meter, str] | None] = ContextVar("crewbatch_metering", default=None)
+_installed = False
+_install_lock = threading.Lock()
+
+
+def _install_accounting() -> None:
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+
+        @crewai_event_bus.on(LLMCallCompletedEvent)
+        def _on_llm_call(source: Any, event: LLMCallCompletedEvent) -> None:
+            current = _metering.get()
+            if current is not None and event.call_type == LLMCallType.LLM_CALL:
+                meter, step = current
+                meter.record(step, event.usage)
+
+        _installed = True
+
+
+# --- one ticket ----------------------------------------------------------------------------------
+
+
+@dataclass
+class TicketResult:
+    status: Status
+    detail: str
+    draft: Draft | None = None
+    verdict: Verdict | None = None
+    findings: list[Finding] = field(default_factory=list)
+    revisions: int = 0
+    needs_human_reason: str = ""
+    plan: list[ProposedAction] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    models: set[str] = field(default_factory=set)
+    error: str = ""
+
+
+class CrewRunner:
+    """Builds the crew from config and runs it over tickets (thread-safe: nothing is shared)."""
+
+    def __init__(self, config: Config, llms: dict[str, Any], kb: KnowledgeBase, orders: Orders,
+                 revision_limit: int):
+        self.config = config
+        self.llms = llms
+        self.kb = kb
+        self.orders = orders
+        self.revision_limit = revision_limit
+        self.policy_text = policy_summary(config.policy)
+        _install_accounting()
+
+    def _kickoff(self, step: str, round_no: int, tools: list, values: dict[str, str],
+                 meter: Meter, result: TicketResult) -> tuple[str, Any]:
+        task_spec = self.config.tasks[step]
+        role = task_spec.agent
+        agent_spec = self.config.agents[role]
+        llm = self.llms[role]
+        agent = Agent(role=agent_spec.role, goal=agent_spec.goal, backstory=agent_spec.backstory,
+                      llm=llm, tools=tools, max_iter=agent_spec.max_iter,
+                      verbose=agent_spec.verbose, allow_delegation=False, max_retry_limit=0)
+        task = Task(description=render(task_spec.description, values),
+                    expected_output=render(task_spec.expected_output, values), agent=agent,
+                    output_pydantic=MODELS.get(task_spec.output_pydantic or ""))
+        key = f"{round_no}:{step}"
+        token = _metering.set((meter, key))
+        started = time.monotonic()
+        try:
+            output = Crew(agents=[agent], tasks=[task], verbose=False).kickoff()
+        finally:
+            _metering.reset(token)
+            crewai_event_bus.flush()
+        structured = output.pydantic
+        model = getattr(llm, "model", str(llm))
+        result.models.add(model)
+        usage = meter.step(key)
+        result.steps.append({
+            "round": round_no, "step": step, "agent": role, "model": model,
+            "output_text": output.raw,
+            "output_json": structured.model_dump_json() if structured is not None else "",
+            "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "duration_ms": int((time.monotonic() - started) * 1000),
+        })
+        return output.raw, structured
+
+    def run(self, ticket: Ticket) -> TicketResult:
+        """Run the crew over one ticket. The per-ticket boundary: any error becomes `failed`."""
+        meter = Meter()
+        result = TicketResult(status=Status.FAILED, detail="")
+        try:
+            self._run(ticket, meter, result)
+        except Exception as exc:  # noqa: BLE001 - recorded on the ticket; the batch goes on
+            result.status = Status.FAILED
+            result.error = f"{type(exc).__name__}: {exc}"[:2000]
+            result.detail = "error in the crew"
+        finally:
+            result.usage = meter.total()
+        return result
+
+    def _run(self, ticket: Ticket, meter: Meter, result: TicketResult) -> None:
+        cfg = self.config
+        evidence = Evidence()
+        base = {"ticket": data_block("ticket", ticket.as_prompt_data()), "policy": self.policy_text}
+
+        research_agent = cfg.tasks["research"].agent
+        tools = research_tools(cfg.agents[research_agent].tools, ticket, evidence, self.kb,
+                               self.orders)
+        research, _ = self._kickoff("research", 0, tools, base, meter, result)
+        base["research"] = data_block("research_notes", research)
+        base["evidence"] = data_block("evidence", evidence.items)
+
+        feedback = "none: this is the first draft"
+        draft: Draft | None = None
+        for round_no in range(self.revision_limit + 1):
+            _, draft = self._kickoff("draft", round_no, [], {**base, "feedback": feedback}, meter,
+                                     result)
+            checks = gate.check_draft(draft, ticket, evidence, cfg.policy, cfg.settings.limits)
+            _, verdict = self._kickoff(
+                "review", round_no, [],
+                {**base, "draft": data_block("draft", draft.model_dump()),
+                 "checks": data_block("checks", [c.model_dump() for c in checks])}, meter, result)
+            result.steps.append({"round": round_no, "step": "checks", "agent": "gate",
+                                 "model": "deterministic",
+                                 "output_text": "\n".join(f"[{c.severity}] {c.check}: {c.detail}"
+                                                          for c in checks) or "no findings",
+                                 "output_json": json.dumps([c.model_dump() for c in checks])})
+            findings = checks + [f for f in verdict.findings
+                                 if (f.check, f.detail) not in {(c.check, c.detail) for c in checks}]
+            result.draft, result.verdict, result.findings = draft, verdict, findings
+            result.revisions = round_no
+            if verdict.approved and not gate.blocking(checks):
+                break
+            feedback = data_block("feedback", {
+                "critic_approved": verdict.approved,
+                "findings": [f.model_dump() for f in findings if f.severity != "info"],
+                "required_changes": verdict.required_changes})
+        else:
+            problems = [f"{f.check}: {f.detail}" for f in gate.blocking(result.findings)]
+            if not problems and result.verdict:
+                problems = result.verdict.required_changes
+            result.status = Status.NEEDS_HUMAN
+            result.needs_human_reason = (
+                f"the critic did not approve the draft after {result.revisions} revision(s): "
+                + ("; ".join(problems) or (result.verdict.summary if result.verdict else "")))
+            result.detail = "revision limit reached"
+            return
+
+        result.plan = plan_actions(draft, cfg.policy)
+        desk = ActionDesk(ticket, draft, result.plan, cfg.policy, self.orders)
+        executor = cfg.tasks["execute"].agent
+        self._kickoff("execute", result.revisions, action_tools(cfg.agents[executor].tools, desk),
+                      {**base, "draft": data_block("draft", draft.model_dump()),
+                       "actions": data_block("actions", [a.model_dump() for a in result.plan])},
+                      meter, result)
+        result.decisions = list(desk.decisions)
+        decide(result)
+
+
+def plan_actions(draft: Draft, policy: Policy) -> list[ProposedAction]:
+    """The approved plan: the writer's actions, plus sending the reply unless it escalates.
+
+    Categories that policy always escalates get an escalation whatever the writer proposed.
+    """
+    plan: list[ProposedAction] = []
+    for action in draft.actions:
+        if action not in plan:
+            plan.append(action)
+    if draft.category in policy.escalate_categories and \
+            not any(a.kind == "escalate_to_human" for a in plan):
+        plan.append(ProposedAction(kind="escalate_to_human",
+                                   reason=f"policy escalates every `{draft.category}` ticket"))
+    escalates = any(a.kind == "escalate_to_human" for a in plan)
+    if escalates:
+        plan = [a for a in plan if a.kind != "queue_reply"]
+    elif not any(a.kind == "queue_reply" for a in plan):
+        plan.insert(0, ProposedAction(kind="queue_reply", reason="send the approved reply"))
+    return plan
+
+
+def _carried_out(action: ProposedAction, decisions: list[Decision]) -> bool:
+    for d in decisions:
+        if not d.allowed or d.kind != action.kind:
+            continue
+        if action.kind == "request_refund" and d.args.get("order_id") != action.order_id.upper():
+            continue
+        if action.kind == "tag_ticket" and d.args.get("queue") != action.queue:
+            continue
+        return True
+    return False
+
+
+def decide(result: TicketResult) -> None:
+    """The ticket's status from what the executor's tools allowed and refused."""
+    refused = [d for d in result.decisions if not d.allowed]
+    # An escalation in the plan sends the ticket to a person even if the executor skipped the call.
+    escalated = [d.args.get("reason", "") for d in result.decisions
+                 if d.allowed and d.kind == "escalate_to_human"]
+    escalated += [a.reason for a in result.plan
+                  if a.kind == "escalate_to_human" and a.reason not in escalated]
+    missing = [a for a in result.plan if a.kind != "escalate_to_human"
+               and not _carried_out(a, result.decisions)]
+    if refused:
+        result.status = Status.NEEDS_HUMAN
+        result.needs_human_reason = "policy refused: " + "; ".join(
+            f"{d.kind}: {d.reason}" for d in refused)
+        result.detail = "executor refused an action"
+    elif escalated:
+        result.status = Status.NEEDS_HUMAN
+        result.needs_human_reason = "escalated: " + "; ".join(r for r in escalated if r)
+        result.detail = "escalated to a person"
+    elif missing:
+        result.status = Status.NEEDS_HUMAN
+        result.needs_human_reason = "the executor did not carry out: " + ", ".join(
+            a.label() for a in missing)
+        result.detail = "approved plan not fully executed"
+    else:
+        result.status = Status.APPROVED
+        result.detail = "critic approved; executor carried out the plan"

@@ -1,0 +1,31 @@
+"""The one door to CrewAI: switch off its side effects before it is imported.
+
+`import crewai` phones home (telemetry, tracing, version checks), installs signal handlers and
+writes storage under the home directory unless told otherwise, and costs seconds. Every crewbatch
+module that needs CrewAI imports it after `prepare()`, and only where a crew really runs, so
+`crewbatch --help`, `runs`, `show`, `export` and `check` stay fast and never touch it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+QUIET = {
+    "CREWAI_DISABLE_TELEMETRY": "true",
+    "CREWAI_TRACING_ENABLED": "false",
+    "CREWAI_DISABLE_VERSION_CHECK": "true",
+    "OTEL_SDK_DISABLED": "true",
+}
+
+
+def prepare(storage_dir: Path) -> None:
+    """Set CrewAI's environment (call before the first crewai import; later calls are no-ops)."""
+    for key, value in QUIET.items():
+        os.environ[key] = value
+    storage_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("CREWAI_STORAGE_DIR", str(storage_dir.resolve()))
+    import crewai  # noqa: F401  (imported here, with the environment above in force)
+    from crewai_core.printer import set_suppress_console_output
+
+    set_suppress_console_output(True)

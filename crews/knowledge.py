@@ -1,0 +1,117 @@
+"""What the researcher can know: the knowledge base (policies, FAQ) and the order table.
+
+Both are loaded once per run and shared read-only by every ticket. Knowledge search is a small
+BM25 ranking over the Markdown sections of data/knowledge/: deterministic, instant, needs no
+embedding model, so offline runs and tests are reproducible. Orders are a pandas table keyed by
+order id; lookups never reveal an order to a ticket whose customer does not own it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+WORD = re.compile(r"[^\W_]+", re.UNICODE)
+ORDER_ID = re.compile(r"\b[A-Z]{2,4}-\d{4,8}\b")
+STOPWORDS = frozenset(
+    ["a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "for", "from", "has", "have", "how", "i", "if", "in", "is", "it", "its", "me", "my", "no", "not", "of", "on", "or", "our", "please", "the", "their", "there", "this", "to", "was", "we", "what", "when", "where", "which", "who", "will", "with", "you", "your", "hi", "hello", "thanks", "thank", "about", "does", "did", "am", "m", "s", "t"])
+
+
+def words(text: str) -> list[str]:
+    return [w for w in (m.lower() for m in WORD.findall(text)) if w not in STOPWORDS]
+
+
+@dataclass(frozen=True)
+class Section:
+    source: str      # file name
+    title: str
+    text: str
+
+
+class KnowledgeBase:
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.sections: list[Section] = []
+        for path in sorted(directory.rglob("*")):
+            if path.suffix.lower() in (".md", ".txt") and path.is_file():
+                self.sections.extend(_split(path.relative_to(directory).as_posix(),
+                                            path.read_text(encoding="utf-8", errors="replace")))
+        self._docs = [Counter(words(s.title + " " + s.text)) for s in self.sections]
+        self._avg = sum(sum(d.values()) for d in self._docs) / max(1, len(self._docs))
+        df = Counter(w for d in self._docs for w in d)
+        n = len(self._docs)
+        self._idf = {w: math.log(1 + (n - c + 0.5) / (c + 0.5)) for w, c in df.items()}
+
+    def search(self, query: str, k: int = 3) -> list[Section]:
+        q = set(words(query))
+        scored = []
+        for i, doc in enumerate(self._docs):
+            length = sum(doc.values())
+            score = 0.0
+            for w in q:
+                tf = doc.get(w, 0)
+                if tf:
+                    score += self._idf[w] * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * length / self._avg))
+            if score > 0:
+                scored.append((score, i))
+        scored.sort(key=lambda t: (-t[0], t[1]))
+        return [self.sections[i] for _, i in scored[:k]]
+
+
+def _split(name: str, text: str) -> list[Section]:
+    """Split a Markdown file into sections at its headings (a file without headings is one)."""
+    sections, title, lines = [], name, []
+    doc_title = name
+    for line in text.splitlines():
+        heading = re.match(r"^(#{1,4})\s+(.*)", line)
+        if heading:
+            if any(ln.strip() for ln in lines):
+                sections.append(Section(name, title, "\n".join(lines).strip()))
+            if heading.group(1) == "#":
+                doc_title = heading.group(2).strip()
+                title = doc_title
+            else:
+                title = f"{doc_title} — {heading.group(2).strip()}"
+            lines = []
+        else:
+            lines.append(line)
+    if any(ln.strip() for ln in lines):
+        sections.append(Section(name, title, "\n".join(lines).strip()))
+    return sections
+
+
+class Orders:
+    """The order table, with lookups that respect whose order it is."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        frame.columns = [c.strip().lower() for c in frame.columns]
+        missing = {"order_id", "customer"} - set(frame.columns)
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+        frame["order_id"] = frame["order_id"].str.strip().str.upper()
+        frame["customer"] = frame["customer"].str.strip().str.lower()
+        self.frame = frame.set_index("order_id", drop=False)
+
+    def get(self, order_id: str) -> dict | None:
+        key = (order_id or "").strip().upper()
+        if key not in self.frame.index:
+            return None
+        row = self.frame.loc[key]
+        if isinstance(row, pd.DataFrame):
+            row = row.iloc[0]
+        return {k: v for k, v in row.to_dict().items()}
+
+    def for_customer(self, customer: str) -> list[dict]:
+        rows = self.frame[self.frame["customer"] == (customer or "").strip().lower()]
+        return rows.to_dict("records")
+
+    def owner(self, order_id: str) -> str | None:
+        order = self.get(order_id)
+        return order["customer"] if order else None

@@ -1,0 +1,405 @@
+"""The run ledger: the only shared state of crewbatch, and the only module that speaks SQL.
+
+It is the resume point (every input record has an outcome row from the moment it is read), the
+idempotency store (ticket key + content hash; one row per performed side effect), the audit trail
+(an append-only event per state transition, written in the same transaction as the change) and the
+source of every export. SQLite in WAL mode, so `export` and `show` read while a run writes.
+Schema changes are numbered migrations applied on open. The SQL is plain and portable (no
+INSERT OR REPLACE, `ON CONFLICT DO NOTHING` instead) so a PostgreSQL backend is a new class with the
+same methods, not a rewrite.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .ticket import DONE, PENDING, RUNNING, Rejection, Status, Ticket
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, """
+-- One row per `crewbatch run`: what `crewbatch runs` lists and what a later run resumes from.
+CREATE TABLE runs (
+    run_id        TEXT PRIMARY KEY,
+    started_utc   TEXT NOT NULL,
+    finished_utc  TEXT,
+    status        TEXT NOT NULL,            -- running | completed | interrupted | crashed
+    model         TEXT NOT NULL,
+    options_json  TEXT NOT NULL,
+    sources_json  TEXT NOT NULL,
+    exit_code     INTEGER
+);
+
+-- Each distinct ticket content ever read; (ticket_key, content_hash) is the idempotency key,
+-- and the stored body is what `crewbatch retry` re-runs from.
+CREATE TABLE tickets (
+    ticket_key     TEXT NOT NULL,
+    content_hash   TEXT NOT NULL,
+    ticket_id      TEXT NOT NULL,
+    received_at    TEXT NOT NULL,
+    customer       TEXT NOT NULL,
+    customer_name  TEXT NOT NULL,
+    subject        TEXT NOT NULL,
+    body           TEXT NOT NULL,
+    extra_json     TEXT NOT NULL,
+    first_seen_utc TEXT NOT NULL,
+    PRIMARY KEY (ticket_key, content_hash)
+);
+
+-- One row per input record per run: its status from pending to final, and the reviewable result.
+CREATE TABLE outcomes (
+    outcome_id          INTEGER PRIMARY KEY,
+    run_id              TEXT NOT NULL REFERENCES runs(run_id),
+    record_no           INTEGER NOT NULL,
+    source              TEXT NOT NULL,
+    ticket_id           TEXT NOT NULL,
+    ticket_key          TEXT,
+    content_hash        TEXT,
+    status              TEXT NOT NULL,
+    reason              TEXT NOT NULL DEFAULT '',
+    category            TEXT NOT NULL DEFAULT '',
+    priority            TEXT NOT NULL DEFAULT '',
+    language            TEXT NOT NULL DEFAULT '',
+    draft_reply         TEXT NOT NULL DEFAULT '',
+    critic_verdict      TEXT NOT NULL DEFAULT '',
+    critic_notes        TEXT NOT NULL DEFAULT '',
+    revisions           INTEGER NOT NULL DEFAULT 0,
+    actions_json        TEXT NOT NULL DEFAULT '[]',
+    needs_human_reason  TEXT NOT NULL DEFAULT '',
+    model               TEXT NOT NULL DEFAULT '',
+    prompt_tokens       INTEGER NOT NULL DEFAULT 0,
+    completion_tokens   INTEGER NOT NULL DEFAULT 0,
+    cost_usd            REAL NOT NULL DEFAULT 0,
+    duration_ms         INTEGER NOT NULL DEFAULT 0,
+    error               TEXT NOT NULL DEFAULT '',
+    decision            TEXT NOT NULL DEFAULT '',
+    reviewer_note       TEXT NOT NULL DEFAULT '',
+    updated_utc         TEXT NOT NULL,
+    UNIQUE (run_id, record_no, source)
+);
+CREATE INDEX outcomes_by_ticket ON outcomes (ticket_key, content_hash, status);
+
+-- Every agent output of every round, for `crewbatch show` and for auditing a verdict.
+CREATE TABLE steps (
+    step_id            INTEGER PRIMARY KEY,
+    outcome_id         INTEGER NOT NULL REFERENCES outcomes(outcome_id),
+    round              INTEGER NOT NULL,
+    step               TEXT NOT NULL,       -- research | draft | review | execute
+    agent              TEXT NOT NULL,
+    model              TEXT NOT NULL,
+    output_text        TEXT NOT NULL,
+    output_json        TEXT NOT NULL DEFAULT '',
+    prompt_tokens      INTEGER NOT NULL DEFAULT 0,
+    completion_tokens  INTEGER NOT NULL DEFAULT 0,
+    duration_ms        INTEGER NOT NULL DEFAULT 0,
+    created_utc        TEXT NOT NULL
+);
+CREATE INDEX steps_by_outcome ON steps (outcome_id);
+
+-- Each action the writer proposed and what the policy-bound executor decided about it.
+CREATE TABLE actions (
+    action_id    INTEGER PRIMARY KEY,
+    outcome_id   INTEGER NOT NULL REFERENCES outcomes(outcome_id),
+    kind         TEXT NOT NULL,
+    args_json    TEXT NOT NULL,
+    decision     TEXT NOT NULL,             -- performed | refused | not_run
+    reason       TEXT NOT NULL DEFAULT '',
+    created_utc  TEXT NOT NULL
+);
+CREATE INDEX actions_by_outcome ON actions (outcome_id);
+
+-- One row per side effect ever carried out, so no reply or refund request happens twice.
+CREATE TABLE side_effects (
+    idempotency_key  TEXT PRIMARY KEY,
+    outcome_id       INTEGER NOT NULL,
+    kind             TEXT NOT NULL,
+    detail           TEXT NOT NULL,
+    performed_utc    TEXT NOT NULL
+);
+
+-- Append-only trail of every state transition, written with the change it describes.
+CREATE TABLE events (
+    event_id     INTEGER PRIMARY KEY,
+    run_id       TEXT NOT NULL,
+    outcome_id   INTEGER,
+    at_utc       TEXT NOT NULL,
+    from_status  TEXT NOT NULL DEFAULT '',
+    to_status    TEXT NOT NULL,
+    detail       TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX events_by_outcome ON events (outcome_id);
+"""),
+]
+
+RESULT_FIELDS = ("category", "priority", "language", "draft_reply", "critic_verdict",
+                 "critic_notes", "revisions", "actions_json", "needs_human_reason", "model",
+                 "prompt_tokens", "completion_tokens", "cost_usd", "duration_ms", "error", "reason")
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Ledger:
+    """SQLite ledger. One connection, serialised by a lock, safe to use from worker threads."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False,
+                                   isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._migrate()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._tx() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                       "(version INTEGER PRIMARY KEY, applied_utc TEXT NOT NULL)")
+            done = {r[0] for r in db.execute("SELECT version FROM schema_migrations")}
+            for version, sql in MIGRATIONS:
+                if version in done:
+                    continue
+                for statement in filter(str.strip, sql.split(";\n")):
+                    db.execute(statement)
+                db.execute("INSERT INTO schema_migrations (version, applied_utc) VALUES (?, ?)",
+                           (version, utc_now()))
+
+    def schema_version(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0]
+
+    # --- runs ------------------------------------------------------------------------------------
+
+    def start_run(self, run_id: str, model: str, options: dict, sources: list[str]) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO runs (run_id, started_utc, status, model, options_json, "
+                       "sources_json) VALUES (?, ?, 'running', ?, ?, ?)",
+                       (run_id, utc_now(), model, json.dumps(options), json.dumps(sources)))
+            self._event(db, run_id, None, "", "running", f"run started with model {model}")
+
+    def finish_run(self, run_id: str, status: str, exit_code: int, detail: str = "") -> None:
+        with self._tx() as db:
+            db.execute("UPDATE runs SET status = ?, finished_utc = ?, exit_code = ? "
+                       "WHERE run_id = ?", (status, utc_now(), exit_code, run_id))
+            self._event(db, run_id, None, "running", status, detail)
+
+    def runs(self, limit: int = 50) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT r.*, (SELECT COUNT(*) FROM outcomes o WHERE o.run_id = r.run_id) AS records,"
+                " (SELECT COALESCE(SUM(cost_usd), 0) FROM outcomes o WHERE o.run_id = r.run_id)"
+                " AS cost_usd FROM runs r ORDER BY r.started_utc DESC LIMIT ?", (limit,)).fetchall()
+            result = [dict(r) for r in rows]
+            for run in result:
+                run["counts"] = self.counts(run["run_id"])
+            return result
+
+    def run(self, run_id: str) -> dict | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            return dict(row) if row else None
+
+    def counts(self, run_id: str) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT status, COUNT(*) FROM outcomes WHERE run_id = ? "
+                                    "GROUP BY status", (run_id,)).fetchall()
+            return {r[0]: r[1] for r in rows}
+
+    # --- records ---------------------------------------------------------------------------------
+
+    def add_records(self, run_id: str, items: Iterable[Ticket | Rejection], reprocess: bool
+                    ) -> list[tuple[int, Ticket]]:
+        """Register a batch of input records; return the (outcome_id, ticket) pairs to process.
+
+        Rejections are final at once; a ticket finished earlier with the same key and content, or a
+        second copy inside this run, is `skipped`; everything else is `pending`, in one transaction.
+        """
+        todo: list[tuple[int, Ticket]] = []
+        with self._tx() as db:
+            for item in items:
+                now = utc_now()
+                if isinstance(item, Rejection):
+                    oid = self._insert_outcome(db, run_id, item.record_no, item.source,
+                                               item.ticket_id or f"record-{item.record_no}",
+                                               None, None, Status.REJECTED.value, item.reason, now)
+                    continue
+                db.execute(
+                    "INSERT INTO tickets (ticket_key, content_hash, ticket_id, received_at, customer,"
+                    " customer_name, subject, body, extra_json, first_seen_utc) VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (item.key, item.content_hash, item.ticket_id, item.received_at, item.customer,
+                     item.customer_name, item.subject, item.body,
+                     json.dumps(item.extra, ensure_ascii=False), now))
+                status, reason = PENDING, ""
+                same = db.execute(
+                    "SELECT run_id, status FROM outcomes WHERE ticket_key = ? AND content_hash = ? "
+                    "AND (run_id = ? OR status IN (?, ?)) ORDER BY outcome_id DESC LIMIT 1",
+                    (item.key, item.content_hash, run_id, *DONE)).fetchone()
+                if same is not None and same["run_id"] == run_id:
+                    status, reason = Status.SKIPPED.value, "duplicate of an earlier record in this run"
+                elif same is not None and not reprocess:
+                    status = Status.SKIPPED.value
+                    reason = f"already {same['status']} in run {same['run_id']} with the same content"
+                oid = self._insert_outcome(db, run_id, item.record_no, item.source, item.ticket_id,
+                                           item.key, item.content_hash, status, reason, now)
+                if status == PENDING:
+                    todo.append((oid, item))
+        return todo
+
+    def _insert_outcome(self, db, run_id, record_no, source, ticket_id, key, chash, status, reason,
+                        now) -> int:
+        cur = db.execute(
+            "INSERT INTO outcomes (run_id, record_no, source, ticket_id, ticket_key, content_hash, "
+            "status, reason, updated_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, record_no, source, ticket_id, key, chash, status, reason, now))
+        self._event(db, run_id, cur.lastrowid, "", status, reason)
+        return cur.lastrowid
+
+    def mark_running(self, outcome_id: int) -> None:
+        with self._tx() as db:
+            self._transition(db, outcome_id, RUNNING, "handed to the crew", {})
+
+    def record_result(self, outcome_id: int, status: Status, fields: dict[str, Any],
+                      steps: list[dict], actions: list[dict], detail: str) -> None:
+        """Write a ticket's final status, its agent outputs and its actions in one transaction."""
+        unknown = set(fields) - set(RESULT_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown outcome fields: {sorted(unknown)}")
+        with self._tx() as db:
+            now = utc_now()
+            for s in steps:
+                db.execute(
+                    "INSERT INTO steps (outcome_id, round, step, agent, model, output_text, "
+                    "output_json, prompt_tokens, completion_tokens, duration_ms, created_utc) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (outcome_id, s["round"], s["step"], s["agent"], s["model"], s["output_text"],
+                     s.get("output_json", ""), s.get("prompt_tokens", 0),
+                     s.get("completion_tokens", 0), s.get("duration_ms", 0), now))
+            for a in actions:
+                db.execute(
+                    "INSERT INTO actions (outcome_id, kind, args_json, decision, reason, "
+                    "created_utc) VALUES (?, ?, ?, ?, ?, ?)",
+                    (outcome_id, a["kind"], json.dumps(a["args"], ensure_ascii=False, sort_keys=True),
+                     a["decision"], a.get("reason", ""), now))
+            self._transition(db, outcome_id, status.value, detail, fields)
+
+    def _transition(self, db, outcome_id: int, to_status: str, detail: str, fields: dict) -> None:
+        row = db.execute("SELECT run_id, status FROM outcomes WHERE outcome_id = ?",
+                         (outcome_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no outcome {outcome_id}")
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        sets = f"status = ?, updated_utc = ?{', ' + cols if cols else ''}"
+        db.execute(f"UPDATE outcomes SET {sets} WHERE outcome_id = ?",
+                   (to_status, utc_now(), *fields.values(), outcome_id))
+        self._event(db, row["run_id"], outcome_id, row["status"], to_status, detail)
+
+    def _event(self, db, run_id, outcome_id, from_status, to_status, detail) -> None:
+        db.execute("INSERT INTO events (run_id, outcome_id, at_utc, from_status, to_status, detail)"
+                   " VALUES (?, ?, ?, ?, ?, ?)",
+                   (run_id, outcome_id, utc_now(), from_status, to_status, detail or ""))
+
+    def unfinished(self, run_id: str) -> list[int]:
+        with self._lock:
+            rows = self._db.execute("SELECT outcome_id FROM outcomes WHERE run_id = ? AND status IN "
+                                    "(?, ?)", (run_id, PENDING, RUNNING)).fetchall()
+            return [r[0] for r in rows]
+
+    def release_unfinished(self, run_id: str, detail: str) -> int:
+        """Put tickets that were handed out but not finished back to pending (run interrupted)."""
+        ids = [oid for oid in self.unfinished(run_id)]
+        with self._tx() as db:
+            for oid in ids:
+                self._transition(db, oid, PENDING, detail, {})
+        return len(ids)
+
+    # --- side effects ----------------------------------------------------------------------------
+
+    def side_effect_done(self, key: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM side_effects WHERE idempotency_key = ?",
+                                    (key,)).fetchone() is not None
+
+    def record_side_effect(self, key: str, outcome_id: int, kind: str, detail: str) -> bool:
+        """Record that a side effect happened; False if it had already been recorded."""
+        with self._tx() as db:
+            cur = db.execute("INSERT INTO side_effects (idempotency_key, outcome_id, kind, detail, "
+                             "performed_utc) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                             (key, outcome_id, kind, detail, utc_now()))
+            return cur.rowcount == 1
+
+    # --- reading back ----------------------------------------------------------------------------
+
+    def outcomes(self, run_id: str) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT o.*, t.received_at, t.customer, t.subject FROM outcomes o "
+                "LEFT JOIN tickets t ON t.ticket_key = o.ticket_key AND t.content_hash = "
+                "o.content_hash WHERE o.run_id = ? ORDER BY o.outcome_id", (run_id,)).fetchall()
+            return [dict(r) for r in rows]
+
+    def ticket(self, key: str, chash: str) -> dict | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM tickets WHERE ticket_key = ? AND content_hash = ?",
+                                   (key, chash)).fetchone()
+            return dict(row) if row else None
+
+    def trail(self, run_id: str, ticket_id: str) -> dict | None:
+        """One ticket's full trail in a run: outcome, every agent output, actions and events."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM outcomes WHERE run_id = ? AND (ticket_id = ? OR ticket_key = ?) "
+                "ORDER BY outcome_id LIMIT 1", (run_id, ticket_id, ticket_id)).fetchone()
+            if row is None:
+                return None
+            oid = row["outcome_id"]
+            q = self._db.execute
+            return {
+                "outcome": dict(row),
+                "ticket": self.ticket(row["ticket_key"], row["content_hash"])
+                if row["ticket_key"] else None,
+                "steps": [dict(r) for r in q("SELECT * FROM steps WHERE outcome_id = ? ORDER BY "
+                                             "step_id", (oid,))],
+                "actions": [dict(r) for r in q("SELECT * FROM actions WHERE outcome_id = ? ORDER BY "
+                                               "action_id", (oid,))],
+                "events": [dict(r) for r in q("SELECT * FROM events WHERE outcome_id = ? ORDER BY "
+                                              "event_id", (oid,))],
+            }
+
+    def run_ids_like(self, prefix: str) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT run_id FROM runs WHERE run_id LIKE ? ORDER BY run_id",
+                                    (prefix + "%",)).fetchall()
+            return [r[0] for r in rows]

@@ -1,0 +1,74 @@
+"""Which language model each role uses, and the check that a real model can be reached.
+
+`offline` is the built-in deterministic model. Any other name goes through CrewAI's own `LLM`
+with OPENAI_API_KEY / OPENAI_BASE_URL from the environment (or the project's .env), so any
+OpenAI-compatible server works. There is no silent fallback: `preflight` refuses to start a run
+whose configured model has no key, before a single ticket is touched. Keys are read here and
+handed to the client only; they are never stored anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .settings import AGENTS_FILE, OFFLINE, ROLES, SETTINGS_FILE, Config, ConfigError
+
+NATIVE_PREFIXES = ("openai/", "anthropic/", "azure/", "bedrock/", "gemini/", "ollama/",
+                   "hosted_vllm/")
+
+
+def role_models(config: Config, default_model: str) -> dict[str, str]:
+    return {role: config.model_for(role, default_model) for role in ROLES}
+
+
+def preflight(config: Config, default_model: str, environ=os.environ) -> None:
+    """Fail with the fix if a configured real model cannot authenticate (no network involved)."""
+    models = role_models(config, default_model)
+    real = sorted({m for m in models.values() if m != OFFLINE})
+    if real and not environ.get("OPENAI_API_KEY"):
+        where = ", ".join(f"{r}={m}" for r, m in models.items() if m != OFFLINE)
+        raise ConfigError([
+            f"model {', '.join(real)} ({where}) needs OPENAI_API_KEY: set it in the environment or "
+            "in .env at the project root (for a local OpenAI-compatible server any non-empty "
+            "value works, with OPENAI_BASE_URL pointing at it), or run with --offline"])
+    base_url = config.settings.llm.base_url or environ.get("OPENAI_BASE_URL")
+    if real and base_url and not base_url.startswith(("http://", "https://")):
+        raise ConfigError([f"{SETTINGS_FILE}: `llm.base_url` (or OPENAI_BASE_URL) is {base_url!r}; "
+                           "it must start with http:// or https://"])
+    for role, model in models.items():
+        if not model.strip():
+            raise ConfigError([f"{AGENTS_FILE}: agent `{role}` has an empty `llm`; name a model "
+                               "or remove the key to use the default"])
+
+
+def build_llms(config: Config, default_model: str, environ=os.environ) -> dict[str, Any]:
+    """One LLM object per distinct model name, shared by the roles that use it (thread-safe)."""
+    built: dict[str, Any] = {}
+    out = {}
+    for role, model in role_models(config, default_model).items():
+        if model not in built:
+            built[model] = _build(config, model, environ)
+        out[role] = built[model]
+    return out
+
+
+def _build(config: Config, model: str, environ) -> Any:
+    if model == OFFLINE:
+        from .offline import MODEL_NAME, OfflineLLM
+
+        return OfflineLLM(model=MODEL_NAME, temperature=0)
+    from crewai import LLM
+
+    s = config.settings.llm
+    kwargs: dict[str, Any] = {"api_key": environ.get("OPENAI_API_KEY"), "timeout": s.timeout_s,
+                              "max_retries": s.max_retries}
+    if s.temperature is not None:
+        kwargs["temperature"] = s.temperature
+    base_url = s.base_url or environ.get("OPENAI_BASE_URL")
+    if base_url:
+        kwargs["base_url"] = base_url
+        if not model.startswith(NATIVE_PREFIXES) or model.startswith("openai/"):
+            # Any model name on an OpenAI-compatible endpoint: CrewAI's native OpenAI client.
+            return LLM(model=model.removeprefix("openai/"), custom_openai=True, **kwargs)
+    return LLM(model=model, **kwargs)

@@ -1,0 +1,58 @@
+"""The structured answers the writer and the critic must give, as pydantic models.
+
+tasks.yaml names them (`output_pydantic: Draft`, `output_pydantic: Verdict`); CrewAI asks the model
+for JSON of this shape and validates it. Everything downstream — the gate, the executor's plan, the
+ledger, results.csv — reads these fields, never free text.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+ActionKind = Literal["queue_reply", "tag_ticket", "escalate_to_human", "request_refund"]
+
+
+class ProposedAction(BaseModel):
+    kind: ActionKind = Field(description="queue_reply, tag_ticket, escalate_to_human or request_refund")
+    order_id: str = Field("", description="the order the action is about, if any")
+    amount: float = Field(0.0, description="refund amount in the order's currency (request_refund)")
+    currency: str = Field("", description="ISO currency of the amount (request_refund)")
+    queue: str = Field("", description="the queue to route to (tag_ticket)")
+    reason: str = Field("", description="one line: why this action")
+
+    def label(self) -> str:
+        if self.kind == "request_refund":
+            return f"request_refund({self.order_id}, {self.amount:.2f} {self.currency})".strip()
+        if self.kind == "tag_ticket":
+            return f"tag_ticket({self.queue})"
+        if self.kind == "escalate_to_human":
+            return f"escalate_to_human({self.reason})"
+        return "queue_reply"
+
+
+class Draft(BaseModel):
+    category: str = Field(description="shipping, damaged_item, refund, return, account, billing, "
+                                      "complaint, general")
+    priority: Literal["low", "normal", "high", "urgent"]
+    language: str = Field(description="ISO 639-1 code of the language of the reply, e.g. en, de")
+    reply: str = Field(description="the complete reply to the customer, ready to send")
+    actions: list[ProposedAction] = Field(default_factory=list)
+    internal_note: str = Field("", description="a note for the support team; never sent")
+
+
+class Finding(BaseModel):
+    check: str = Field(description="short name of the problem, e.g. invented_fact, over_policy")
+    severity: Literal["info", "minor", "major", "critical"]
+    detail: str
+
+
+class Verdict(BaseModel):
+    approved: bool
+    findings: list[Finding] = Field(default_factory=list)
+    required_changes: list[str] = Field(default_factory=list)
+    summary: str = ""
+
+
+MODELS = {"Draft": Draft, "Verdict": Verdict}

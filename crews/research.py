@@ -1,0 +1,140 @@
+"""The researcher's tools: knowledge-base search and order lookups, bound to one ticket.
+
+Each ticket gets its own tool instances, holding that ticket's customer, so a lookup can tell the
+model "this order is not this customer's" without revealing it — whatever the ticket text asks.
+Every tool answer is JSON and is also kept as evidence: the writer sees it, and the gate checks the
+draft's facts against it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from crewai.tools import BaseTool
+from pydantic import BaseModel, Field, PrivateAttr
+
+from .knowledge import KnowledgeBase, Orders
+from .ticket import Ticket
+
+ORDER_FIELDS = ("order_id", "placed_at", "status", "item", "quantity", "total", "currency",
+                "carrier", "tracking_number", "shipped_at", "estimated_delivery", "country")
+
+
+class Evidence:
+    """What the researcher's tools returned for one ticket, in call order."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.items: list[dict[str, Any]] = []
+
+    def add(self, tool: str, args: dict, result: dict) -> str:
+        with self._lock:
+            self.items.append({"tool": tool, "args": args, "result": result})
+        return json.dumps(result, ensure_ascii=False)
+
+    def orders(self) -> dict[str, dict]:
+        """The orders of the ticket's own customer that the tools returned, by id."""
+        found = {}
+        for item in self.items:
+            for order in item["result"].get("orders", []):
+                found[order["order_id"]] = order
+        return found
+
+    def texts(self) -> list[str]:
+        return [json.dumps(i["result"], ensure_ascii=False) for i in self.items]
+
+
+def _public(order: dict) -> dict:
+    return {k: order.get(k, "") for k in ORDER_FIELDS}
+
+
+class _TicketTool(BaseTool):
+    _ticket: Ticket = PrivateAttr()
+    _evidence: Evidence = PrivateAttr()
+
+    def bind(self, ticket: Ticket, evidence: Evidence) -> _TicketTool:
+        self._ticket, self._evidence = ticket, evidence
+        return self
+
+
+class SearchArgs(BaseModel):
+    query: str = Field(description="what to look up, in a few words, e.g. 'refund damaged item'")
+
+
+class SearchKnowledge(_TicketTool):
+    name: str = "search_knowledge"
+    description: str = ("Search the support knowledge base (policies, FAQ, shipping, returns, "
+                        "billing, account help). Returns the most relevant sections.")
+    args_schema: type[BaseModel] = SearchArgs
+    _kb: KnowledgeBase = PrivateAttr()
+
+    def __init__(self, kb: KnowledgeBase, **kw):
+        super().__init__(**kw)
+        self._kb = kb
+
+    def _run(self, query: str) -> str:
+        hits = self._kb.search(query, k=3)
+        return self._evidence.add(self.name, {"query": query}, {
+            "sections": [{"source": h.source, "title": h.title, "text": h.text} for h in hits]})
+
+
+class OrderArgs(BaseModel):
+    order_id: str = Field(description="the order number, e.g. NW-10231")
+
+
+class LookupOrder(_TicketTool):
+    name: str = "lookup_order"
+    description: str = ("Look up one order by its number. Only orders of this ticket's customer "
+                        "are shown.")
+    args_schema: type[BaseModel] = OrderArgs
+    _orders: Orders = PrivateAttr()
+
+    def __init__(self, orders: Orders, **kw):
+        super().__init__(**kw)
+        self._orders = orders
+
+    def _run(self, order_id: str) -> str:
+        order = self._orders.get(order_id)
+        args = {"order_id": order_id}
+        if order is None:
+            result = {"found": False, "order_id": order_id,
+                      "note": "no order with this number exists"}
+        elif order["customer"] != self._ticket.customer:
+            result = {"found": False, "order_id": order_id, "belongs_to_other_customer": True,
+                      "note": "this order belongs to a different customer; do not disclose "
+                              "anything about it and do not act on it"}
+        else:
+            result = {"found": True, "orders": [_public(order)]}
+        return self._evidence.add(self.name, args, result)
+
+
+class NoArgs(BaseModel):
+    pass
+
+
+class CustomerOrders(_TicketTool):
+    name: str = "customer_orders"
+    description: str = "List every order of this ticket's customer (the sender's e-mail address)."
+    args_schema: type[BaseModel] = NoArgs
+    _orders: Orders = PrivateAttr()
+
+    def __init__(self, orders: Orders, **kw):
+        super().__init__(**kw)
+        self._orders = orders
+
+    def _run(self, **_: Any) -> str:
+        rows = self._orders.for_customer(self._ticket.customer)
+        return self._evidence.add(self.name, {}, {"customer": self._ticket.customer,
+                                                  "orders": [_public(r) for r in rows]})
+
+
+def research_tools(names: list[str], ticket: Ticket, evidence: Evidence, kb: KnowledgeBase,
+                   orders: Orders) -> list[BaseTool]:
+    make = {
+        "search_knowledge": lambda: SearchKnowledge(kb),
+        "lookup_order": lambda: LookupOrder(orders),
+        "customer_orders": lambda: CustomerOrders(orders),
+    }
+    return [make[n]().bind(ticket, evidence) for n in names if n in make]

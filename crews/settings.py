@@ -1,0 +1,475 @@
+"""Configuration: find the project root, load the four YAML files, validate them all at once.
+
+Everything a user tunes lives in config/ (settings, agents, tasks, policy). Each file is loaded into
+pydantic models that refuse unknown keys, then cross-checked (tasks name real agents, placeholders
+exist, tools exist, knowledge files exist). Every problem is collected and reported together, each
+naming the file, the key and the fix, so one `crewbatch check` shows the whole list and no model is
+ever called with a broken configuration. Command-line options, environment variables and
+settings.yaml are merged in exactly one place: `resolve_options`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SETTINGS_FILE = "config/settings.yaml"
+AGENTS_FILE = "config/agents.yaml"
+TASKS_FILE = "config/tasks.yaml"
+POLICY_FILE = "config/policy.yaml"
+
+ROLES = ("researcher", "writer", "critic", "executor")
+# The pipeline's four steps, in order, and the placeholders each task description may use.
+STEPS = ("research", "draft", "review", "execute")
+STEP_PLACEHOLDERS = {
+    "research": {"ticket", "policy"},
+    "draft": {"ticket", "policy", "research", "evidence", "feedback"},
+    "review": {"ticket", "policy", "research", "evidence", "draft", "checks"},
+    "execute": {"ticket", "policy", "draft", "actions"},
+}
+# Placeholders that carry an earlier task's output, so the task must list that task in `context`.
+OUTPUT_PLACEHOLDERS = {"research": "research", "evidence": "research", "draft": "draft"}
+STRUCTURED_OUTPUTS = {"draft": "Draft", "review": "Verdict"}
+RESEARCH_TOOLS = ("search_knowledge", "lookup_order", "customer_orders")
+ACTION_TOOLS = ("queue_reply", "tag_ticket", "escalate_to_human", "request_refund")
+OFFLINE = "offline"
+
+
+class ConfigError(Exception):
+    """One or more configuration problems; each is a complete sentence naming file, key and fix."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- settings.yaml -------------------------------------------------------------------------------
+
+
+class LLMSettings(_Strict):
+    model: str = OFFLINE
+    base_url: str | None = None
+    temperature: float | None = 0.2
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10)
+
+
+class Price(_Strict):
+    input_per_million: float = Field(ge=0)
+    output_per_million: float = Field(ge=0)
+
+
+class Paths(_Strict):
+    knowledge: str = "data/knowledge"
+    orders: str = "data/orders.csv"
+    runs: str = "runs"
+    ledger: str = "runs/ledger.db"
+
+
+class Limits(_Strict):
+    max_body_chars: int = Field(20_000, ge=100)
+    max_reply_chars: int = Field(4_000, ge=100)
+
+
+class Settings(_Strict):
+    llm: LLMSettings = LLMSettings()
+    batch_size: int = Field(20, ge=1, le=10_000)
+    concurrency: int = Field(4, ge=1, le=256)
+    revision_limit: int = Field(2, ge=0, le=10)
+    sources: list[str] = []
+    paths: Paths = Paths()
+    limits: Limits = Limits()
+    pricing: dict[str, Price] = {}
+
+    @field_validator("llm", mode="before")
+    @classmethod
+    def _llm_may_be_a_name(cls, value: Any) -> Any:
+        # `llm: offline` is shorthand for `llm: {model: offline}`.
+        return {"model": value} if isinstance(value, str) else value
+
+
+# --- agents.yaml / tasks.yaml / policy.yaml ------------------------------------------------------
+
+
+class AgentSpec(_Strict):
+    role: str
+    goal: str
+    backstory: str
+    tools: list[str] = []
+    llm: str | None = None
+    max_iter: int = Field(6, ge=1, le=50)
+    verbose: bool = False
+
+
+class TaskSpec(_Strict):
+    description: str
+    expected_output: str
+    agent: str
+    context: list[str] = []
+    output_pydantic: str | None = None
+
+
+class RefundPolicy(_Strict):
+    auto_approve_limit: float = Field(50.0, ge=0)
+    max_refunds_per_ticket: int = Field(1, ge=0)
+
+
+class Policy(_Strict):
+    refunds: RefundPolicy = RefundPolicy()
+    require_customer_match: bool = True
+    allowed_actions: list[str] = list(ACTION_TOOLS)
+    queues: list[str] = ["general"]
+    escalate_categories: list[str] = []
+
+    @field_validator("allowed_actions")
+    @classmethod
+    def _known_actions(cls, value: list[str]) -> list[str]:
+        unknown = [a for a in value if a not in ACTION_TOOLS]
+        if unknown:
+            raise ValueError(
+                f"unknown action(s) {', '.join(unknown)}; known actions: {', '.join(ACTION_TOOLS)}"
+            )
+        return value
+
+
+@dataclass
+class Config:
+    root: Path
+    settings: Settings
+    agents: dict[str, AgentSpec]
+    tasks: dict[str, TaskSpec]
+    policy: Policy
+    warnings: list[str] = field(default_factory=list)
+
+    def path(self, relative: str) -> Path:
+        """A configured path, resolved from the project root (never the working directory)."""
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def knowledge_dir(self) -> Path:
+        return self.path(self.settings.paths.knowledge)
+
+    @property
+    def orders_file(self) -> Path:
+        return self.path(self.settings.paths.orders)
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.path(self.settings.paths.runs)
+
+    @property
+    def ledger_file(self) -> Path:
+        return self.path(self.settings.paths.ledger)
+
+    def model_for(self, role: str, default_model: str) -> str:
+        override = self.agents[role].llm
+        return override or default_model
+
+
+# --- the project root ----------------------------------------------------------------------------
+
+
+def find_root(explicit: str | os.PathLike | None = None, cwd: Path | None = None) -> Path:
+    """`--root`, else CREWBATCH_ROOT, else the nearest directory at or above cwd with config/settings.yaml."""
+    chosen = explicit or os.environ.get("CREWBATCH_ROOT")
+    if chosen:
+        root = Path(chosen).expanduser().resolve()
+        if not (root / SETTINGS_FILE).is_file():
+            raise ConfigError(
+                [f"{root}: no {SETTINGS_FILE} there; point --root (or CREWBATCH_ROOT) at the "
+                 "crewbatch project directory, the one holding config/settings.yaml"]
+            )
+        return root
+    start = (cwd or Path.cwd()).resolve()
+    for candidate in (start, *start.parents):
+        if (candidate / SETTINGS_FILE).is_file():
+            return candidate
+    raise ConfigError(
+        [f"{start}: no {SETTINGS_FILE} here or in any parent directory; run crewbatch inside the "
+         "project, or pass --root DIR (or set CREWBATCH_ROOT)"]
+    )
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def _read_yaml(root: Path, name: str, problems: list[str], required: bool = True) -> Any:
+    path = root / name
+    if not path.is_file():
+        if required:
+            problems.append(f"{name}: file is missing; restore it from the crewbatch repository")
+        return None
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problems.append(f"{name}{where}: not valid YAML: {getattr(exc, 'problem', exc)}; fix the syntax")
+        return None
+    except UnicodeDecodeError:
+        problems.append(f"{name}: not UTF-8 text; save it as UTF-8")
+        return None
+    if data is None:
+        problems.append(f"{name}: file is empty; it must define the keys documented in README.md")
+    return data
+
+
+def _suggest(word: str, choices) -> str:
+    match = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean `{match[0]}`?)" if match else ""
+
+
+def _describe(name: str, prefix: str, model: type[BaseModel], err: ValidationError) -> list[str]:
+    out = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        key = ".".join([prefix, *loc] if prefix else loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            parent = _model_at(model, e["loc"][:-1])
+            allowed = sorted(parent.model_fields) if parent else []
+            out.append(
+                f"{name}: unknown key `{key}`{_suggest(loc[-1], allowed)}; "
+                f"allowed keys here: {', '.join(allowed)}"
+            )
+        elif e["type"] == "missing":
+            out.append(f"{name}: `{key}` is required; add it")
+        else:
+            out.append(f"{name}: `{key}`: {e['msg']} (got {e.get('input')!r}); fix the value")
+    return out
+
+
+def _model_at(model: type[BaseModel], loc) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at `loc`, for listing the keys it allows."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue
+        fld = getattr(current, "model_fields", {}).get(part)
+        if fld is None:
+            # a dict[str, Model] value: the key is a name, the model is the dict's value type
+            args = getattr(current, "__args__", None)
+            current = args[-1] if args else None
+            continue
+        annotation = fld.annotation
+        args = getattr(annotation, "__args__", None)
+        current = args[-1] if args and not isinstance(annotation, type) else annotation
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _load_mapping(name, data, model, problems, what) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        problems.append(f"{name}: must be a mapping of {what} names to their settings")
+        return {}
+    loaded = {}
+    for key, body in data.items():
+        if not isinstance(body, dict):
+            problems.append(f"{name}: `{key}` must be a mapping of keys such as "
+                            f"{', '.join(list(model.model_fields)[:3])}")
+            continue
+        try:
+            loaded[key] = model.model_validate(body)
+        except ValidationError as err:
+            problems.extend(_describe(name, str(key), model, err))
+    return loaded
+
+
+def _placeholders(text: str) -> set[str]:
+    names = set()
+    try:
+        for _, field_name, _, _ in string.Formatter().parse(text):
+            if field_name is not None:
+                names.add(field_name)
+    except ValueError:
+        names.add("{")  # an unbalanced brace; reported by the caller
+    return names
+
+
+def load_config(root: Path, check_files: bool = True) -> Config:
+    """Load and cross-check every config file; raise ConfigError listing every problem found."""
+    problems: list[str] = []
+    warnings: list[str] = []
+
+    raw_settings = _read_yaml(root, SETTINGS_FILE, problems)
+    settings = Settings()
+    if isinstance(raw_settings, dict):
+        try:
+            settings = Settings.model_validate(raw_settings)
+        except ValidationError as err:
+            problems.extend(_describe(SETTINGS_FILE, "", Settings, err))
+    elif raw_settings is not None:
+        problems.append(f"{SETTINGS_FILE}: must be a mapping of keys (llm, batch_size, ...)")
+
+    agents = _load_mapping(AGENTS_FILE, _read_yaml(root, AGENTS_FILE, problems), AgentSpec,
+                           problems, "agent")
+    tasks = _load_mapping(TASKS_FILE, _read_yaml(root, TASKS_FILE, problems), TaskSpec,
+                          problems, "task")
+
+    raw_policy = _read_yaml(root, POLICY_FILE, problems)
+    policy = Policy()
+    if isinstance(raw_policy, dict):
+        try:
+            policy = Policy.model_validate(raw_policy)
+        except ValidationError as err:
+            problems.extend(_describe(POLICY_FILE, "", Policy, err))
+
+    _check_agents(agents, problems)
+    _check_tasks(tasks, agents, problems)
+
+    config = Config(root, settings, agents, tasks, policy, warnings)
+    if check_files:
+        _check_files(config, problems)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _check_agents(agents: dict[str, AgentSpec], problems: list[str]) -> None:
+    if not agents:
+        return
+    for role in ROLES:
+        if role not in agents:
+            problems.append(f"{AGENTS_FILE}: agent `{role}` is missing{_suggest(role, agents)}; "
+                            f"crewbatch needs the four roles {', '.join(ROLES)}")
+    for name in agents:
+        if name not in ROLES:
+            problems.append(f"{AGENTS_FILE}: agent `{name}` is not one of the four roles "
+                            f"{', '.join(ROLES)}{_suggest(name, ROLES)}; rename or remove it")
+    known = set(RESEARCH_TOOLS) | set(ACTION_TOOLS)
+    for name, spec in agents.items():
+        for tool in spec.tools:
+            if tool not in known:
+                problems.append(f"{AGENTS_FILE}: agent `{name}` lists tool `{tool}`, which does not "
+                                f"exist{_suggest(tool, known)}; known tools: {', '.join(sorted(known))}")
+            elif tool in ACTION_TOOLS and name != "executor":
+                problems.append(f"{AGENTS_FILE}: agent `{name}` lists action tool `{tool}`; only the "
+                                "executor may act (remove it from this agent)")
+
+
+def _check_tasks(tasks: dict[str, TaskSpec], agents: dict[str, AgentSpec], problems: list[str]) -> None:
+    if not tasks:
+        return
+    for step in STEPS:
+        if step not in tasks:
+            problems.append(f"{TASKS_FILE}: task `{step}` is missing{_suggest(step, tasks)}; crewbatch "
+                            f"runs the tasks {', '.join(STEPS)} in that order")
+    for name in tasks:
+        if name not in STEPS:
+            problems.append(f"{TASKS_FILE}: task `{name}` is not one of {', '.join(STEPS)}"
+                            f"{_suggest(name, STEPS)}; rename or remove it")
+    for name, spec in tasks.items():
+        if agents and spec.agent not in agents:
+            problems.append(f"{TASKS_FILE}: task `{name}` names agent `{spec.agent}`, which is not in "
+                            f"{AGENTS_FILE}{_suggest(spec.agent, agents)}")
+        if name not in STEPS:
+            continue
+        earlier = STEPS[: STEPS.index(name)]
+        for ctx in spec.context:
+            if ctx not in earlier:
+                problems.append(f"{TASKS_FILE}: task `{name}` has `{ctx}` in its context, but only "
+                                f"earlier tasks can be: {', '.join(earlier) or '(none)'}")
+        allowed = STEP_PLACEHOLDERS[name]
+        for text_key in ("description", "expected_output"):
+            for ph in sorted(_placeholders(getattr(spec, text_key))):
+                if ph == "{":
+                    problems.append(f"{TASKS_FILE}: task `{name}` {text_key} has an unbalanced brace; "
+                                    "write a literal brace as {{ or }}")
+                elif ph not in allowed:
+                    problems.append(f"{TASKS_FILE}: task `{name}` {text_key} uses {{{ph}}}, which is not "
+                                    f"available here{_suggest(ph, allowed)}; available: "
+                                    f"{', '.join('{' + a + '}' for a in sorted(allowed))}")
+                elif ph in OUTPUT_PLACEHOLDERS and OUTPUT_PLACEHOLDERS[ph] not in spec.context:
+                    problems.append(f"{TASKS_FILE}: task `{name}` uses {{{ph}}} but `"
+                                    f"{OUTPUT_PLACEHOLDERS[ph]}` is not in its context; add "
+                                    f"`context: [{OUTPUT_PLACEHOLDERS[ph]}]`")
+        expected = STRUCTURED_OUTPUTS.get(name)
+        if spec.output_pydantic != expected:
+            want = f"`output_pydantic: {expected}`" if expected else "no output_pydantic"
+            problems.append(f"{TASKS_FILE}: task `{name}` has output_pydantic "
+                            f"`{spec.output_pydantic}`; this step needs {want}")
+    if "execute" in tasks and agents and tasks["execute"].agent in agents:
+        tools = agents[tasks["execute"].agent].tools
+        if not any(t in ACTION_TOOLS for t in tools):
+            problems.append(f"{AGENTS_FILE}: agent `{tasks['execute'].agent}` runs task `execute` but "
+                            f"has no action tools; give it some of {', '.join(ACTION_TOOLS)}")
+
+
+def _check_files(config: Config, problems: list[str]) -> None:
+    kdir = config.knowledge_dir
+    if not kdir.is_dir():
+        problems.append(f"{SETTINGS_FILE}: `paths.knowledge` is {config.settings.paths.knowledge}, "
+                        f"but {kdir} is not a directory; create it with your policy and FAQ files")
+    elif not any(p.suffix.lower() in (".md", ".txt") for p in kdir.rglob("*")):
+        problems.append(f"{SETTINGS_FILE}: `paths.knowledge` ({kdir}) holds no .md or .txt files; "
+                        "add your policies and FAQ there")
+    if not config.orders_file.is_file():
+        problems.append(f"{SETTINGS_FILE}: `paths.orders` is {config.settings.paths.orders}, but "
+                        f"{config.orders_file} does not exist; point it at your orders CSV")
+
+
+# --- one precedence order ------------------------------------------------------------------------
+
+ENV_OPTIONS = {
+    "model": "CREWBATCH_MODEL",
+    "concurrency": "CREWBATCH_CONCURRENCY",
+    "batch_size": "CREWBATCH_BATCH_SIZE",
+    "revision_limit": "CREWBATCH_REVISION_LIMIT",
+}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    model: str
+    concurrency: int
+    batch_size: int
+    revision_limit: int
+    limit: int | None = None
+    reprocess: bool = False
+
+
+def resolve_options(config: Config, cli: dict[str, Any], environ=os.environ) -> RunOptions:
+    """Command-line option > environment variable > config/settings.yaml > default, in one place."""
+    s = config.settings
+    base = {"model": s.llm.model, "concurrency": s.concurrency, "batch_size": s.batch_size,
+            "revision_limit": s.revision_limit}
+    problems = []
+    for key, var in ENV_OPTIONS.items():
+        raw = environ.get(var)
+        if raw in (None, ""):
+            continue
+        if key == "model":
+            base[key] = raw
+            continue
+        try:
+            value = int(raw)
+            if value < 1 and key != "revision_limit":
+                raise ValueError
+            base[key] = value
+        except ValueError:
+            problems.append(f"environment: {var}={raw!r} is not a positive whole number; fix or unset it")
+    if problems:
+        raise ConfigError(problems)
+    for key in base:
+        if cli.get(key) is not None:
+            base[key] = cli[key]
+    if cli.get("offline"):
+        base["model"] = OFFLINE
+    return RunOptions(limit=cli.get("limit"), reprocess=bool(cli.get("reprocess")), **base)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "x"

@@ -1,0 +1,94 @@
+"""Plain-text views of the ledger for `crewbatch runs` and `crewbatch show`.
+
+Tables and trails are data, so they go to stdout; each view has a JSON twin for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+from .export import describe_actions
+
+
+def runs_table(runs: list[dict]) -> str:
+    if not runs:
+        return "no runs yet; start one with `crewbatch run`"
+    header = f"{'RUN_ID':<22} {'STATUS':<11} {'EXIT':>4} {'RECORDS':>7}  {'COUNTS':<58} " \
+             f"{'COST_USD':>9} {'SECONDS':>8}  MODEL"
+    lines = [header]
+    for r in runs:
+        counts = ", ".join(f"{v} {k}" for k, v in sorted(r["counts"].items()))
+        lines.append(f"{r['run_id']:<22} {r['status']:<11} {_s(r['exit_code']):>4} "
+                     f"{r['records']:>7}  {counts:<58} {r['cost_usd']:>9.4f} "
+                     f"{_duration(r):>8}  {r['model']}")
+    return "\n".join(lines)
+
+
+def _s(value) -> str:
+    return "" if value is None else str(value)
+
+
+def _duration(run: dict) -> str:
+    from datetime import datetime
+
+    if not run.get("finished_utc"):
+        return ""
+    fmt = "%Y-%m-%dT%H:%M:%S.%fZ"
+    seconds = (datetime.strptime(run["finished_utc"], fmt) -
+               datetime.strptime(run["started_utc"], fmt)).total_seconds()
+    return f"{seconds:.1f}"
+
+
+def run_table(run: dict, outcomes: list[dict]) -> str:
+    lines = [f"run {run['run_id']} ({run['status']}, model {run['model']}, "
+             f"started {run['started_utc']})",
+             f"{'TICKET_ID':<16} {'STATUS':<12} {'CATEGORY':<13} {'PRIORITY':<8} {'REV':>3}  "
+             "REASON / SUBJECT"]
+    for o in outcomes:
+        why = o["needs_human_reason"] or o["error"] or o["reason"] or o.get("subject") or ""
+        lines.append(f"{o['ticket_id'][:16]:<16} {o['status']:<12} {o['category']:<13} "
+                     f"{o['priority']:<8} {o['revisions']:>3}  {_one_line(why, 90)}")
+    return "\n".join(lines)
+
+
+def _one_line(text: str, width: int) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def trail_text(trail: dict) -> str:
+    o = trail["outcome"]
+    t = trail["ticket"] or {}
+    out = [f"ticket {o['ticket_id']} in run {o['run_id']}: {o['status']}",
+           f"source: {o['source']}   key: {o['ticket_key'] or '-'}   model: {o['model'] or '-'}"]
+    if t:
+        out += [f"from: {t['customer_name']} <{t['customer']}>   received: {t['received_at']}",
+                f"subject: {t['subject']}", "", _indent(t["body"])]
+    for label, key in (("reason", "reason"), ("needs human", "needs_human_reason"),
+                       ("error", "error")):
+        if o[key]:
+            out.append(f"{label}: {o[key]}")
+    out.append(f"tokens: {o['prompt_tokens']} prompt + {o['completion_tokens']} completion; "
+               f"cost ${o['cost_usd']:.4f}; {o['duration_ms']} ms; revisions: {o['revisions']}")
+    for s in trail["steps"]:
+        out += ["", f"── round {s['round']} · {s['step']} · {s['agent']} ({s['model']}, "
+                    f"{s['duration_ms']} ms, {s['prompt_tokens']}+{s['completion_tokens']} tokens)"]
+        body = s["output_text"]
+        if s["output_json"] and s["step"] in ("draft", "review"):
+            body = json.dumps(json.loads(s["output_json"]), ensure_ascii=False, indent=2)
+        out.append(_indent(body))
+    if trail["actions"]:
+        out += ["", "── actions"]
+        out.append(_indent(describe_actions(json.dumps([
+            {"kind": a["kind"], "args": json.loads(a["args_json"]), "decision": a["decision"],
+             "reason": a["reason"]} for a in trail["actions"]]))))
+    out += ["", "── events"]
+    for e in trail["events"]:
+        out.append(f"  {e['at_utc']}  {e['from_status'] or '(new)':>11} → {e['to_status']:<11} "
+                   f"{e['detail']}")
+    return "\n".join(out)
+
+
+def _indent(text: str) -> str:
+    return textwrap.indent(text or "(empty)", "  ")
