@@ -8,6 +8,7 @@ module that needs CrewAI imports it after `prepare()`, and only where a crew rea
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -29,3 +30,5 @@ def prepare(storage_dir: Path) -> None:
     from crewai_core.printer import set_suppress_console_output
 
     set_suppress_console_output(True)
+    # "approximate input token count" on every call of a model without a tokenizer: noise under cron.
+    logging.getLogger("crewai.llms.base_llm").setLevel(logging.ERROR)

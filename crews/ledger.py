@@ -311,7 +311,7 @@ class Ledger:
                 db.execute(
                     "INSERT INTO actions (outcome_id, kind, args_json, decision, reason, "
                     "created_utc) VALUES (?, ?, ?, ?, ?, ?)",
-                    (outcome_id, a["kind"], json.dumps(a["args"], ensure_ascii=False, sort_keys=True),
+                    (outcome_id, a["kind"], json.dumps(a["args"], ensure_ascii=False),
                      a["decision"], a.get("reason", ""), now))
             self._transition(db, outcome_id, status.value, detail, fields)
 

@@ -269,12 +269,13 @@ def _model_at(model: type[BaseModel], loc) -> type[BaseModel] | None:
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def _load_mapping(name, data, model, problems, what) -> dict[str, Any]:
+def _load_mapping(name, data, model, problems, what) -> tuple[dict[str, Any], set[str]]:
+    """The valid entries, and every name defined (valid or not, so cross-checks don't cascade)."""
     if data is None:
-        return {}
+        return {}, set()
     if not isinstance(data, dict):
         problems.append(f"{name}: must be a mapping of {what} names to their settings")
-        return {}
+        return {}, set()
     loaded = {}
     for key, body in data.items():
         if not isinstance(body, dict):
@@ -285,7 +286,7 @@ def _load_mapping(name, data, model, problems, what) -> dict[str, Any]:
             loaded[key] = model.model_validate(body)
         except ValidationError as err:
             problems.extend(_describe(name, str(key), model, err))
-    return loaded
+    return loaded, {str(k) for k in data}
 
 
 def _placeholders(text: str) -> set[str]:
@@ -314,10 +315,10 @@ def load_config(root: Path, check_files: bool = True) -> Config:
     elif raw_settings is not None:
         problems.append(f"{SETTINGS_FILE}: must be a mapping of keys (llm, batch_size, ...)")
 
-    agents = _load_mapping(AGENTS_FILE, _read_yaml(root, AGENTS_FILE, problems), AgentSpec,
-                           problems, "agent")
-    tasks = _load_mapping(TASKS_FILE, _read_yaml(root, TASKS_FILE, problems), TaskSpec,
-                          problems, "task")
+    agents, agent_names = _load_mapping(AGENTS_FILE, _read_yaml(root, AGENTS_FILE, problems),
+                                        AgentSpec, problems, "agent")
+    tasks, task_names = _load_mapping(TASKS_FILE, _read_yaml(root, TASKS_FILE, problems),
+                                      TaskSpec, problems, "task")
 
     raw_policy = _read_yaml(root, POLICY_FILE, problems)
     policy = Policy()
@@ -327,8 +328,8 @@ def load_config(root: Path, check_files: bool = True) -> Config:
         except ValidationError as err:
             problems.extend(_describe(POLICY_FILE, "", Policy, err))
 
-    _check_agents(agents, problems)
-    _check_tasks(tasks, agents, problems)
+    _check_agents(agents, agent_names, problems)
+    _check_tasks(tasks, task_names, agent_names, agents, problems)
 
     config = Config(root, settings, agents, tasks, policy, warnings)
     if check_files:
@@ -338,14 +339,14 @@ def load_config(root: Path, check_files: bool = True) -> Config:
     return config
 
 
-def _check_agents(agents: dict[str, AgentSpec], problems: list[str]) -> None:
-    if not agents:
+def _check_agents(agents: dict[str, AgentSpec], names: set[str], problems: list[str]) -> None:
+    if not names:
         return
     for role in ROLES:
-        if role not in agents:
-            problems.append(f"{AGENTS_FILE}: agent `{role}` is missing{_suggest(role, agents)}; "
+        if role not in names:
+            problems.append(f"{AGENTS_FILE}: agent `{role}` is missing{_suggest(role, names)}; "
                             f"crewbatch needs the four roles {', '.join(ROLES)}")
-    for name in agents:
+    for name in sorted(names):
         if name not in ROLES:
             problems.append(f"{AGENTS_FILE}: agent `{name}` is not one of the four roles "
                             f"{', '.join(ROLES)}{_suggest(name, ROLES)}; rename or remove it")
@@ -360,21 +361,22 @@ def _check_agents(agents: dict[str, AgentSpec], problems: list[str]) -> None:
                                 "executor may act (remove it from this agent)")
 
 
-def _check_tasks(tasks: dict[str, TaskSpec], agents: dict[str, AgentSpec], problems: list[str]) -> None:
-    if not tasks:
+def _check_tasks(tasks: dict[str, TaskSpec], names: set[str], agent_names: set[str],
+                 agents: dict[str, AgentSpec], problems: list[str]) -> None:
+    if not names:
         return
     for step in STEPS:
-        if step not in tasks:
-            problems.append(f"{TASKS_FILE}: task `{step}` is missing{_suggest(step, tasks)}; crewbatch "
-                            f"runs the tasks {', '.join(STEPS)} in that order")
-    for name in tasks:
+        if step not in names:
+            problems.append(f"{TASKS_FILE}: task `{step}` is missing{_suggest(step, names)}; "
+                            f"crewbatch runs the tasks {', '.join(STEPS)} in that order")
+    for name in sorted(names):
         if name not in STEPS:
             problems.append(f"{TASKS_FILE}: task `{name}` is not one of {', '.join(STEPS)}"
                             f"{_suggest(name, STEPS)}; rename or remove it")
     for name, spec in tasks.items():
-        if agents and spec.agent not in agents:
-            problems.append(f"{TASKS_FILE}: task `{name}` names agent `{spec.agent}`, which is not in "
-                            f"{AGENTS_FILE}{_suggest(spec.agent, agents)}")
+        if agent_names and spec.agent not in agent_names:
+            problems.append(f"{TASKS_FILE}: task `{name}` names agent `{spec.agent}`, which is not "
+                            f"in {AGENTS_FILE}{_suggest(spec.agent, agent_names)}")
         if name not in STEPS:
             continue
         earlier = STEPS[: STEPS.index(name)]

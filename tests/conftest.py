@@ -1,0 +1,91 @@
+"""Shared fixtures: a throwaway copy of the project, the CLI runner, and CrewAI kept quiet.
+
+CrewAI's environment is set before anything imports it, with its storage in a temp directory, so
+tests never write to the home directory's CrewAI storage or reach the network.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+CORPORA = SHARED / "corpora"
+sys.path.insert(0, str(Path(__file__).parent))
+
+os.environ.update({
+    "CREWAI_DISABLE_TELEMETRY": "true",
+    "CREWAI_TRACING_ENABLED": "false",
+    "CREWAI_DISABLE_VERSION_CHECK": "true",
+    "CREWAI_TESTING": "true",
+    "OTEL_SDK_DISABLED": "true",
+    "CREWAI_STORAGE_DIR": tempfile.mkdtemp(prefix="crewbatch-tests-crewai-"),
+})
+for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "CREWBATCH_ROOT", "CREWBATCH_MODEL",
+            "CREWBATCH_CONCURRENCY", "CREWBATCH_BATCH_SIZE", "CREWBATCH_REVISION_LIMIT"):
+    os.environ.pop(var, None)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A fresh project directory with the repository's config/ and data/ and an empty runs/."""
+    root = tmp_path / "project"
+    shutil.copytree(REPO / "config", root / "config")
+    shutil.copytree(REPO / "data", root / "data")
+    (root / "runs").mkdir()
+    return root
+
+
+@pytest.fixture
+def cli(project: Path, monkeypatch):
+    """Invoke crewbatch as a user would, from inside the project; returns click's Result."""
+    from click.testing import CliRunner
+
+    from crews.cli import main
+
+    monkeypatch.chdir(project)
+    runner = CliRunner()
+
+    def invoke(*args: str, env: dict | None = None):
+        return runner.invoke(main, list(args), env=env, catch_exceptions=False)
+
+    return invoke
+
+
+def write_tickets(path: Path, rows: list[dict]) -> Path:
+    import csv
+
+    fields = ["ticket_id", "received_at", "customer", "customer_name", "subject", "body"]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in fields})
+    return path
+
+
+def read_results(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def tickets_file():
+    return write_tickets
+
+
+@pytest.fixture
+def results():
+    return read_results
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst)

@@ -1,0 +1,109 @@
+"""Configuration: every problem reported at once, with file, key and fix; one precedence order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from crews.settings import ConfigError, find_root, load_config, resolve_options
+
+
+def problems(root: Path) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        load_config(root)
+    return err.value.problems
+
+
+def test_repository_config_is_valid(project):
+    config = load_config(project)
+    assert set(config.agents) == {"researcher", "writer", "critic", "executor"}
+    assert list(config.tasks) == ["research", "draft", "review", "execute"]
+    assert config.policy.refunds.auto_approve_limit == 50
+    assert config.settings.llm.model == "offline"
+
+
+def test_misspelled_agent_in_task_names_file_key_and_fix(project):
+    tasks = project / "config/tasks.yaml"
+    tasks.write_text(tasks.read_text().replace("agent: writer", "agent: writter"))
+    assert ("config/tasks.yaml: task `draft` names agent `writter`, which is not in "
+            "config/agents.yaml (did you mean `writer`?)") in problems(project)
+
+
+def test_every_problem_is_reported_at_once(project):
+    agents = project / "config/agents.yaml"
+    agents.write_text(agents.read_text().replace("  goal: >\n    Draft", "  gaol: >\n    Draft"))
+    settings = project / "config/settings.yaml"
+    settings.write_text(settings.read_text().replace("concurrency: 4", "concurrency: 0"))
+    tasks = project / "config/tasks.yaml"
+    tasks.write_text(tasks.read_text().replace("{feedback}", "{feedbak}"))
+    found = problems(project)
+    assert any(p.startswith("config/agents.yaml: unknown key `writer.gaol` (did you mean `goal`?)")
+               for p in found), found
+    assert "config/agents.yaml: `writer.goal` is required; add it" in found
+    assert any(p.startswith("config/settings.yaml: `concurrency`: Input should be greater than or "
+                            "equal to 1") for p in found), found
+    assert any(p.startswith("config/tasks.yaml: task `draft` description uses {feedbak}, which is "
+                            "not available here (did you mean `feedback`?)") for p in found), found
+    assert len(found) == 4
+
+
+def test_action_tool_on_writer_is_refused(project):
+    agents = project / "config/agents.yaml"
+    text = agents.read_text().replace(
+        "    honest about what happens next, and never promising what policy does not allow.\n",
+        "    honest about what happens next, and never promising what policy does not allow.\n"
+        "  tools: [request_refund]\n")
+    agents.write_text(text)
+    assert ("config/agents.yaml: agent `writer` lists action tool `request_refund`; only the "
+            "executor may act (remove it from this agent)") in problems(project)
+
+
+def test_output_placeholder_needs_context(project):
+    tasks = project / "config/tasks.yaml"
+    tasks.write_text(tasks.read_text().replace("  context: [research]\n", "", 1))
+    assert ("config/tasks.yaml: task `draft` uses {research} but `research` is not in its "
+            "context; add `context: [research]`") in problems(project)
+
+
+def test_missing_file_and_bad_yaml(project):
+    (project / "config/policy.yaml").unlink()
+    (project / "config/settings.yaml").write_text("llm: [unclosed\n")
+    found = problems(project)
+    assert "config/policy.yaml: file is missing; restore it from the crewbatch repository" in found
+    assert any(p.startswith("config/settings.yaml (line 2, column 1): not valid YAML") for p in found)
+
+
+def test_missing_knowledge_dir_is_a_problem(project):
+    import shutil
+
+    shutil.rmtree(project / "data/knowledge")
+    found = problems(project)
+    assert any("`paths.knowledge` is data/knowledge" in p and "is not a directory" in p
+               for p in found), found
+
+
+def test_root_is_found_from_a_subdirectory_and_from_option(project, tmp_path, monkeypatch):
+    sub = project / "data" / "knowledge"
+    assert find_root(cwd=sub) == project.resolve()
+    monkeypatch.setenv("CREWBATCH_ROOT", str(project))
+    assert find_root(cwd=tmp_path) == project.resolve()
+    monkeypatch.delenv("CREWBATCH_ROOT")
+    with pytest.raises(ConfigError) as err:
+        find_root(cwd=tmp_path)
+    assert "no config/settings.yaml here or in any parent directory" in err.value.problems[0]
+
+
+def test_precedence_cli_over_env_over_settings(project):
+    config = load_config(project)
+    assert resolve_options(config, {}, environ={}).concurrency == 4
+    env = {"CREWBATCH_CONCURRENCY": "7", "CREWBATCH_MODEL": "gpt-4o-mini"}
+    assert resolve_options(config, {}, environ=env).concurrency == 7
+    opts = resolve_options(config, {"concurrency": 9, "offline": True}, environ=env)
+    assert opts.concurrency == 9
+    assert opts.model == "offline"
+    assert resolve_options(config, {}, environ=env).model == "gpt-4o-mini"
+    with pytest.raises(ConfigError) as err:
+        resolve_options(config, {}, environ={"CREWBATCH_BATCH_SIZE": "many"})
+    assert err.value.problems == ["environment: CREWBATCH_BATCH_SIZE='many' is not a positive "
+                                  "whole number; fix or unset it"]
