@@ -8,6 +8,7 @@ inside `run`, so every other command starts fast and needs no key.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -134,7 +135,8 @@ def run(obj: Context, sources, offline, model, concurrency, batch_size, revision
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with _progress() as advance:
+        # CrewAI prints warnings with print(); stdout carries only the run id.
+        with _progress() as advance, contextlib.redirect_stdout(sys.stderr):
             summary = pipeline.run(config, options, list(sources), stop=stop, progress=advance)
     finally:
         for s, handler in previous.items():

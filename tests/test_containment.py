@@ -1,0 +1,57 @@
+"""CrewAI contained: an offline run opens no socket beyond 127.0.0.1 and writes only under runs/."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+PROBE = r"""
+import json, sys
+events = []
+def hook(event, args):
+    if event == "socket.connect":
+        events.append(["connect", repr(args[1])])
+    elif event == "socket.getaddrinfo":
+        events.append(["getaddrinfo", repr(args[0])])
+sys.addaudithook(hook)
+from crews.cli import main
+try:
+    main(["--root", sys.argv[1], "run", "--offline", "--limit", "6"])
+except SystemExit as exit:
+    code = exit.code
+with open(sys.argv[2], "w") as f:
+    json.dump({"code": code, "events": events}, f)
+"""
+
+
+def test_offline_run_opens_no_socket_and_writes_only_under_runs(project, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    report = tmp_path / "report.json"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CREWAI_", "OTEL_", "OPENAI_"))}
+    env.update(HOME=str(home), PYTHONPATH=str(REPO))
+    before = {p for p in project.rglob("*")}
+    out = subprocess.run([sys.executable, "-c", PROBE, str(project), str(report)], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.loads(report.read_text())
+    assert data["code"] == 0
+    remote = [e for e in data["events"]
+              if e[0] == "connect" and "127.0.0.1" not in e[1] and not e[1].startswith("'/")]
+    lookups = [e for e in data["events"]
+               if e[0] == "getaddrinfo" and e[1] not in ("'127.0.0.1'", "'localhost'")]
+    assert remote == [] and lookups == [], data["events"]
+    # New files only under runs/; in HOME only what `import crewai` itself creates.
+    created = {p for p in project.rglob("*")} - before
+    assert created and all(p.relative_to(project).parts[0] == "runs" for p in created), \
+        sorted(map(str, created))[:10]
+    # `import crewai` unavoidably creates its credentials key store (crewai_core/token_manager.py).
+    home_files = sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
+    assert all(f.startswith((".local/share/crewai/", ".config/crewai/")) for f in home_files), \
+        home_files
+    assert (project / "runs" / ".crewai").is_dir()
