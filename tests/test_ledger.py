@@ -1,0 +1,87 @@
+"""The ledger: migrations, idempotency, events written with the change, side effects once."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from crews.ledger import Ledger
+from crews.ticket import Rejection, Status, Ticket
+
+
+_records = iter(range(1, 10_000))
+
+
+def t(key: str, body: str = "hello") -> Ticket:
+    n = next(_records)
+    return Ticket(key=key, ticket_id=key, source=f"x.csv:{n}", received_at="",
+                  customer="a@x.example", customer_name="", subject="s", body=body, record_no=n)
+
+
+def test_migrations_are_applied_once_and_wal_is_on(tmp_path):
+    path = tmp_path / "ledger.db"
+    with Ledger(path) as ledger:
+        assert ledger.schema_version() == 1
+    with Ledger(path) as ledger:
+        assert ledger.schema_version() == 1
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == 1
+
+
+def test_finished_tickets_are_skipped_and_edits_are_processed(tmp_path):
+    with Ledger(tmp_path / "l.db") as ledger:
+        ledger.start_run("r1", "offline", {}, [])
+        todo = ledger.add_records("r1", [t("A"), t("B"), t("A"),
+                                         Rejection(4, "x.csv:4", "empty")], reprocess=False)
+        assert [tk.key for _, tk in todo] == ["A", "B"]
+        assert ledger.counts("r1") == {"pending": 2, "skipped": 1, "rejected": 1}
+        ledger.record_result(todo[0][0], Status.APPROVED, {"draft_reply": "hi"}, [], [], "ok")
+        ledger.record_result(todo[1][0], Status.FAILED, {"error": "boom"}, [], [], "err")
+
+        ledger.start_run("r2", "offline", {}, [])
+        todo2 = ledger.add_records("r2", [t("A"), t("B"), t("A", "edited")], reprocess=False)
+        assert [(tk.key, tk.body) for _, tk in todo2] == [("B", "hello"), ("A", "edited")]
+        skipped = [o for o in ledger.outcomes("r2") if o["status"] == "skipped"]
+        assert skipped[0]["reason"] == "already approved in run r1 with the same content"
+
+        ledger.start_run("r3", "offline", {}, [])
+        assert len(ledger.add_records("r3", [t("A")], reprocess=True)) == 1
+
+
+def test_status_and_event_are_one_transaction(tmp_path):
+    with Ledger(tmp_path / "l.db") as ledger:
+        ledger.start_run("r1", "offline", {}, [])
+        (oid, _), = ledger.add_records("r1", [t("A")], reprocess=False)
+        ledger.mark_running(oid)
+        try:
+            ledger.record_result(oid, Status.APPROVED, {"no_such_column": 1}, [], [], "x")
+        except ValueError:
+            pass
+        trail = ledger.trail("r1", "A")
+        assert trail["outcome"]["status"] == "running"
+        assert [e["to_status"] for e in trail["events"]] == ["pending", "running"]
+        ledger.record_result(oid, Status.NEEDS_HUMAN, {"needs_human_reason": "why"},
+                             [{"round": 0, "step": "draft", "agent": "writer", "model": "m",
+                               "output_text": "t"}],
+                             [{"kind": "request_refund", "args": {"amount": 99}, "decision":
+                               "refused", "reason": "limit"}], "refused")
+        trail = ledger.trail("r1", "A")
+        assert [e["to_status"] for e in trail["events"]] == ["pending", "running", "needs_human"]
+        assert trail["steps"][0]["output_text"] == "t"
+        assert trail["actions"][0]["decision"] == "refused"
+
+
+def test_interrupted_tickets_go_back_to_pending(tmp_path):
+    with Ledger(tmp_path / "l.db") as ledger:
+        ledger.start_run("r1", "offline", {}, [])
+        (oid, _), = ledger.add_records("r1", [t("A")], reprocess=False)
+        ledger.mark_running(oid)
+        assert ledger.release_unfinished("r1", "stopped") == 1
+        assert ledger.counts("r1") == {"pending": 1}
+
+
+def test_side_effects_are_recorded_once(tmp_path):
+    with Ledger(tmp_path / "l.db") as ledger:
+        assert ledger.record_side_effect("k", 1, "queue_reply", "f.eml") is True
+        assert ledger.record_side_effect("k", 1, "queue_reply", "f.eml") is False
+        assert ledger.side_effect_done("k")

@@ -1,0 +1,143 @@
+"""Policy in code: the executor's tools, the gate's checks, and a spreadsheet-safe sheet."""
+
+from __future__ import annotations
+
+import pytest
+
+from crews import framework
+from crews.export import describe_actions, neutralise
+from crews.knowledge import Orders
+from crews.outputs import Draft, ProposedAction
+from crews.settings import Limits, Policy, load_config
+from crews.ticket import Ticket
+
+
+@pytest.fixture
+def desk_for(project):
+    framework.prepare(project / "runs" / ".crewai")
+    from crews.actions import ActionDesk
+
+    orders = Orders(project / "data/orders.csv")
+    project_policy = load_config(project).policy
+
+    def make(plan, customer="jess.lee@example.net", policy=None):
+        ticket = Ticket(key="T-1", ticket_id="T-1", source="s", received_at="", customer=customer,
+                        customer_name="", subject="s", body="b", record_no=1)
+        draft = Draft(category="refund", priority="normal", language="en", reply="hi",
+                      actions=plan)
+        return ActionDesk(ticket, draft, plan, policy or project_policy, orders)
+
+    return make
+
+
+def refund(order_id="NW-10335", amount=24.0, currency="USD"):
+    return ProposedAction(kind="request_refund", order_id=order_id, amount=amount,
+                          currency=currency)
+
+
+def test_refund_within_policy_is_allowed(desk_for):
+    desk = desk_for([refund()])
+    assert '"done": true' in desk.request_refund("nw-10335", 24.0, "usd")
+    assert desk.decisions[0].allowed
+
+
+@pytest.mark.parametrize("args,reason", [
+    (("NW-10335", 24.0, "EUR"), "the refund is in EUR but order NW-10335 was paid in USD"),
+    (("NW-10335", 30.0, "USD"), "the refund of 30.00 is more than the order total of 24.00"),
+    (("NW-10323", 20.0, "EUR"), "order NW-10323 does not belong to this ticket's customer"),
+    (("NW-00000", 5.0, "USD"), "order NW-00000 does not exist"),
+    (("NW-10335", -1.0, "USD"), "a refund amount must be positive"),
+])
+def test_refunds_policy_refuses(desk_for, args, reason):
+    desk = desk_for([refund()])
+    desk.request_refund(*args)
+    assert desk.decisions[0].allowed is False
+    assert desk.decisions[0].reason == reason
+
+
+def test_over_limit_and_unplanned_and_repeated_refunds(desk_for, project):
+    owner = Orders(project / "data/orders.csv").owner("NW-10323")
+    desk = desk_for([refund("NW-10323", 249.0, "EUR")], customer=owner)
+    desk.request_refund("NW-10323", 249.0, "EUR")
+    assert desk.decisions[-1].reason == ("a refund of 249.00 EUR is above the auto-approve limit "
+                                         "of 50 EUR; a person must approve it")
+    small = desk_for([refund(amount=10.0)])
+    small.request_refund("NW-10335", 20.0, "USD")
+    assert small.decisions[-1].reason == "the approved plan refunds 10.00, not 20.00"
+    small.request_refund("NW-10335", 10.0, "USD")
+    small.request_refund("NW-10335", 10.0, "USD")
+    assert [d.allowed for d in small.decisions] == [False, True, False]
+    assert small.decisions[-1].reason == "policy allows at most 1 refund request(s) per ticket"
+    unplanned = desk_for([])
+    unplanned.request_refund("NW-10335", 5.0, "USD")
+    assert unplanned.decisions[-1].reason == "a refund on NW-10335 is not in the approved plan"
+
+
+def test_queue_reply_and_tags_need_the_plan_and_policy(desk_for):
+    desk = desk_for([ProposedAction(kind="tag_ticket", queue="billing")])
+    desk.queue_reply()
+    desk.tag_ticket("billing")
+    desk.tag_ticket("vip-lounge")
+    assert [(d.allowed, d.reason) for d in desk.decisions] == [
+        (False, "sending a reply is not in the approved plan"), (True, ""),
+        (False, "queue `vip-lounge` is not one of the queues in policy: shipping, returns, "
+                "billing, accounts, escalations, general")]
+    locked = desk_for([refund()], policy=Policy(allowed_actions=["queue_reply"]))
+    locked.request_refund("NW-10335", 24.0, "USD")
+    assert locked.decisions[0].reason == "request_refund is not an allowed action in " \
+                                         "config/policy.yaml"
+
+
+def test_perform_writes_each_side_effect_once(desk_for, tmp_path):
+    from crews.actions import perform
+    from crews.ledger import Ledger
+
+    desk = desk_for([ProposedAction(kind="queue_reply"), refund()])
+    desk.queue_reply()
+    desk.request_refund("NW-10335", 24.0, "USD")
+    with Ledger(tmp_path / "l.db") as ledger:
+        first = perform(desk.decisions, desk.ticket, desk.draft, tmp_path / "run1", ledger, 1)
+        again = perform(desk.decisions, desk.ticket, desk.draft, tmp_path / "run2", ledger, 2)
+    assert len(first) == 2 and all("already done" in line for line in again)
+    assert len(list((tmp_path / "run1" / "outbox").glob("*.eml"))) == 1
+    assert not (tmp_path / "run2").exists()
+    eml = next((tmp_path / "run1" / "outbox").glob("*.eml")).read_text()
+    assert "To: jess.lee@example.net" in eml and "Subject: Re: s" in eml
+
+
+def test_gate_findings(project):
+    framework.prepare(project / "runs" / ".crewai")
+    from crews.gate import check_draft, detect_language
+    from crews.research import Evidence
+
+    ticket = Ticket(key="T", ticket_id="T", source="s", received_at="", customer="a@example.com",
+                    customer_name="", subject="Where is NW-10335?", body="Please help, thanks",
+                    record_no=1)
+    evidence = Evidence()
+    evidence.add("lookup_order", {"order_id": "NW-10323"},
+                 {"found": False, "order_id": "NW-10323", "belongs_to_other_customer": True})
+    reply = ("Hi [Customer Name], order NW-10335 and NW-10323 and NW-77777 are fine. Contact "
+             "bob@example.org. Per my system prompt we will refund it. {{amount}}")
+    draft = Draft(category="x", priority="normal", language="en", reply=reply,
+                  actions=[ProposedAction(kind="request_refund", amount=99.0, currency="EUR")])
+    checks = {(f.check, f.severity) for f in check_draft(draft, ticket, evidence, Policy(),
+                                                         Limits())}
+    assert ("placeholder", "major") in checks
+    assert ("other_customer_data", "critical") in checks
+    assert ("invented_fact", "critical") in checks
+    assert ("internal_leak", "critical") in checks
+    assert ("over_policy_promise", "critical") not in checks  # "we will refund" names no amount
+    assert detect_language("Guten Tag, ich habe meine Bestellung noch nicht bekommen") == "de"
+    assert detect_language("Hola, mi pedido no ha llegado todavía, gracias") == "es"
+
+
+def test_sheet_cells_are_inert_but_readable():
+    assert neutralise("=HYPERLINK(\"http://x\")") == "'=HYPERLINK(\"http://x\")"
+    assert neutralise("@SUM(A1)") == "'@SUM(A1)"
+    assert neutralise("+1+1") == "'+1+1"
+    assert neutralise("\tcmd") == "'\tcmd"
+    assert neutralise("-1.5") == "-1.5"
+    assert neutralise("a@b.example") == "a@b.example"
+    assert neutralise(3) == 3
+    assert describe_actions('[{"kind": "queue_reply", "args": {}, "decision": "performed"}]') \
+        == "queue_reply(): performed"
