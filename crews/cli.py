@@ -237,19 +237,20 @@ def show(obj: Context, run_id, ticket_id, as_json):
 @main.command()
 @click.argument("run_id")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the sheet (.csv).")
+              help="Where to write the sheet (.csv or .xlsx).")
 @click.pass_obj
 def export(obj: Context, run_id, output):
-    """Write the review sheet of any run.
+    """Write the review sheet of any run, as CSV or as an Excel workbook.
 
     \b
-    Example:
+    Examples:
       crewbatch export 20261121-093012-ab12 -o review.csv
+      crewbatch export 20261121-093012-ab12 -o review.xlsx
     """
     from .export import write_results
 
-    if Path(output).suffix.lower() != ".csv":
-        raise click.ClickException(f"{output}: only .csv is supported; name the file *.csv")
+    if Path(output).suffix.lower() not in (".csv", ".xlsx"):
+        raise click.ClickException(f"{output}: name the file *.csv or *.xlsx")
     config = obj.config(check_files=False)
     with obj.ledger(config) as ledger:
         run_id = _resolve_run(ledger, run_id)

@@ -130,3 +130,19 @@ def test_ledger_records_every_transition_with_its_change(project, sample_run):
         assert trail == ["pending", "running", status]
     steps = db.execute("SELECT COUNT(DISTINCT step) FROM steps").fetchone()[0]
     assert steps == 5
+
+
+def test_export_xlsx_is_a_real_workbook(project, cli, sample_run, tmp_path):
+    from openpyxl import load_workbook
+
+    run_id, rows = sample_run
+    out = tmp_path / "review.xlsx"
+    assert cli("export", run_id, "-o", str(out)).exit_code == 0
+    ws = load_workbook(out).active
+    header = [c.value for c in ws[1]]
+    assert header[-2:] == ["decision", "reviewer_note"] and ws.max_row == len(rows) + 1
+    assert ws.freeze_panes == "B2" and ws.auto_filter.ref
+    assert any(dv.formula1 == '"approve,reject,edit"' for dv in ws.data_validations.dataValidation)
+    assert all(c.data_type != "f" for row in ws.iter_rows(min_row=2) for c in row)
+    reply = header.index("draft_reply")
+    assert "\n" in ws.cell(row=2, column=reply + 1).value
