@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 from click.testing import CliRunner
-
 from conftest import REPO
+
 from crews.cli import main
 
 README = (REPO / "README.md").read_text(encoding="utf-8")

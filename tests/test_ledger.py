@@ -7,7 +7,6 @@ import sqlite3
 from crews.ledger import Ledger
 from crews.ticket import Rejection, Status, Ticket
 
-
 _records = iter(range(1, 10_000))
 
 
