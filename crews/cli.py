@@ -91,6 +91,13 @@ def main(ctx, root, debug):
     ctx.obj = Context(root, debug)
 
 
+FORMATS = ("csv", "tsv", "jsonl", "mbox", "maildir", "eml")
+format_option = click.option("--format", "fmt", type=click.Choice(FORMATS),
+                             help="Source format (default: by suffix or content).")
+encoding_option = click.option("--encoding", help="Text encoding of the sources, e.g. cp1252 "
+                                                  "(default: detected).")
+
+
 @main.command()
 @click.argument("sources", nargs=-1)
 @click.option("--offline", is_flag=True, help="Use the built-in deterministic model (no network).")
@@ -104,9 +111,11 @@ def main(ctx, root, debug):
 @click.option("--limit", type=click.IntRange(1), help="Read at most N records.")
 @click.option("--reprocess", is_flag=True,
               help="Process tickets again even if an earlier run finished them.")
+@format_option
+@encoding_option
 @click.pass_obj
 def run(obj: Context, sources, offline, model, concurrency, batch_size, revision_limit, limit,
-        reprocess):
+        reprocess, fmt, encoding):
     """Process tickets from SOURCE files (default: `sources` in settings.yaml).
 
     Prints the run id on stdout and writes runs/RUN_ID/results.csv.
@@ -118,8 +127,10 @@ def run(obj: Context, sources, offline, model, concurrency, batch_size, revision
       crewbatch run            # the sources listed in config/settings.yaml (for cron)
     """
     from . import pipeline
+    from .intake import IntakeOptions
 
     config = obj.config()
+    intake_options = IntakeOptions.from_config(config, fmt, encoding)
     options = resolve_options(config, {
         "offline": offline, "model": model, "concurrency": concurrency,
         "batch_size": batch_size, "revision_limit": revision_limit, "limit": limit,
@@ -137,7 +148,8 @@ def run(obj: Context, sources, offline, model, concurrency, batch_size, revision
     try:
         # CrewAI prints warnings with print(); stdout carries only the run id.
         with _progress() as advance, contextlib.redirect_stdout(sys.stderr):
-            summary = pipeline.run(config, options, list(sources), stop=stop, progress=advance)
+            summary = pipeline.run(config, options, list(sources), intake_options, stop=stop,
+                                   progress=advance)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -261,8 +273,10 @@ def export(obj: Context, run_id, output):
 @main.command()
 @click.argument("sources", nargs=-1)
 @click.option("--offline", is_flag=True, help="Check as if the run were offline (skip the key check).")
+@format_option
+@encoding_option
 @click.pass_obj
-def check(obj: Context, sources, offline):
+def check(obj: Context, sources, offline, fmt, encoding):
     """Validate config/, the knowledge files, the orders table and sources. Calls no model.
 
     Exits 2 listing every problem at once, or 0 with a summary.
@@ -290,10 +304,11 @@ def check(obj: Context, sources, offline):
     click.echo(f"knowledge: {len(kb.sections)} sections in {config.knowledge_dir}")
     click.echo(f"orders: {len(orders.frame)} in {config.orders_file}")
     files = intake.expand_sources(list(sources) or config.settings.sources, config.root)
+    intake_options = intake.IntakeOptions.from_config(config, fmt, encoding)
     for path in files:
         tickets = rejections = 0
         reasons: dict[str, int] = {}
-        for item in intake.read_source(path, config.settings.limits.max_body_chars):
+        for item in intake.read_source(path, intake_options):
             if isinstance(item, intake.Ticket):
                 tickets += 1
             else:

@@ -12,6 +12,7 @@ import csv
 import glob
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .ticket import Rejection, Ticket, content_hash
@@ -76,11 +77,31 @@ def expand_sources(patterns: list[str], root: Path) -> list[Path]:
     return files
 
 
-def read_source(path: Path, max_body_chars: int, start_record: int = 1
-                ) -> Iterator[Ticket | Rejection]:
+@dataclass(frozen=True)
+class IntakeOptions:
+    """How to read sources: from settings.yaml `intake` and `limits`, overridden by the CLI."""
+
+    max_body_chars: int = 20_000
+    format: str | None = None
+    encoding: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, config, format: str | None = None, encoding: str | None = None):
+        s = config.settings
+        return cls(max_body_chars=s.limits.max_body_chars, format=format or s.intake.format,
+                   encoding=encoding or s.intake.encoding, columns=dict(s.intake.columns))
+
+
+def read_sources(files: list[Path], options: IntakeOptions) -> Iterator[Ticket | Rejection]:
+    for path in files:
+        yield from read_source(path, options)
+
+
+def read_source(path: Path, options: IntakeOptions) -> Iterator[Ticket | Rejection]:
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv", ".txt"):
-        yield from read_csv(path, max_body_chars, start_record)
+        yield from read_csv(path, options.max_body_chars)
     else:
         raise SourceError(f"{path}: unsupported source type `{suffix or '(none)'}`; crewbatch reads "
                           ".csv and .tsv files")

@@ -75,9 +75,9 @@ def _batches(items: Iterator, size: int) -> Iterator[list]:
         yield batch
 
 
-def _records(files: list[Path], config: Config, limit: int | None) -> Iterator[Ticket | Rejection]:
-    stream = itertools.chain.from_iterable(
-        intake.read_source(f, config.settings.limits.max_body_chars) for f in files)
+def _records(files: list[Path], options: intake.IntakeOptions, limit: int | None
+             ) -> Iterator[Ticket | Rejection]:
+    stream = intake.read_sources(files, options)
     return itertools.islice(stream, limit) if limit else stream
 
 
@@ -89,10 +89,12 @@ def price(config: Config, model: str, prompt_tokens: int, completion_tokens: int
 
 
 def run(config: Config, options: RunOptions, sources: list[str],
+        intake_options: intake.IntakeOptions | None = None,
         stop: threading.Event | None = None,
         progress: Callable[[int], None] | None = None) -> RunSummary:
     """Process the sources; return the summary (raises ConfigError/SourceError before any work)."""
     stop = stop or threading.Event()
+    intake_options = intake_options or intake.IntakeOptions.from_config(config)
     started = time.monotonic()
     files = intake.expand_sources(sources or config.settings.sources, config.root)
     if not files:
@@ -129,7 +131,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
             return _process(config, ledger, runner, run_dir, outcome_id, ticket)
 
         with ThreadPoolExecutor(options.concurrency, thread_name_prefix="ticket") as pool:
-            for batch in _batches(_records(files, config, options.limit), options.batch_size):
+            for batch in _batches(_records(files, intake_options, options.limit), options.batch_size):
                 if stop.is_set():
                     break
                 todo = ledger.add_records(run_id, batch, options.reprocess)

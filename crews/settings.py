@@ -83,8 +83,15 @@ class Limits(_Strict):
     max_reply_chars: int = Field(4_000, ge=100)
 
 
+class IntakeSettings(_Strict):
+    format: str | None = None          # csv, tsv, jsonl, mbox, maildir, eml; None = by suffix/content
+    encoding: str | None = None        # None = detect
+    columns: dict[str, str] = {}       # crewbatch field -> the export's column name
+
+
 class Settings(_Strict):
     llm: LLMSettings = LLMSettings()
+    intake: IntakeSettings = IntakeSettings()
     batch_size: int = Field(20, ge=1, le=10_000)
     concurrency: int = Field(4, ge=1, le=256)
     revision_limit: int = Field(2, ge=0, le=10)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from crews.intake import SourceError, map_columns, read_source
+from crews.intake import IntakeOptions, SourceError, map_columns, read_source
 from crews.ticket import Rejection, Ticket
 
 
 def items(path, limit=20_000):
-    return list(read_source(path, limit))
+    return list(read_source(path, IntakeOptions(max_body_chars=limit)))
 
 
 def test_helpdesk_headers_are_mapped():
