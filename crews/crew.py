@@ -26,6 +26,7 @@ from crewai.events.types.llm_events import LLMCallCompletedEvent, LLMCallType
 
 from . import gate
 from .actions import ActionDesk, Decision, action_tools
+from .calls import ticket_deadline
 from .knowledge import KnowledgeBase, Orders
 from .outputs import MODELS, Draft, Finding, ProposedAction, Verdict
 from .research import Evidence, research_tools
@@ -201,6 +202,7 @@ class CrewRunner:
         """Run the crew over one ticket. The per-ticket boundary: any error becomes `failed`."""
         meter = Meter()
         result = TicketResult(status=Status.FAILED, detail="")
+        deadline = ticket_deadline.set(time.monotonic() + self.config.settings.ticket_timeout_s)
         try:
             self._run(ticket, meter, result)
         except Exception as exc:  # noqa: BLE001 - recorded on the ticket; the batch goes on
@@ -208,6 +210,7 @@ class CrewRunner:
             result.error = f"{type(exc).__name__}: {exc}"[:2000]
             result.detail = "error in the crew"
         finally:
+            ticket_deadline.reset(deadline)
             result.usage = meter.total()
         return result
 

@@ -43,12 +43,24 @@ def preflight(config: Config, default_model: str, environ=os.environ) -> None:
 
 
 def build_llms(config: Config, default_model: str, environ=os.environ) -> dict[str, Any]:
-    """One LLM object per distinct model name, shared by the roles that use it (thread-safe)."""
+    """One managed LLM per distinct model name, shared by the roles that use it (thread-safe).
+
+    Each is wrapped in `calls.ManagedLLM`, so every call to that model shares one rate limiter
+    and the one retry policy of settings.yaml.
+    """
+    from .calls import ManagedLLM, RateLimiter, RetryPolicy
+
+    r = config.settings.retry
+    policy = RetryPolicy(max_attempts=r.max_attempts, repair_attempts=r.repair_attempts,
+                         base_delay_s=r.base_delay_s, max_delay_s=r.max_delay_s)
     built: dict[str, Any] = {}
     out = {}
     for role, model in role_models(config, default_model).items():
         if model not in built:
-            built[model] = _build(config, model, environ)
+            limit = config.settings.rate_limits.get(model)
+            limiter = RateLimiter(limit.requests_per_minute if limit else None,
+                                  limit.tokens_per_minute if limit else None)
+            built[model] = ManagedLLM(_build(config, model, environ), policy, limiter)
         out[role] = built[model]
     return out
 

@@ -63,7 +63,19 @@ class LLMSettings(_Strict):
     base_url: str | None = None
     temperature: float | None = 0.2
     timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(2, ge=0, le=10)
+    max_retries: int = Field(0, ge=0, le=10)  # the SDK's own; crewbatch's `retry` owns retries
+
+
+class RetrySettings(_Strict):
+    max_attempts: int = Field(4, ge=1, le=10)
+    repair_attempts: int = Field(1, ge=0, le=5)
+    base_delay_s: float = Field(1.0, ge=0)
+    max_delay_s: float = Field(30.0, ge=0)
+
+
+class RateLimit(_Strict):
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
 
 
 class Price(_Strict):
@@ -99,6 +111,9 @@ class Settings(_Strict):
     paths: Paths = Paths()
     limits: Limits = Limits()
     pricing: dict[str, Price] = {}
+    retry: RetrySettings = RetrySettings()
+    rate_limits: dict[str, RateLimit] = {}
+    ticket_timeout_s: float = Field(600.0, gt=0)
 
     @field_validator("llm", mode="before")
     @classmethod

@@ -29,17 +29,70 @@ def test_crew_completes_a_run_against_an_openai_compatible_server(project, cli, 
     assert b"sk-test-not-a-real-key" not in sheet
 
 
-def test_server_errors_fail_the_ticket_and_the_batch_goes_on(project, cli, results):
+def fast_retries(project):
+    settings = project / "config/settings.yaml"
+    settings.write_text(settings.read_text().replace("base_delay_s: 1", "base_delay_s: 0.01"))
+
+
+def test_transient_errors_are_retried_within_the_bound(project, cli, results):
     from fake_openai import Faults
 
-    settings = project / "config/settings.yaml"
-    settings.write_text(settings.read_text().replace("max_retries: 2", "max_retries: 0"))
-    with FakeOpenAI(Faults(errors=[500])) as server:
+    fast_retries(project)
+    env = {"OPENAI_API_KEY": "sk-test-key-abcdef"}
+    with FakeOpenAI() as server:
+        clean = cli("run", "--model", "fake-model", "--limit", "2", "--concurrency", "1",
+                    env={**env, "OPENAI_BASE_URL": server.base_url})
+        baseline = len(server.requests)
+    assert clean.exit_code == 0
+    with FakeOpenAI(Faults(errors=[429, 500, 503], retry_after_s=0)) as server:
+        result = cli("run", "--model", "fake-model", "--limit", "2", "--concurrency", "1",
+                     "--reprocess", env={**env, "OPENAI_BASE_URL": server.base_url})
+        calls = len(server.requests)
+    assert result.exit_code == 0, result.output
+    rows = results(project / "runs" / result.stdout.strip() / "results.csv")
+    assert [r["status"] for r in rows] == ["approved", "needs_human"]
+    assert calls == baseline + 3  # each failed request retried once, nothing amplified
+
+
+def test_a_call_that_keeps_failing_fails_its_ticket_and_the_batch_goes_on(project, cli, results):
+    from fake_openai import Faults
+
+    fast_retries(project)
+    with FakeOpenAI(Faults(errors=[500] * 4)) as server:
         env = {"OPENAI_API_KEY": "sk-test-key-abcdef", "OPENAI_BASE_URL": server.base_url}
         result = cli("run", "--model", "fake-model", "--limit", "3", "--concurrency", "1",
                      env=env)
+        failing = [r for r in server.requests[:4]]
     assert result.exit_code == 1, result.output
     rows = results(project / "runs" / result.stdout.strip() / "results.csv")
-    statuses = [r["status"] for r in rows]
-    assert statuses[0] == "failed" and "500" in rows[0]["error"]
-    assert statuses[1:] == ["needs_human", "approved"]
+    assert [r["status"] for r in rows] == ["failed", "needs_human", "approved"]
+    assert rows[0]["error"] == ("ModelCallFailed: model call failed after 4 attempts: HTTP 500 "
+                                "(InternalServerError)")
+    assert len(failing) == 4 and all(r["path"] == "/v1/chat/completions" for r in failing)
+
+
+def test_malformed_answers_and_hung_calls_are_bounded(project, cli, results):
+    from fake_openai import Faults
+
+    fast_retries(project)
+    settings = project / "config/settings.yaml"
+    settings.write_text(settings.read_text().replace("timeout_s: 60", "timeout_s: 1"))
+    env = {"OPENAI_API_KEY": "sk-test-key-abcdef"}
+    # The first call hangs past the 1 s timeout: it is retried and the ticket completes.
+    with FakeOpenAI(Faults(hang_s=3)) as server:
+        result = cli("run", "--model", "fake-model", "--limit", "1", "--concurrency", "1",
+                     env={**env, "OPENAI_BASE_URL": server.base_url})
+    assert result.exit_code == 0, result.output
+    assert results(project / "runs" / result.stdout.strip() / "results.csv")[0]["status"] \
+        == "approved"
+    with FakeOpenAI() as server:
+        server.faults.malformed = 50  # every answer broken: the ticket fails, bounded
+        result = cli("run", "--model", "fake-model", "--limit", "1", "--concurrency", "1",
+                     "--reprocess", env={**env, "OPENAI_BASE_URL": server.base_url})
+        requests = len(server.requests)
+    rows = results(project / "runs" / result.stdout.strip() / "results.csv")
+    assert result.exit_code == 1 and rows[0]["status"] == "failed", rows[0]
+    # research (2 calls) + the draft and its one repair attempt; then the ticket fails.
+    assert requests == 4, requests
+    assert rows[0]["error"].startswith("ModelCallFailed: malformed structured answer after 2 "
+                                       "attempt(s): ValidationError")

@@ -1,0 +1,221 @@
+"""Every model call goes through here: one shared rate limiter, one retry policy, one deadline.
+
+CrewAI and the openai SDK each retry on their own, and the retries nest (a permanent 429 made 27
+requests in ~21 s). crewbatch owns the policy instead: the SDK's retries are set to 0, CrewAI's
+agent retries to 0, and `ManagedLLM` wraps the real model so that a failing call is attempted at
+most `retry.max_attempts` times — 429, 5xx, timeouts and dropped connections with exponential
+backoff, jitter and a cap, honouring Retry-After; a malformed structured answer gets
+`retry.repair_attempts` more tries; nothing else is retried. All calls to one model share one
+`RateLimiter` (requests and tokens per minute), and a Retry-After pauses every caller of that model.
+A per-ticket deadline bounds the whole thing.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import deque
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from crewai.llms.base_llm import BaseLLM
+from pydantic import PrivateAttr, ValidationError
+
+# The deadline (time.monotonic()) of the ticket whose crew is running in this context.
+ticket_deadline: ContextVar[float | None] = ContextVar("crewbatch_ticket_deadline", default=None)
+
+
+class ModelCallFailed(Exception):
+    """A model call that exhausted the retry policy (message safe to record; no secrets)."""
+
+
+class TicketDeadlineExceeded(Exception):
+    """The ticket ran out of time (settings `ticket_timeout_s`)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 4          # per call, first try included
+    repair_attempts: int = 1       # extra tries for a malformed structured answer
+    base_delay_s: float = 1.0
+    max_delay_s: float = 30.0
+    jitter: float = 0.25           # +-25 % of the computed delay
+
+    def delay(self, retry_number: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(0.0, retry_after), self.max_delay_s)
+        raw = min(self.max_delay_s, self.base_delay_s * 2 ** (retry_number - 1))
+        return max(0.0, raw * (1 + random.uniform(-self.jitter, self.jitter)))
+
+    @property
+    def bound(self) -> int:
+        """The most requests one call can make."""
+        return self.max_attempts + self.repair_attempts
+
+
+class RateLimiter:
+    """Requests and tokens per minute for one model, shared by every thread; sliding 60 s window."""
+
+    def __init__(self, requests_per_minute: int | None, tokens_per_minute: int | None):
+        self.rpm = requests_per_minute
+        self.tpm = tokens_per_minute
+        self._lock = threading.Lock()
+        self._calls: deque[tuple[float, int]] = deque()
+        self._paused_until = 0.0
+
+    def pause(self, seconds: float) -> None:
+        """Honour a Retry-After for every caller of this model."""
+        with self._lock:
+            self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+    def acquire(self, tokens: int, deadline: float | None = None) -> None:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                while self._calls and now - self._calls[0][0] >= 60:
+                    self._calls.popleft()
+                wait = self._paused_until - now
+                if self.rpm and len(self._calls) >= self.rpm:
+                    wait = max(wait, 60 - (now - self._calls[0][0]))
+                if self.tpm and self._calls:
+                    used = sum(t for _, t in self._calls)
+                    if used + tokens > self.tpm:
+                        wait = max(wait, 60 - (now - self._calls[0][0]))
+                if wait <= 0:
+                    self._calls.append((now, tokens))
+                    return
+            if deadline is not None and time.monotonic() + wait > deadline:
+                raise TicketDeadlineExceeded("the ticket's deadline passed while waiting for the "
+                                             "rate limiter")
+            time.sleep(min(wait, 1.0))
+
+
+def _chain(error: BaseException):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def classify(error: BaseException) -> tuple[str, float | None]:
+    """('transient' | 'malformed' | 'fatal', Retry-After seconds) for an exception from a call."""
+    retry_after = None
+    for e in _chain(error):
+        status = getattr(e, "status_code", None) or getattr(getattr(e, "response", None),
+                                                            "status_code", None)
+        headers = getattr(getattr(e, "response", None), "headers", None)
+        if headers is not None:
+            try:
+                retry_after = float(headers.get("retry-after"))
+            except (TypeError, ValueError):
+                pass
+        if status == 429 or (isinstance(status, int) and status >= 500):
+            return "transient", retry_after
+        if isinstance(status, int) and 400 <= status < 500:
+            return "fatal", None
+        name = type(e).__name__
+        if name in ("APITimeoutError", "APIConnectionError", "Timeout", "ReadTimeout",
+                    "ConnectTimeout", "ConnectError", "RemoteProtocolError", "ReadError") \
+                or isinstance(e, (TimeoutError, ConnectionError)):
+            return "transient", None
+        if isinstance(e, (ValidationError, json.JSONDecodeError)):
+            return "malformed", None
+    return "fatal", None
+
+
+def describe(error: BaseException) -> str:
+    """A short, recordable description: no request bodies, no secrets."""
+    for e in _chain(error):
+        status = getattr(e, "status_code", None)
+        if isinstance(status, int):
+            return f"HTTP {status} ({type(e).__name__})"
+    text = " ".join(str(error).split())[:300]
+    for marker in ("rate limit", "rate-limit", "too many requests", "throttled"):
+        text = text.replace(marker, "throttling").replace(marker.title(), "Throttling")
+    return f"{type(error).__name__}: {text}"
+
+
+class ManagedLLM(BaseLLM):
+    """A model seen through the retry policy, the shared limiter and the ticket deadline.
+
+    The inner model emits CrewAI's call events itself (so accounting sees each real request);
+    this wrapper only decides when to call it and how often.
+    """
+
+    llm_type: str = "managed"
+    _inner: Any = PrivateAttr()
+    _policy: RetryPolicy = PrivateAttr()
+    _limiter: RateLimiter = PrivateAttr()
+    _sleep: Any = PrivateAttr()
+    _stats_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _requests: int = PrivateAttr(default=0)
+
+    def __init__(self, inner: Any, policy: RetryPolicy, limiter: RateLimiter, sleep=time.sleep):
+        super().__init__(model=inner.model, temperature=getattr(inner, "temperature", None))
+        self._inner, self._policy, self._limiter, self._sleep = inner, policy, limiter, sleep
+
+    @property
+    def requests(self) -> int:
+        return self._requests
+
+    def call(self, messages, tools=None, callbacks=None, available_functions=None,
+             from_task=None, from_agent=None, response_model=None):
+        deadline = ticket_deadline.get()
+        estimate = self._inner.get_input_tokens_count(messages) if hasattr(
+            self._inner, "get_input_tokens_count") else 0
+        transient = malformed = 0
+        while True:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TicketDeadlineExceeded("the ticket's deadline passed "
+                                             f"(after {transient + malformed} retries)")
+            self._limiter.acquire(estimate, deadline)
+            with self._stats_lock:
+                self._requests += 1
+            outcome = None
+            try:
+                return self._inner.call(messages, tools=tools, callbacks=callbacks,
+                                        available_functions=available_functions,
+                                        from_task=from_task, from_agent=from_agent,
+                                        response_model=response_model)
+            except Exception as error:  # noqa: BLE001 - classified below, re-raised if fatal
+                kind, retry_after = classify(error)
+                outcome = (kind, retry_after, describe(error), error)
+            kind, retry_after, text, error = outcome
+            # Raised outside the except block, so the SDK error is not chained: CrewAI's own
+            # rate-limit wrapper around this call must not retry a second time.
+            if kind == "fatal":
+                if isinstance(error, (ModelCallFailed, TicketDeadlineExceeded)):
+                    raise error
+                raise ModelCallFailed(f"model call failed: {text}")
+            if kind == "malformed":
+                malformed += 1
+                if malformed > self._policy.repair_attempts:
+                    raise ModelCallFailed(f"malformed structured answer after {malformed} "
+                                          f"attempt(s): {text}")
+                continue
+            transient += 1
+            if transient >= self._policy.max_attempts:
+                raise ModelCallFailed(f"model call failed after {transient} attempts: {text}")
+            delay = self._policy.delay(transient, retry_after)
+            if retry_after is not None:
+                self._limiter.pause(delay)
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise TicketDeadlineExceeded(f"the ticket's deadline passed while backing off "
+                                             f"after: {text}")
+            self._sleep(delay)
+
+    def supports_function_calling(self) -> bool:
+        return self._inner.supports_function_calling()
+
+    def supports_stop_words(self) -> bool:
+        return getattr(self._inner, "supports_stop_words", lambda: False)()
+
+    def get_context_window_size(self) -> int:
+        return self._inner.get_context_window_size()
+
+    def get_input_tokens_count(self, messages, tools=None, response_model=None) -> int:
+        return self._inner.get_input_tokens_count(messages, tools, response_model)
