@@ -53,6 +53,7 @@ class CrewbatchGroup(click.Group):
 
     def invoke(self, ctx):
         from .intake import SourceError
+        from .lock import LockHeld
 
         try:
             return super().invoke(ctx)
@@ -64,7 +65,7 @@ class CrewbatchGroup(click.Group):
             for problem in err.problems:
                 click.echo(f"  - {problem}", err=True)
             sys.exit(EXIT_CANNOT_RUN)
-        except SourceError as err:
+        except (SourceError, LockHeld) as err:
             if ctx.obj and ctx.obj.debug:
                 raise
             fail(str(err))
@@ -111,11 +112,15 @@ encoding_option = click.option("--encoding", help="Text encoding of the sources,
 @click.option("--limit", type=click.IntRange(1), help="Read at most N records.")
 @click.option("--reprocess", is_flag=True,
               help="Process tickets again even if an earlier run finished them.")
+@click.option("--max-cost", type=click.FloatRange(min=0), metavar="USD",
+              help="Stop starting tickets once the run has cost this much (exit 3).")
+@click.option("--max-minutes", type=click.FloatRange(min=0), metavar="M",
+              help="Stop starting tickets after M minutes (exit 3).")
 @format_option
 @encoding_option
 @click.pass_obj
 def run(obj: Context, sources, offline, model, concurrency, batch_size, revision_limit, limit,
-        reprocess, fmt, encoding):
+        reprocess, max_cost, max_minutes, fmt, encoding):
     """Process tickets from SOURCE files (default: `sources` in settings.yaml).
 
     Prints the run id on stdout and writes runs/RUN_ID/results.csv.
@@ -134,7 +139,12 @@ def run(obj: Context, sources, offline, model, concurrency, batch_size, revision
     options = resolve_options(config, {
         "offline": offline, "model": model, "concurrency": concurrency,
         "batch_size": batch_size, "revision_limit": revision_limit, "limit": limit,
-        "reprocess": reprocess})
+        "reprocess": reprocess, "max_cost": max_cost, "max_minutes": max_minutes})
+    _run_and_report(pipeline.run, config, options, list(sources), intake_options)
+
+
+def _run_and_report(run_function, config, options, *args, **kwargs) -> None:
+    """Run with signal handling and a progress bar; print the run id and the summary; exit."""
     stop = threading.Event()
 
     def request_stop(signum, frame):
@@ -148,16 +158,48 @@ def run(obj: Context, sources, offline, model, concurrency, batch_size, revision
     try:
         # CrewAI prints warnings with print(); stdout carries only the run id.
         with _progress() as advance, contextlib.redirect_stdout(sys.stderr):
-            summary = pipeline.run(config, options, list(sources), intake_options, stop=stop,
-                                   progress=advance)
+            summary = run_function(config, options, *args, stop=stop, progress=advance,
+                                   **kwargs)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     for warning in summary.warnings:
         click.echo(f"crewbatch: warning: {warning}", err=True)
     click.echo(summary.run_id)
+    if summary.stop_reason:
+        click.echo(f"crewbatch: stopped early: {summary.stop_reason}; the rest stays pending for "
+                   "the next run", err=True)
     click.echo(summary.line(), err=True)
     sys.exit(summary.exit_code)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--offline", is_flag=True, help="Use the built-in deterministic model.")
+@click.option("--model", help="Model for every role without an override in agents.yaml.")
+@click.option("--concurrency", type=click.IntRange(1, 256), help="Tickets in flight at once.")
+@click.pass_obj
+def retry(obj: Context, run_id, offline, model, concurrency):
+    """Re-run a run's `failed` tickets, from the ticket bodies stored in the ledger.
+
+    Starts a new run (its id is printed) holding only those tickets.
+
+    \b
+    Example:
+      crewbatch retry 20261121-093012-ab12
+    """
+    from . import pipeline
+
+    config = obj.config()
+    with obj.ledger(config) as ledger:
+        run_id = _resolve_run(ledger, run_id)
+        failed = ledger.counts(run_id).get("failed", 0)
+    if not failed:
+        click.echo(f"crewbatch: run {run_id} has no failed tickets; nothing to retry", err=True)
+        sys.exit(0)
+    options = resolve_options(config, {"offline": offline, "model": model,
+                                       "concurrency": concurrency})
+    _run_and_report(pipeline.run, config, options, [], retry_of=run_id)
 
 
 class _progress:

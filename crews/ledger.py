@@ -345,6 +345,34 @@ class Ledger:
                 self._transition(db, oid, PENDING, detail, {})
         return len(ids)
 
+    def recover_crashed_runs(self, detail: str) -> list[str]:
+        """Runs still marked running while we hold the run lock died: mark them crashed and put
+        their in-flight tickets back to pending (a later run over the same source redoes them)."""
+        with self._lock:
+            dead = [r[0] for r in self._db.execute("SELECT run_id FROM runs WHERE status = "
+                                                   "'running'")]
+        for run_id in dead:
+            self.release_unfinished(run_id, detail)
+            with self._tx() as db:
+                db.execute("UPDATE runs SET status = 'crashed', finished_utc = ? WHERE run_id = ?",
+                           (utc_now(), run_id))
+                self._event(db, run_id, None, "running", "crashed", detail)
+        return dead
+
+    def failed_tickets(self, run_id: str) -> list[Ticket]:
+        """The run's `failed` tickets, rebuilt from the stored bodies, for `crewbatch retry`."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT o.record_no, o.source, t.* FROM outcomes o JOIN tickets t ON "
+                "t.ticket_key = o.ticket_key AND t.content_hash = o.content_hash "
+                "WHERE o.run_id = ? AND o.status = ? ORDER BY o.outcome_id",
+                (run_id, Status.FAILED.value)).fetchall()
+        return [Ticket(key=r["ticket_key"], ticket_id=r["ticket_id"], source=r["source"],
+                       received_at=r["received_at"], customer=r["customer"],
+                       customer_name=r["customer_name"], subject=r["subject"], body=r["body"],
+                       record_no=r["record_no"], extra=json.loads(r["extra_json"]))
+                for r in rows]
+
     # --- side effects ----------------------------------------------------------------------------
 
     def side_effect_done(self, key: str) -> bool:
@@ -403,3 +431,29 @@ class Ledger:
             rows = self._db.execute("SELECT run_id FROM runs WHERE run_id LIKE ? ORDER BY run_id",
                                     (prefix + "%",)).fetchall()
             return [r[0] for r in rows]
+
+    def step_usage(self, run_id: str) -> list[dict]:
+        """A run's agent steps summed per (agent, step, model): calls, tokens and time."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT s.agent, s.step, s.model, COUNT(*) AS calls, "
+                "SUM(s.prompt_tokens) AS prompt_tokens, "
+                "SUM(s.completion_tokens) AS completion_tokens, "
+                "SUM(s.duration_ms) AS duration_ms FROM steps s "
+                "JOIN outcomes o ON o.outcome_id = s.outcome_id WHERE o.run_id = ? "
+                "GROUP BY s.agent, s.step, s.model ORDER BY MIN(s.step_id)", (run_id,)).fetchall()
+            return [dict(r) for r in rows]
+
+    def step_outputs(self, run_id: str, steps: Iterable[str]) -> list[dict]:
+        """The structured output of the named steps of a run, with the ticket id of each."""
+        names = list(steps)
+        if not names:
+            return []
+        marks = ", ".join("?" for _ in names)
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT s.outcome_id, o.ticket_id, s.round, s.step, s.agent, s.output_json "
+                "FROM steps s JOIN outcomes o ON o.outcome_id = s.outcome_id "
+                f"WHERE o.run_id = ? AND s.step IN ({marks}) ORDER BY s.step_id",
+                (run_id, *names)).fetchall()
+            return [dict(r) for r in rows]

@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +26,8 @@ from . import export, framework, intake
 from .knowledge import KnowledgeBase, Orders
 from .ledger import Ledger
 from .llms import build_llms, preflight, role_models
+from .lock import RunLock
+from .runlog import RunLog
 from .settings import Config, RunOptions
 from .ticket import PENDING, Rejection, Status, Ticket
 
@@ -42,6 +44,7 @@ class RunSummary:
     cost_usd: float = 0.0
     duration_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    stop_reason: str = ""
 
     @property
     def records(self) -> int:
@@ -88,18 +91,46 @@ def price(config: Config, model: str, prompt_tokens: int, completion_tokens: int
     return (prompt_tokens * p.input_per_million + completion_tokens * p.output_per_million) / 1e6
 
 
+class Budget:
+    """--max-cost and --max-minutes: once reached, no new ticket starts (in-flight ones finish)."""
+
+    def __init__(self, max_cost: float | None, max_minutes: float | None):
+        self.max_cost, self.max_minutes = max_cost, max_minutes
+        self.started = time.monotonic()
+        self.spent = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, cost: float) -> None:
+        with self._lock:
+            self.spent += cost
+
+    def exhausted(self) -> str | None:
+        with self._lock:
+            if self.max_cost is not None and self.spent >= self.max_cost:
+                return f"budget of ${self.max_cost:g} reached (spent ${self.spent:.4f})"
+        if self.max_minutes is not None and \
+                time.monotonic() - self.started >= self.max_minutes * 60:
+            return f"time limit of {self.max_minutes:g} minute(s) reached"
+        return None
+
+
 def run(config: Config, options: RunOptions, sources: list[str],
         intake_options: intake.IntakeOptions | None = None,
         stop: threading.Event | None = None,
-        progress: Callable[[int], None] | None = None) -> RunSummary:
-    """Process the sources; return the summary (raises ConfigError/SourceError before any work)."""
+        progress: Callable[[int], None] | None = None,
+        retry_of: str | None = None) -> RunSummary:
+    """Process the sources (or a run's failed tickets); raises ConfigError/SourceError/LockHeld
+    before any work."""
     stop = stop or threading.Event()
     intake_options = intake_options or intake.IntakeOptions.from_config(config)
     started = time.monotonic()
-    files = intake.expand_sources(sources or config.settings.sources, config.root)
-    if not files:
-        raise intake.SourceError("no SOURCE given and `sources` in config/settings.yaml is empty; "
-                                 "name a ticket file, e.g. `crewbatch run data/tickets.csv`")
+    files: list[Path] = []
+    if retry_of is None:
+        files = intake.expand_sources(sources or config.settings.sources, config.root)
+        if not files:
+            raise intake.SourceError("no SOURCE given and `sources` in config/settings.yaml is "
+                                     "empty; name a ticket file, e.g. `crewbatch run "
+                                     "data/tickets.csv`")
     preflight(config, options.model)
     warnings = [f"no price for model `{m}` in config/settings.yaml `pricing`; its cost_usd is 0"
                 for m in sorted(set(role_models(config, options.model).values()))
@@ -107,58 +138,108 @@ def run(config: Config, options: RunOptions, sources: list[str],
     kb = KnowledgeBase(config.knowledge_dir)
     orders = Orders(config.orders_file)
 
-    framework.prepare(config.runs_dir / ".crewai")
-    from .crew import CrewRunner
+    with RunLock(config.runs_dir / "crewbatch.lock") as lock:
+        ledger = Ledger(config.ledger_file)
+        recovered = ledger.recover_crashed_runs("the process running it died; its unfinished "
+                                                "tickets go back to pending")
+        if retry_of is not None:
+            records: Iterator = iter(ledger.failed_tickets(retry_of))
+        else:
+            records = _records(files, intake_options, options.limit)
+        framework.prepare(config.runs_dir / ".crewai")
+        from .crew import CrewRunner
 
-    runner = CrewRunner(config, build_llms(config, options.model), kb, orders,
-                        options.revision_limit)
-    run_id = new_run_id()
-    run_dir = config.runs_dir / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(config.ledger_file)
-    status = "crashed"
-    try:
-        ledger.start_run(run_id, options.model, {
-            "concurrency": options.concurrency, "batch_size": options.batch_size,
-            "revision_limit": options.revision_limit, "limit": options.limit,
-            "reprocess": options.reprocess,
-            "models": role_models(config, options.model)}, [str(f) for f in files])
+        runner = CrewRunner(config, build_llms(config, options.model), kb, orders,
+                            options.revision_limit)
+        run_id = new_run_id()
+        run_dir = config.runs_dir / run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock.describe(run_id)
+        log = RunLog(run_dir / "run.log", json_lines=config.settings.log_json)
+        status, stop_reason = "crashed", ""
+        budget = Budget(options.max_cost, options.max_minutes)
+        try:
+            ledger.start_run(run_id, options.model, {
+                "concurrency": options.concurrency, "batch_size": options.batch_size,
+                "revision_limit": options.revision_limit, "limit": options.limit,
+                "reprocess": options.reprocess, "max_cost": options.max_cost,
+                "max_minutes": options.max_minutes, "retry_of": retry_of,
+                "models": role_models(config, options.model)},
+                [str(f) for f in files] or [f"retry of {retry_of}"])
+            log.info("run started", run_id=run_id, model=options.model,
+                     sources=[str(f) for f in files], retry_of=retry_of,
+                     recovered_runs=recovered)
 
-        def work(outcome_id: int, ticket: Ticket) -> str | None:
-            if stop.is_set():
-                return None
-            ledger.mark_running(outcome_id)
-            return _process(config, ledger, runner, run_dir, outcome_id, ticket)
-
-        with ThreadPoolExecutor(options.concurrency, thread_name_prefix="ticket") as pool:
-            for batch in _batches(_records(files, intake_options, options.limit), options.batch_size):
+            def work(outcome_id: int, ticket: Ticket) -> str | None:
+                reason = budget.exhausted()
+                if reason and not stop.is_set():
+                    stop_reasons.append(reason)
+                    stop.set()
                 if stop.is_set():
-                    break
-                todo = ledger.add_records(run_id, batch, options.reprocess)
-                if progress:
-                    progress(len(batch) - len(todo))  # rejected and skipped are final at once
-                for status_value in pool.map(lambda pair: work(*pair), todo):
-                    if progress and status_value:
-                        progress(1)
-        status = "interrupted" if stop.is_set() else "completed"
-    finally:
-        counts = ledger.counts(run_id)
-        if status == "interrupted":
-            ledger.release_unfinished(run_id, "run interrupted before this ticket finished")
+                    return None
+                ledger.mark_running(outcome_id)
+                status_value, cost = _process(config, ledger, runner, run_dir, outcome_id,
+                                              ticket)
+                budget.add(cost)
+                log.info("ticket finished", ticket_id=ticket.ticket_id, status=status_value,
+                         cost_usd=round(cost, 6))
+                return status_value
+
+            stop_reasons: list[str] = []
+            _drive(ledger, run_id, records, options, work, stop, progress)
+            if stop.is_set():
+                stop_reason = stop_reasons[0] if stop_reasons else "stop requested (signal)"
+                status = "stopped" if stop_reasons else "interrupted"
+            else:
+                status = "completed"
+        finally:
+            if status != "completed":
+                ledger.release_unfinished(run_id, f"run {status} before this ticket finished")
             counts = ledger.counts(run_id)
-        exit_code = (EXIT_STOPPED if status == "interrupted" else
-                     EXIT_CANNOT_RUN if status == "crashed" else
-                     EXIT_FAILED if counts.get(Status.FAILED.value) else EXIT_OK)
-        ledger.finish_run(run_id, status, exit_code, json.dumps(counts))
-        results = export.write_results(ledger, run_id, run_dir / "results.csv")
-        cost = sum(o["cost_usd"] for o in ledger.outcomes(run_id))
-        ledger.close()
+            exit_code = (EXIT_STOPPED if status in ("interrupted", "stopped") else
+                         EXIT_CANNOT_RUN if status == "crashed" else
+                         EXIT_FAILED if counts.get(Status.FAILED.value) else EXIT_OK)
+            ledger.finish_run(run_id, status, exit_code,
+                              "; ".join(filter(None, [stop_reason, json.dumps(counts)])))
+            results = export.write_results(ledger, run_id, run_dir / "results.csv")
+            cost = sum(o["cost_usd"] for o in ledger.outcomes(run_id))
+            log.info("run finished", run_id=run_id, status=status, exit_code=exit_code,
+                     counts=counts, cost_usd=round(cost, 6), reason=stop_reason)
+            log.close()
+            ledger.close()
     return RunSummary(run_id, status, exit_code, counts, results, cost,
-                      time.monotonic() - started, warnings)
+                      time.monotonic() - started, warnings, stop_reason)
+
+
+def _drive(ledger: Ledger, run_id: str, records: Iterator, options: RunOptions, work,
+           stop: threading.Event, progress) -> None:
+    """Register records batch by batch and keep `concurrency` tickets in flight across batches."""
+    window = options.concurrency * 2
+    with ThreadPoolExecutor(options.concurrency, thread_name_prefix="ticket") as pool:
+        in_flight: set = set()
+        for batch in _batches(records, options.batch_size):
+            if stop.is_set():
+                break
+            todo = ledger.add_records(run_id, batch, options.reprocess)
+            if progress:
+                progress(len(batch) - len(todo))  # rejected and skipped are final at once
+            for outcome_id, ticket in todo:
+                while len(in_flight) >= window:
+                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                    _collect(done, progress)
+                in_flight.add(pool.submit(work, outcome_id, ticket))
+        done, _ = wait(in_flight)
+        _collect(done, progress)
+
+
+def _collect(done, progress) -> None:
+    for future in done:
+        if future.result() and progress:  # re-raises a bug in the pipeline itself
+            progress(1)
 
 
 def _process(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: int,
-             ticket: Ticket) -> str:
+             ticket: Ticket) -> tuple[str, float]:
     from .actions import perform
 
     started = time.monotonic()
@@ -198,7 +279,7 @@ def _process(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: 
                          [{"kind": a["kind"], "args": a["args"], "decision": a["decision"],
                            "reason": a["reason"]} for a in action_rows(result, status)],
                          redact(result.detail or error))
-    return status.value
+    return status.value, cost
 
 
 def action_rows(result, status: Status) -> list[dict]:

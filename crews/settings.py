@@ -114,6 +114,7 @@ class Settings(_Strict):
     retry: RetrySettings = RetrySettings()
     rate_limits: dict[str, RateLimit] = {}
     ticket_timeout_s: float = Field(600.0, gt=0)
+    log_json: bool = False
 
     @field_validator("llm", mode="before")
     @classmethod
@@ -463,6 +464,8 @@ class RunOptions:
     revision_limit: int
     limit: int | None = None
     reprocess: bool = False
+    max_cost: float | None = None
+    max_minutes: float | None = None
 
 
 def resolve_options(config: Config, cli: dict[str, Any], environ=os.environ) -> RunOptions:
@@ -492,7 +495,8 @@ def resolve_options(config: Config, cli: dict[str, Any], environ=os.environ) -> 
             base[key] = cli[key]
     if cli.get("offline"):
         base["model"] = OFFLINE
-    return RunOptions(limit=cli.get("limit"), reprocess=bool(cli.get("reprocess")), **base)
+    return RunOptions(limit=cli.get("limit"), reprocess=bool(cli.get("reprocess")),
+                      max_cost=cli.get("max_cost"), max_minutes=cli.get("max_minutes"), **base)
 
 
 def slug(text: str) -> str:

@@ -1,0 +1,157 @@
+"""Unattended operation: single-flight lock, budgets, signals, kill -9 and resume, retry."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from fake_openai import Faults, FakeOpenAI
+
+from conftest import REPO
+
+
+def crewbatch(project, *args, env=None):
+    """Start crewbatch as cron would: a separate process, from outside the project."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CREWAI_STORAGE")}
+    full_env.update(env or {})
+    return subprocess.Popen([sys.executable, "-m", "crews", "--root", str(project), *args],
+                            cwd="/", env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def outcomes(project):
+    import sqlite3
+
+    db = sqlite3.connect(project / "runs/ledger.db")
+    return db.execute("SELECT run_id, ticket_id, status FROM outcomes ORDER BY outcome_id"
+                      ).fetchall()
+
+
+def test_a_second_run_exits_2_at_once_while_one_is_active(project):
+    with FakeOpenAI(Faults(latency_s=0.3)) as server:
+        env = {"OPENAI_API_KEY": "sk-test-aaaaaaaa", "OPENAI_BASE_URL": server.base_url}
+        first = crewbatch(project, "run", "--model", "fake-model", "--limit", "4", env=env)
+        deadline = time.monotonic() + 60
+        while not (project / "runs/crewbatch.lock").exists() or \
+                not (project / "runs/crewbatch.lock").read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        started = time.monotonic()
+        second = crewbatch(project, "run", "--offline", env=env)
+        out, err = second.communicate(timeout=60)
+        assert second.returncode == 2, err
+        assert time.monotonic() - started < 15
+        assert "another crewbatch run is active (pid" in err
+        assert out == ""
+        first.communicate(timeout=300)
+    assert first.returncode == 0
+    rows = outcomes(project)
+    assert len(rows) == 4 and len({r[1] for r in rows}) == 4  # nothing processed twice
+
+
+def test_budget_stops_new_tickets_and_the_next_run_finishes_the_rest(project, cli, results):
+    settings = project / "config/settings.yaml"
+    settings.write_text(settings.read_text().replace(
+        "pricing:\n", "pricing:\n  fake-model: {input_per_million: 1000, output_per_million: 1000}\n"))
+    with FakeOpenAI() as server:
+        env = {"OPENAI_API_KEY": "sk-test-aaaaaaaa", "OPENAI_BASE_URL": server.base_url}
+        first = cli("run", "--model", "fake-model", "--limit", "12", "--concurrency", "2",
+                    "--batch-size", "4", "--max-cost", "0.01", env=env)
+        assert first.exit_code == 3, first.output
+        assert "crewbatch: stopped early: budget of $0.01 reached" in first.stderr
+        rows = results(project / "runs" / first.stdout.strip() / "results.csv")
+        finished = [r for r in rows if r["status"] != "pending"]
+        assert 1 <= len(finished) < 12 and sum(float(r["cost_usd"]) for r in finished) >= 0.01
+        second = cli("run", "--model", "fake-model", "--limit", "12", env=env)
+    assert second.exit_code == 0
+    rows2 = results(project / "runs" / second.stdout.strip() / "results.csv")
+    redone = [r["ticket_id"] for r in rows2 if r["status"] != "skipped"]
+    assert sorted(redone + [r["ticket_id"] for r in finished]) == \
+        sorted(r["ticket_id"] for r in rows2)
+
+
+def test_sigterm_lets_in_flight_tickets_finish_and_exits_3(project):
+    with FakeOpenAI(Faults(latency_s=0.4)) as server:
+        env = {"OPENAI_API_KEY": "sk-test-aaaaaaaa", "OPENAI_BASE_URL": server.base_url}
+        proc = crewbatch(project, "run", "--model", "fake-model", "--limit", "20",
+                         "--concurrency", "2", env=env)
+        deadline = time.monotonic() + 120
+        while len(server.requests) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    assert "stopping: in-flight tickets finish" in err
+    run_id = out.strip()
+    rows = [r for r in outcomes(project) if r[0] == run_id]
+    statuses = {r[2] for r in rows}
+    assert "pending" in statuses and "running" not in statuses
+    import sqlite3
+
+    status = sqlite3.connect(project / "runs/ledger.db").execute(
+        "SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()[0]
+    assert status == "interrupted"
+
+
+def test_kill_9_then_rerun_finishes_each_ticket_exactly_once(project):
+    with FakeOpenAI(Faults(latency_s=0.05)) as server:
+        env = {"OPENAI_API_KEY": "sk-test-aaaaaaaa", "OPENAI_BASE_URL": server.base_url}
+        for calls_before_kill in (6, 30):
+            seen = len(server.requests)
+            proc = crewbatch(project, "run", "--model", "fake-model", "--limit", "16",
+                             "--concurrency", "4", env=env)
+            deadline = time.monotonic() + 120
+            while len(server.requests) < seen + calls_before_kill:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.02)
+            proc.kill()  # SIGKILL: no handler, no cleanup
+            proc.wait()
+        final = crewbatch(project, "run", "--model", "fake-model", "--limit", "16", env=env)
+        out, err = final.communicate(timeout=300)
+    assert final.returncode == 0, err
+    rows = outcomes(project)
+    finished = [(r[1], r[2]) for r in rows if r[2] in ("approved", "needs_human")]
+    assert sorted(t for t, _ in finished) == sorted({t for t, _ in finished})  # none twice
+    assert len(finished) == 16
+    outbox = [p.name for p in (project / "runs").glob("*/outbox/*.eml")]
+    assert len(outbox) == len(set(outbox)) == sum(1 for _, s in finished if s == "approved")
+    import sqlite3
+
+    runs = dict(sqlite3.connect(project / "runs/ledger.db").execute(
+        "SELECT run_id, status FROM runs"))
+    assert sorted(runs.values()).count("crashed") == 2
+
+
+def test_retry_reruns_only_the_failed_tickets(project, cli, results):
+    settings = project / "config/settings.yaml"
+    settings.write_text(settings.read_text().replace("max_attempts: 4", "max_attempts: 1"))
+    with FakeOpenAI(Faults(errors=[500, 500])) as server:
+        env = {"OPENAI_API_KEY": "sk-test-aaaaaaaa", "OPENAI_BASE_URL": server.base_url}
+        first = cli("run", "--model", "fake-model", "--limit", "5", "--concurrency", "1", env=env)
+        assert first.exit_code == 1
+        failed = [r["ticket_id"] for r in
+                  results(project / "runs" / first.stdout.strip() / "results.csv")
+                  if r["status"] == "failed"]
+        assert len(failed) == 2
+        again = cli("retry", first.stdout.strip()[:15], env=env)
+    assert again.exit_code == 0, again.output
+    rows = results(project / "runs" / again.stdout.strip() / "results.csv")
+    assert [r["ticket_id"] for r in rows] == failed
+    assert {r["status"] for r in rows} <= {"approved", "needs_human"}
+    nothing = cli("retry", again.stdout.strip())
+    assert nothing.exit_code == 0 and "has no failed tickets; nothing to retry" in nothing.stderr
+
+
+def test_cron_like_environment_from_root_dir(project):
+    env = {"PATH": f"{REPO / '.venv' / 'bin'}:/usr/bin:/bin", "HOME": str(project.parent)}
+    out = subprocess.run([sys.executable, "-m", "crews", "--root", str(project), "run",
+                          "--offline", "--limit", "3"], cwd="/", env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() and out.stderr.count("\n") == 1  # one summary line on stderr
+    assert (project / "runs" / out.stdout.strip() / "run.log").read_text().count(
+        "ticket finished") == 3
