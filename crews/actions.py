@@ -49,6 +49,9 @@ class ActionDesk:
     policy: Policy
     orders: Orders
     decisions: list[Decision] = field(default_factory=list)
+    # A person approved this plan in `crewbatch review apply`: the auto-approve limit (which
+    # exists to send big refunds to a person) no longer applies; every other rule still does.
+    reviewer_approved: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _decide(self, kind: str, args: dict, refusal: str | None) -> str:
@@ -117,7 +120,7 @@ class ActionDesk:
         if total and amount > total + 0.005:
             return f"the refund of {amount:.2f} is more than the order total of {total:.2f}"
         limit = self.policy.refunds.auto_approve_limit
-        if amount > limit:
+        if amount > limit and not self.reviewer_approved:
             return (f"a refund of {amount:.2f} {order_currency} is above the auto-approve limit of "
                     f"{limit:g} {order_currency}; a person must approve it")
         with self._lock:

@@ -313,6 +313,74 @@ def export(obj: Context, run_id, output):
 
 
 @main.command()
+@click.argument("run_id")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Where to write it (default: runs/RUN_ID/report.html).")
+@click.pass_obj
+def report(obj: Context, run_id, output):
+    """Write a run's self-contained HTML report (charts, findings, the needs_human queue).
+
+    Every run writes one at the end; this makes it again, e.g. after `review apply`.
+
+    \b
+    Example:
+      crewbatch report 20261121-093012-ab12
+    """
+    from .report import write_report
+
+    config = obj.config(check_files=False)
+    with obj.ledger(config) as ledger:
+        run_id = _resolve_run(ledger, run_id)
+        path = Path(output) if output else config.runs_dir / run_id / "report.html"
+        click.echo(str(write_report(ledger, run_id, path, config.settings.pricing)))
+
+
+@main.group()
+def review():
+    """Read a reviewer's decisions back from the exported sheet.
+
+    \b
+    Example:
+      crewbatch review apply review.xlsx
+    """
+
+
+@review.command("apply")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.pass_obj
+def review_apply(obj: Context, file):
+    """Record each decision in FILE (CSV or XLSX) and act on it exactly once.
+
+    approve runs a needs_human ticket's proposed actions through the policy-bound executor,
+    edit sends the reviewer's edited draft_reply, reject closes the ticket. Applying the same
+    sheet again changes nothing. Exits 1 if some rows could not be applied.
+
+    \b
+    Example:
+      crewbatch review apply review.xlsx
+    """
+    from . import review as review_module
+    from .lock import RunLock
+
+    config = obj.config()
+    try:
+        with RunLock(config.runs_dir / "crewbatch.lock"), obj.ledger(config) as ledger:
+            report = review_module.apply(config, ledger, Path(file))
+    except review_module.SheetError as err:
+        fail(str(err))
+    for line in report.applied + report.unchanged:
+        click.echo(line)
+    for line in report.warnings:
+        click.echo(f"crewbatch: warning: {line}", err=True)
+    for line in report.problems:
+        click.echo(f"crewbatch: {line}", err=True)
+    click.echo(f"review of run {report.run_id}: {len(report.applied)} applied, "
+               f"{len(report.unchanged)} already applied, {len(report.problems)} problem(s), "
+               f"{report.undecided} row(s) without a decision", err=True)
+    sys.exit(1 if report.problems else 0)
+
+
+@main.command()
 @click.argument("sources", nargs=-1)
 @click.option("--offline", is_flag=True, help="Check as if the run were offline (skip the key check).")
 @format_option
@@ -348,15 +416,32 @@ def check(obj: Context, sources, offline, fmt, encoding):
     files = intake.expand_sources(list(sources) or config.settings.sources, config.root)
     intake_options = intake.IntakeOptions.from_config(config, fmt, encoding)
     for path in files:
-        tickets = rejections = 0
+        how, *details = intake.inspect_source(path, intake_options).describe()
+        click.echo(f"source {path}: {how}")
+        for line in details:
+            click.echo(f"  {line}")
+        tickets = rejections = messages = 0
         reasons: dict[str, int] = {}
+        sample: list[intake.Ticket] = []
         for item in intake.read_source(path, intake_options):
             if isinstance(item, intake.Ticket):
                 tickets += 1
+                messages += item.messages
+                if len(sample) < 3:
+                    sample.append(item)
             else:
                 rejections += 1
                 reasons[item.reason] = reasons.get(item.reason, 0) + 1
-        click.echo(f"source {path}: {tickets} tickets, {rejections} rejected")
+        if sample:
+            click.echo("  sample:")
+        for t in sample:
+            body = " ".join(t.body.split())
+            click.echo(f"    {t.ticket_id} · {t.customer or '(no address)'} · "
+                       f"{t.subject[:50]!r} · {body[:70]!r}"
+                       + (f" · thread of {t.messages}" if t.messages > 1 else "")
+                       + (f" · {len(t.attachments)} attachment(s)" if t.attachments else ""))
+        merged = f" ({messages} messages in threads)" if messages != tickets else ""
+        click.echo(f"source {path}: {tickets} tickets, {rejections} rejected{merged}")
         for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5]:
             click.echo(f"  {n} × {reason}")
     click.echo("ok")

@@ -85,19 +85,23 @@ class Meter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.by_step: dict[str, Usage] = {}
+        self.calls: list[dict] = []  # one entry per model request, in completion order
 
-    def record(self, step: str, usage: dict | None) -> None:
+    def record(self, step: str, usage: dict | None, model: str = "") -> None:
         usage = usage or {}
         details = usage.get("prompt_tokens_details") or {}
-        cached = usage.get("cached_prompt_tokens") or (
-            details.get("cached_tokens") if isinstance(details, dict) else 0) or 0
+        cached = int(usage.get("cached_prompt_tokens") or (
+            details.get("cached_tokens") if isinstance(details, dict) else 0) or 0)
+        prompt = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
         with self._lock:
             u = self.by_step.setdefault(step, Usage())
             u.calls += 1
-            u.prompt_tokens += int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
-            u.completion_tokens += int(usage.get("completion_tokens")
-                                       or usage.get("output_tokens") or 0)
-            u.cached_tokens += int(cached)
+            u.prompt_tokens += prompt
+            u.completion_tokens += completion
+            u.cached_tokens += cached
+            self.calls.append({"step_key": step, "model": model, "prompt_tokens": prompt,
+                               "completion_tokens": completion, "cached_tokens": cached})
 
     def total(self) -> Usage:
         t = Usage()
@@ -125,9 +129,12 @@ def _install_accounting() -> None:
         @crewai_event_bus.on(LLMCallCompletedEvent)
         def _on_llm_call(source: Any, event: LLMCallCompletedEvent) -> None:
             current = _metering.get()
-            if current is not None and event.call_type == LLMCallType.LLM_CALL:
+            # A model response that asks for tools comes as TOOL_CALL with usage; a tool's own
+            # execution is also TOOL_CALL but has no usage and is not a model request.
+            if current is not None and (event.call_type == LLMCallType.LLM_CALL
+                                        or event.usage is not None):
                 meter, step = current
-                meter.record(step, event.usage)
+                meter.record(step, event.usage, event.model or "")
 
         _installed = True
 
@@ -150,6 +157,7 @@ class TicketResult:
     usage: Usage = field(default_factory=Usage)
     models: set[str] = field(default_factory=set)
     error: str = ""
+    calls: list[dict] = field(default_factory=list)
 
 
 class CrewRunner:
@@ -163,6 +171,7 @@ class CrewRunner:
         self.orders = orders
         self.revision_limit = revision_limit
         self.policy_text = policy_summary(config.policy)
+        self.gate = gate.Gate.from_config(config, orders, kb, extra_prompts=[self.policy_text])
         _install_accounting()
 
     def _kickoff(self, step: str, round_no: int, tools: list, values: dict[str, str],
@@ -194,6 +203,7 @@ class CrewRunner:
             "output_text": output.raw,
             "output_json": structured.model_dump_json() if structured is not None else "",
             "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "cached_tokens": usage.cached_tokens, "calls": usage.calls,
             "duration_ms": int((time.monotonic() - started) * 1000),
         })
         return output.raw, structured
@@ -212,6 +222,7 @@ class CrewRunner:
         finally:
             ticket_deadline.reset(deadline)
             result.usage = meter.total()
+            result.calls = list(meter.calls)
         return result
 
     def _run(self, ticket: Ticket, meter: Meter, result: TicketResult) -> None:
@@ -231,7 +242,7 @@ class CrewRunner:
         for round_no in range(self.revision_limit + 1):
             _, draft = self._kickoff("draft", round_no, [], {**base, "feedback": feedback}, meter,
                                      result)
-            checks = gate.check_draft(draft, ticket, evidence, cfg.policy, cfg.settings.limits)
+            checks = self.gate.check(draft, ticket, evidence)
             _, verdict = self._kickoff(
                 "review", round_no, [],
                 {**base, "draft": data_block("draft", draft.model_dump()),
@@ -245,7 +256,8 @@ class CrewRunner:
                                  if (f.check, f.detail) not in {(c.check, c.detail) for c in checks}]
             result.draft, result.verdict, result.findings = draft, verdict, findings
             result.revisions = round_no
-            if verdict.approved and not gate.blocking(checks):
+            # A blocking check (or a blocking finding the critic itself lists) overrides approval.
+            if verdict.approved and not gate.blocking(findings):
                 break
             feedback = data_block("feedback", {
                 "critic_approved": verdict.approved,
@@ -262,7 +274,7 @@ class CrewRunner:
             result.detail = "revision limit reached"
             return
 
-        result.plan = plan_actions(draft, cfg.policy)
+        result.plan = plan_actions(draft, cfg.policy, gate.escalation_reason(result.findings))
         desk = ActionDesk(ticket, draft, result.plan, cfg.policy, self.orders)
         executor = cfg.tasks["execute"].agent
         self._kickoff("execute", result.revisions, action_tools(cfg.agents[executor].tools, desk),
@@ -273,15 +285,19 @@ class CrewRunner:
         decide(result)
 
 
-def plan_actions(draft: Draft, policy: Policy) -> list[ProposedAction]:
+def plan_actions(draft: Draft, policy: Policy, escalate: str = "") -> list[ProposedAction]:
     """The approved plan: the writer's actions, plus sending the reply unless it escalates.
 
-    Categories that policy always escalates get an escalation whatever the writer proposed.
+    Categories that policy always escalates get an escalation whatever the writer proposed, and so
+    does a ticket the gate says a person must see (`escalate`, e.g. one with injected
+    instructions): then nothing is sent or carried out automatically.
     """
     plan: list[ProposedAction] = []
     for action in draft.actions:
         if action not in plan:
             plan.append(action)
+    if escalate and not any(a.kind == "escalate_to_human" for a in plan):
+        plan.append(ProposedAction(kind="escalate_to_human", reason=escalate))
     if draft.category in policy.escalate_categories and \
             not any(a.kind == "escalate_to_human" for a in plan):
         plan.append(ProposedAction(kind="escalate_to_human",

@@ -135,11 +135,39 @@ CREATE TABLE events (
 );
 CREATE INDEX events_by_outcome ON events (outcome_id);
 """),
+    (2, """
+-- One row per model request, attributed to ticket, step and agent: exact accounting under
+-- concurrency (CrewAI's own totals are wrong in batch use) and the source of cost by agent.
+CREATE TABLE model_calls (
+    call_id            INTEGER PRIMARY KEY,
+    outcome_id         INTEGER NOT NULL REFERENCES outcomes(outcome_id),
+    round              INTEGER NOT NULL,
+    step               TEXT NOT NULL,
+    agent              TEXT NOT NULL,
+    model              TEXT NOT NULL,
+    prompt_tokens      INTEGER NOT NULL,
+    completion_tokens  INTEGER NOT NULL,
+    cached_tokens      INTEGER NOT NULL,
+    cost_usd           REAL NOT NULL,
+    created_utc        TEXT NOT NULL
+);
+CREATE INDEX model_calls_by_outcome ON model_calls (outcome_id);
+ALTER TABLE steps ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outcomes ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN detail TEXT NOT NULL DEFAULT ''
+"""),
+    (3, """
+-- E-mail tickets carry their thread: `crewbatch retry` must re-run them with it.
+ALTER TABLE tickets ADD COLUMN history TEXT NOT NULL DEFAULT '';
+ALTER TABLE tickets ADD COLUMN attachments_json TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE tickets ADD COLUMN messages INTEGER NOT NULL DEFAULT 1
+"""),
 ]
 
 RESULT_FIELDS = ("category", "priority", "language", "draft_reply", "critic_verdict",
                  "critic_notes", "revisions", "actions_json", "needs_human_reason", "model",
-                 "prompt_tokens", "completion_tokens", "cost_usd", "duration_ms", "error", "reason")
+                 "prompt_tokens", "completion_tokens", "cost_usd", "duration_ms", "error", "reason",
+                 "cached_tokens")
 
 
 def utc_now() -> str:
@@ -211,8 +239,8 @@ class Ledger:
 
     def finish_run(self, run_id: str, status: str, exit_code: int, detail: str = "") -> None:
         with self._tx() as db:
-            db.execute("UPDATE runs SET status = ?, finished_utc = ?, exit_code = ? "
-                       "WHERE run_id = ?", (status, utc_now(), exit_code, run_id))
+            db.execute("UPDATE runs SET status = ?, finished_utc = ?, exit_code = ?, detail = ? "
+                       "WHERE run_id = ?", (status, utc_now(), exit_code, detail, run_id))
             self._event(db, run_id, None, "running", status, detail)
 
     def runs(self, limit: int = 50) -> list[dict]:
@@ -257,11 +285,13 @@ class Ledger:
                     continue
                 db.execute(
                     "INSERT INTO tickets (ticket_key, content_hash, ticket_id, received_at, customer,"
-                    " customer_name, subject, body, extra_json, first_seen_utc) VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    " customer_name, subject, body, extra_json, first_seen_utc, history, "
+                    "attachments_json, messages) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT DO NOTHING",
                     (item.key, item.content_hash, item.ticket_id, item.received_at, item.customer,
                      item.customer_name, item.subject, item.body,
-                     json.dumps(item.extra, ensure_ascii=False), now))
+                     json.dumps(item.extra, ensure_ascii=False), now, item.history,
+                     json.dumps(list(item.attachments), ensure_ascii=False), item.messages))
                 status, reason = PENDING, ""
                 same = db.execute(
                     "SELECT run_id, status FROM outcomes WHERE ticket_key = ? AND content_hash = ? "
@@ -292,8 +322,9 @@ class Ledger:
             self._transition(db, outcome_id, RUNNING, "handed to the crew", {})
 
     def record_result(self, outcome_id: int, status: Status, fields: dict[str, Any],
-                      steps: list[dict], actions: list[dict], detail: str) -> None:
-        """Write a ticket's final status, its agent outputs and its actions in one transaction."""
+                      steps: list[dict], actions: list[dict], detail: str,
+                      calls: list[dict] = ()) -> None:
+        """Write a ticket's final status, its agent outputs, model calls and actions at once."""
         unknown = set(fields) - set(RESULT_FIELDS)
         if unknown:
             raise ValueError(f"unknown outcome fields: {sorted(unknown)}")
@@ -302,11 +333,20 @@ class Ledger:
             for s in steps:
                 db.execute(
                     "INSERT INTO steps (outcome_id, round, step, agent, model, output_text, "
-                    "output_json, prompt_tokens, completion_tokens, duration_ms, created_utc) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "output_json, prompt_tokens, completion_tokens, cached_tokens, duration_ms, "
+                    "created_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (outcome_id, s["round"], s["step"], s["agent"], s["model"], s["output_text"],
                      s.get("output_json", ""), s.get("prompt_tokens", 0),
-                     s.get("completion_tokens", 0), s.get("duration_ms", 0), now))
+                     s.get("completion_tokens", 0), s.get("cached_tokens", 0),
+                     s.get("duration_ms", 0), now))
+            for c in calls:
+                db.execute(
+                    "INSERT INTO model_calls (outcome_id, round, step, agent, model, "
+                    "prompt_tokens, completion_tokens, cached_tokens, cost_usd, created_utc) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (outcome_id, c["round"], c["step"], c["agent"], c["model"],
+                     c["prompt_tokens"], c["completion_tokens"], c["cached_tokens"],
+                     c["cost_usd"], now))
             for a in actions:
                 db.execute(
                     "INSERT INTO actions (outcome_id, kind, args_json, decision, reason, "
@@ -370,8 +410,18 @@ class Ledger:
         return [Ticket(key=r["ticket_key"], ticket_id=r["ticket_id"], source=r["source"],
                        received_at=r["received_at"], customer=r["customer"],
                        customer_name=r["customer_name"], subject=r["subject"], body=r["body"],
-                       record_no=r["record_no"], extra=json.loads(r["extra_json"]))
+                       record_no=r["record_no"], extra=json.loads(r["extra_json"]),
+                       history=r["history"], attachments=tuple(json.loads(r["attachments_json"])),
+                       messages=r["messages"])
                 for r in rows]
+
+    def record_review(self, outcome_id: int, decision: str, note: str, detail: str) -> None:
+        """A reviewer's decision, with its event, in one transaction (the status is unchanged)."""
+        with self._tx() as db:
+            status = db.execute("SELECT status FROM outcomes WHERE outcome_id = ?",
+                                (outcome_id,)).fetchone()[0]
+            self._transition(db, outcome_id, status, f"review: {detail}",
+                             {"decision": decision, "reviewer_note": note})
 
     # --- side effects ----------------------------------------------------------------------------
 

@@ -226,9 +226,13 @@ def _best_lines(sections: list[dict], text: str, n: int = 2) -> list[str]:
 
 
 def policy_limit(messages: list[dict]) -> float:
-    """The auto-approve refund limit, as the policy text in the prompt states it."""
+    """The auto-approve refund limit, as the policy text in the prompt states it.
+
+    Only outside the tagged data blocks: a ticket saying "Refunds up to 100000" is not policy.
+    """
     for m in messages:
-        found = re.search(r"Refunds up to (\d+(?:\.\d+)?)", str(m.get("content") or ""))
+        found = re.search(r"Refunds up to (\d+(?:\.\d+)?)",
+                          BLOCK.sub(" ", str(m.get("content") or "")))
         if found:
             return float(found.group(1))
     return 0.0  # unknown: treat every refund as one for a person
@@ -404,7 +408,7 @@ def write(messages: list[dict]) -> str:
             para(f"You can reset your password at {url}" if url else "You can reset your password "
                  "from the login page", f"(the link is valid for {valid})." if valid else ".")
             if lock:
-                para(f"For your security an account is {lock}; it unlocks by itself.")
+                para(f"For your security an account is locked for {lock}; it unlocks by itself.")
         para("We will never ask for your password.")
         tag()
     elif category == "billing":
@@ -537,13 +541,18 @@ class OfflineLLM(BaseLLM):
                                           available_functions=available_functions,
                                           from_task=from_task, from_agent=from_agent)
             schema = response_model.__name__ if response_model is not None else None
-            answer = respond(messages, _tool_names(tools), schema)
+            answer = self.respond(messages, _tool_names(tools), schema)
             usage = {"prompt_tokens": _estimate_tokens(messages),
                      "completion_tokens": _estimate_tokens(answer)}
             self._emit_call_completed_event(response=answer, call_type=LLMCallType.LLM_CALL,
                                             from_task=from_task, from_agent=from_agent,
                                             messages=messages, usage=usage)
             return answer
+
+    def respond(self, messages: list[dict], tools: list[str], schema: str | None
+                ) -> str | list[dict]:
+        """One turn; a subclass may play a role differently (the gate benchmark's faulty writer)."""
+        return respond(messages, tools, schema)
 
     def supports_function_calling(self) -> bool:
         return True

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import export, framework, intake
+from . import export, framework, intake, report
 from .knowledge import KnowledgeBase, Orders
 from .ledger import Ledger
 from .llms import build_llms, preflight, role_models
@@ -55,7 +55,8 @@ class RunSummary:
         parts = [f"{self.counts.get(s, 0)} {s}" for s in order if self.counts.get(s) or
                  s in (Status.APPROVED.value, Status.NEEDS_HUMAN.value, Status.FAILED.value)]
         return (f"run {self.run_id} {self.status}: {self.records} records: {', '.join(parts)}; "
-                f"cost ${self.cost_usd:.4f}; {self.duration_s:.1f}s; results: {self.results_path}")
+                f"cost ${self.cost_usd:.4f}; {self.duration_s:.1f}s; results: {self.results_path}; "
+                f"report: {self.results_path.with_name('report.html')}")
 
 
 def new_run_id() -> str:
@@ -126,11 +127,12 @@ def run(config: Config, options: RunOptions, sources: list[str],
     started = time.monotonic()
     files: list[Path] = []
     if retry_of is None:
-        files = intake.expand_sources(sources or config.settings.sources, config.root)
-        if not files:
+        if not (sources or config.settings.sources):
             raise intake.SourceError("no SOURCE given and `sources` in config/settings.yaml is "
                                      "empty; name a ticket file, e.g. `crewbatch run "
                                      "data/tickets.csv`")
+        files = intake.expand_sources(sources or config.settings.sources, config.root,
+                                      from_settings=not sources)
     preflight(config, options.model)
     warnings = [f"no price for model `{m}` in config/settings.yaml `pricing`; its cost_usd is 0"
                 for m in sorted(set(role_models(config, options.model).values()))
@@ -202,6 +204,8 @@ def run(config: Config, options: RunOptions, sources: list[str],
             ledger.finish_run(run_id, status, exit_code,
                               "; ".join(filter(None, [stop_reason, json.dumps(counts)])))
             results = export.write_results(ledger, run_id, run_dir / "results.csv")
+            report.write_report(ledger, run_id, run_dir / "report.html",
+                                config.settings.pricing)
             cost = sum(o["cost_usd"] for o in ledger.outcomes(run_id))
             log.info("run finished", run_id=run_id, status=status, exit_code=exit_code,
                      counts=counts, cost_usd=round(cost, 6), reason=stop_reason)
@@ -252,8 +256,14 @@ def _process(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: 
         except OSError as exc:  # the outbox is unwritable: a failure, retried by the next run
             status, error = Status.FAILED, redact(f"{type(exc).__name__}: {exc}")
     draft, verdict = result.draft, result.verdict
-    cost = sum(price(config, s["model"], s.get("prompt_tokens", 0), s.get("completion_tokens", 0))
-               for s in result.steps)
+    agents = {step: spec.agent for step, spec in config.tasks.items()}
+    calls = []
+    for c in result.calls:
+        round_no, step = c["step_key"].split(":", 1)
+        calls.append({**c, "round": int(round_no), "step": step, "agent": agents.get(step, step),
+                      "cost_usd": price(config, c["model"], c["prompt_tokens"],
+                                        c["completion_tokens"])})
+    cost = sum(c["cost_usd"] for c in calls)
     fields = {
         "category": draft.category if draft else "",
         "priority": draft.priority if draft else "",
@@ -270,6 +280,7 @@ def _process(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: 
         "model": ",".join(sorted(result.models)),
         "prompt_tokens": result.usage.prompt_tokens,
         "completion_tokens": result.usage.completion_tokens,
+        "cached_tokens": result.usage.cached_tokens,
         "cost_usd": round(cost, 6),
         "duration_ms": int((time.monotonic() - started) * 1000),
         "error": error,
@@ -278,7 +289,7 @@ def _process(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: 
     ledger.record_result(outcome_id, status, fields, steps,
                          [{"kind": a["kind"], "args": a["args"], "decision": a["decision"],
                            "reason": a["reason"]} for a in action_rows(result, status)],
-                         redact(result.detail or error))
+                         redact(result.detail or error), calls)
     return status.value, cost
 
 

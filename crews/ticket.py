@@ -44,6 +44,12 @@ class Ticket:
     body: str
     record_no: int
     extra: dict = field(default_factory=dict, compare=False)
+    # E-mail tickets: the earlier messages of the thread (oldest first) or, without them, the text
+    # the message quotes; attachments by name and type (never opened); how many input messages
+    # this ticket stands for (a thread is one ticket, so records reconcile per message as well).
+    history: str = ""
+    attachments: tuple[str, ...] = ()
+    messages: int = 1
 
     @property
     def content_hash(self) -> str:
@@ -58,6 +64,8 @@ class Ticket:
             "customer_name": self.customer_name,
             "subject": self.subject,
             "body": self.body,
+            **({"history": self.history} if self.history else {}),
+            **({"attachments": list(self.attachments)} if self.attachments else {}),
         }
 
 

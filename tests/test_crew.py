@@ -160,3 +160,46 @@ def test_a_model_error_fails_the_ticket_with_the_error(make_runner):
     assert result.status == Status.FAILED
     assert result.error == "RuntimeError: provider exploded"
     assert [s["step"] for s in result.steps] == ["research", "draft"]
+
+
+def scripted_respond(drafts: list[dict], verdicts: list[dict] | None = None):
+    """Like `scripted`, but through OfflineLLM.respond, so every call is metered like a model's."""
+    from crews.offline import OfflineLLM, respond
+
+    class Scripted(OfflineLLM):
+        def respond(self, messages, tools, schema):
+            script = {"Draft": drafts, "Verdict": verdicts}.get(schema)
+            if script:
+                return json.dumps(script.pop(0))
+            return respond(messages, tools, schema)
+
+    return Scripted(model="scripted")
+
+
+def test_every_round_keeps_its_draft_checks_and_verdict_and_counts_its_calls(make_runner):
+    bad = dict(GOOD, reply=GOOD["reply"].replace("NW-10335", "NW-99999"))
+    runner = make_runner(scripted_respond([bad, bad, GOOD]), revision_limit=2)
+    result = runner.run(ticket("Please refund the candles from NW-10335, $24.00."))
+    assert result.status == Status.APPROVED and result.revisions == 2
+    by_round = {}
+    for s in result.steps:
+        by_round.setdefault(s["round"], []).append(s["step"])
+    assert by_round == {0: ["research", "draft", "review", "checks"],
+                        1: ["draft", "review", "checks"],
+                        2: ["draft", "review", "checks", "execute"]}
+    verdicts = [json.loads(s["output_json"]) for s in result.steps if s["step"] == "review"]
+    assert [v["approved"] for v in verdicts] == [False, False, True]
+    assert "invented_fact" in verdicts[0]["required_changes"][0]
+    assert result.usage.calls == sum(s.get("calls", 0) for s in result.steps) == 10
+    assert sum(s.get("calls", 0) for s in result.steps
+               if s["round"] > 0 and s["step"] in ("draft", "review")) == 4
+
+
+def test_a_critic_approval_that_lists_a_blocking_finding_is_not_an_approval(make_runner):
+    contradictory = {"approved": True, "summary": "fine",
+                     "findings": [{"check": "tone", "severity": "major", "detail": "rude"}]}
+    yes = {"approved": True, "findings": [], "required_changes": [], "summary": "fine"}
+    llm = scripted_respond([GOOD, GOOD], [contradictory, yes])
+    result = make_runner(llm, revision_limit=1).run(ticket("Refund NW-10335 please, $24.00"))
+    assert result.status == Status.APPROVED
+    assert result.revisions == 1

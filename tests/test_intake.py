@@ -36,7 +36,7 @@ def test_every_record_becomes_a_ticket_or_a_rejection(tmp_path):
                                                "Ticket", "Rejection"]
     assert got[0].body == "line one\r\nline two" and got[0].customer == "a@example.com"
     assert got[1].reason == "no ticket text (subject and body are empty)"
-    assert got[2].reason == "row has 6 fields, the header has 4"
+    assert got[2].reason == "line 6: row has 6 fields, the header has 4"
     assert got[3].body == "has  a nul"
     assert got[4].key.startswith("h-") and got[4].ticket_id == got[4].key
     assert got[5].reason.startswith("body is 300 characters, over the limit of 200")
@@ -55,9 +55,12 @@ def test_key_and_content_hash_are_stable(tmp_path):
 def test_undecodable_and_bodyless_sources_are_clear_errors(tmp_path):
     latin = tmp_path / "latin.csv"
     latin.write_bytes("id,body\n1,caf\xe9\n".encode("latin-1"))
+    assert items(latin)[0].body == "café"  # not UTF-8, so detected as cp1252
     with pytest.raises(SourceError) as err:
-        items(latin)
-    assert str(err.value).startswith(f"{latin}: not UTF-8 text")
+        list(read_source(latin, IntakeOptions(encoding="utf-8")))
+    assert str(err.value) == (
+        f"{latin}: not valid utf-8 text near line 2 (invalid continuation byte); name the file's "
+        "encoding with --encoding (e.g. --encoding cp1252), or leave --encoding out to detect it")
     nobody = tmp_path / "nobody.csv"
     nobody.write_text("id,colour\n1,red\n")
     with pytest.raises(SourceError) as err:

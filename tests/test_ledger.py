@@ -19,12 +19,29 @@ def t(key: str, body: str = "hello") -> Ticket:
 def test_migrations_are_applied_once_and_wal_is_on(tmp_path):
     path = tmp_path / "ledger.db"
     with Ledger(path) as ledger:
-        assert ledger.schema_version() == 1
+        assert ledger.schema_version() == 3
     with Ledger(path) as ledger:
-        assert ledger.schema_version() == 1
+        assert ledger.schema_version() == 3
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == 1
+    assert db.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == 3
+
+
+def test_a_version_1_ledger_is_migrated_in_place(tmp_path):
+    from crews.ledger import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_utc TEXT)")
+    db.executescript(MIGRATIONS[0][1])
+    db.execute("INSERT INTO schema_migrations VALUES (1, 'then')")
+    db.execute("INSERT INTO runs (run_id, started_utc, status, model, options_json, sources_json) "
+               "VALUES ('old', 'then', 'completed', 'offline', '{}', '[]')")
+    db.commit()
+    db.close()
+    with Ledger(path) as ledger:
+        assert ledger.schema_version() == 3
+        assert ledger.run("old")["detail"] == ""
 
 
 def test_finished_tickets_are_skipped_and_edits_are_processed(tmp_path):

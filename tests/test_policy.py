@@ -126,7 +126,8 @@ def test_gate_findings(project):
     assert ("other_customer_data", "critical") in checks
     assert ("invented_fact", "critical") in checks
     assert ("internal_leak", "critical") in checks
-    assert ("over_policy_promise", "critical") not in checks  # "we will refund" names no amount
+    # "we will refund it" names no amount, so the proposed 99.00 refund is what it promises
+    assert ("over_policy_promise", "critical") in checks
     assert detect_language("Guten Tag, ich habe meine Bestellung noch nicht bekommen") == "de"
     assert detect_language("Hola, mi pedido no ha llegado todavía, gracias") == "es"
 
@@ -141,3 +142,103 @@ def test_sheet_cells_are_inert_but_readable():
     assert neutralise(3) == 3
     assert describe_actions('[{"kind": "queue_reply", "args": {}, "decision": "performed"}]') \
         == "queue_reply(): performed"
+
+
+def test_the_auto_approve_limit_is_inclusive(desk_for, project):
+    owner = Orders(project / "data/orders.csv").owner("NW-10323")
+    at_limit = desk_for([refund("NW-10323", 50.0, "EUR")], customer=owner)
+    at_limit.request_refund("NW-10323", 50.0, "EUR")
+    over = desk_for([refund("NW-10323", 50.01, "EUR")], customer=owner)
+    over.request_refund("NW-10323", 50.01, "EUR")
+    assert at_limit.decisions[0].allowed
+    assert over.decisions[0].reason == ("a refund of 50.01 EUR is above the auto-approve limit "
+                                        "of 50 EUR; a person must approve it")
+
+
+def test_escalating_is_always_allowed_and_refusals_are_never_performed(desk_for, tmp_path):
+    from crews.actions import perform
+    from crews.ledger import Ledger
+
+    desk = desk_for([ProposedAction(kind="tag_ticket", queue="returns")])
+    desk.escalate_to_human("x" * 900)
+    desk.request_refund("NW-10335", 24.0, "USD")    # not planned: refused
+    desk.tag_ticket("returns")
+    assert [d.allowed for d in desk.decisions] == [True, False, True]
+    assert len(desk.decisions[0].args["reason"]) == 500
+    with Ledger(tmp_path / "l.db") as ledger:
+        lines = perform(desk.decisions, desk.ticket, desk.draft, tmp_path / "run", ledger, 1)
+        again = perform(desk.decisions, desk.ticket, desk.draft, tmp_path / "run", ledger, 2)
+    assert [line.split(":")[0] for line in lines] == ["escalate_to_human", "tag_ticket"]
+    assert again == ["escalate_to_human: already done earlier, not repeated",
+                     "tag_ticket: already done earlier, not repeated"]
+    assert not (tmp_path / "run" / "refund_requests").exists()
+
+
+def test_side_effects_are_keyed_by_ticket_content_and_action(desk_for):
+    from dataclasses import replace
+
+    from crews.actions import idempotency_key
+
+    desk = desk_for([refund()])
+    desk.request_refund("NW-10335", 24.0, "USD")
+    d = desk.decisions[0]
+    same = idempotency_key(desk.ticket, d)
+    assert idempotency_key(replace(desk.ticket, record_no=7, source="other"), d) == same
+    assert idempotency_key(replace(desk.ticket, body="edited"), d) != same   # edited: a new ticket
+    assert idempotency_key(desk.ticket, replace(d, args={**d.args, "amount": 20.0})) != same
+
+
+@pytest.fixture
+def sample_crew(project):
+    import csv
+
+    framework.prepare(project / "runs" / ".crewai")
+    from crews.crew import CrewRunner
+    from crews.knowledge import KnowledgeBase
+    from crews.offline import OfflineLLM
+
+    config = load_config(project)
+    llm = OfflineLLM(model="offline")
+    runner = CrewRunner(config, {r: llm for r in config.agents},
+                        KnowledgeBase(config.knowledge_dir), Orders(config.orders_file), 2)
+    with open(project / "data" / "tickets.csv", encoding="utf-8") as f:
+        rows = {r["ticket_id"]: r for r in csv.DictReader(f)}
+
+    def run(ticket_id):
+        r = rows[ticket_id]
+        return runner.run(Ticket(key=ticket_id, ticket_id=ticket_id, source="t",
+                                 received_at=r["received_at"], customer=r["customer"],
+                                 customer_name=r["customer_name"], subject=r["subject"],
+                                 body=r["body"], record_no=1))
+
+    return run
+
+
+@pytest.mark.parametrize("ticket_id,order_id,amount,currency", [
+    ("T-1014", "NW-10365", 89.99, "GBP"), ("T-1018", "NW-10316", 1299.0, "USD"),
+    ("T-1024", "NW-10323", 249.0, "EUR"), ("T-1042", "NW-10392", 159.0, "USD")])
+def test_sample_refunds_over_the_limit_go_to_a_person_with_the_refund_visible(
+        sample_crew, ticket_id, order_id, amount, currency):
+    from crews.ticket import Status
+
+    result = sample_crew(ticket_id)
+    assert result.status == Status.NEEDS_HUMAN
+    assert result.needs_human_reason == (
+        f"policy refused: request_refund: a refund of {amount:.2f} {currency} is above the "
+        f"auto-approve limit of 50 {currency}; a person must approve it")
+    assert [(a.order_id, a.amount, a.currency) for a in result.plan
+            if a.kind == "request_refund"] == [(order_id, amount, currency)]
+    assert "supervisor" in result.draft.reply and result.revisions == 0
+
+
+@pytest.mark.parametrize("ticket_id,amount", [("T-1001", 24.0), ("T-1006", 18.5),
+                                              ("T-1029", 19.99), ("T-1031", 12.99),
+                                              ("T-1040", 34.9)])
+def test_sample_refunds_within_the_limit_are_approved_and_requested(sample_crew, ticket_id,
+                                                                    amount):
+    from crews.ticket import Status
+
+    result = sample_crew(ticket_id)
+    assert result.status == Status.APPROVED, result.needs_human_reason
+    assert [d.args["amount"] for d in result.decisions
+            if d.allowed and d.kind == "request_refund"] == [amount]

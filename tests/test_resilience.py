@@ -8,9 +8,8 @@ import subprocess
 import sys
 import time
 
-from fake_openai import Faults, FakeOpenAI
-
 from conftest import REPO
+from fake_openai import FakeOpenAI, Faults
 
 
 def crewbatch(project, *args, env=None):
@@ -155,3 +154,23 @@ def test_cron_like_environment_from_root_dir(project):
     assert out.stdout.strip() and out.stderr.count("\n") == 1  # one summary line on stderr
     assert (project / "runs" / out.stdout.strip() / "run.log").read_text().count(
         "ticket finished") == 3
+
+
+def test_nightly_sources_from_settings_and_an_empty_drop_folder(project, cli, results, tmp_path,
+                                                                 monkeypatch):
+    settings = project / "config/settings.yaml"
+    settings.write_text(settings.read_text().replace("  - data/tickets.csv",
+                                                     "  - inbox/*.csv"))
+    (project / "inbox").mkdir()
+    monkeypatch.chdir(tmp_path)  # cron starts in $HOME: the globs are the project's, not cwd's
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "inbox" / "decoy.csv").write_text("id,body\n1,not this one\n")
+    empty = cli("--root", str(project), "run", "--offline")
+    assert empty.exit_code == 0, empty.output
+    assert "0 records" in empty.stderr
+    (project / "inbox" / "night.csv").write_text(
+        (project / "data/tickets.csv").read_text().split("\nT-1003")[0] + "\n")
+    night = cli("--root", str(project), "run", "--offline")
+    assert night.exit_code == 0
+    rows = results(project / "runs" / night.stdout.strip() / "results.csv")
+    assert [r["ticket_id"] for r in rows] == ["T-1001", "T-1002"]

@@ -1,0 +1,213 @@
+"""A fake OpenAI-compatible chat-completions server on 127.0.0.1, for tests and the benchmark.
+
+It answers with the offline model's `respond`, so a client talking to it through CrewAI's `LLM`,
+the openai SDK or LangChain gets realistic tool calls and structured JSON. Faults can be injected
+two ways: scripted (a queue of HTTP errors to return first, one hang, the next N answers broken)
+for tests that assert exact request counts, and random rates drawn from a seeded RNG (429 with
+Retry-After, 500, hangs, malformed structured answers) for the benchmark's fault run. Every request
+is recorded, so callers can count and inspect what a client really sent.
+
+It keeps up with many concurrent clients: a handler thread per connection, HTTP/1.1 keep-alive as
+real providers offer, and a listen backlog far above the default 5 — a full backlog drops SYNs and
+the client's retransmit adds a whole second to a request, which would masquerade as client overhead.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+try:
+    from crews.offline import respond
+except ModuleNotFoundError:  # run as a script from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from crews.offline import respond
+
+
+@dataclass
+class Faults:
+    latency_s: float = 0.0
+    errors: list[int] = field(default_factory=list)   # statuses returned before any success
+    retry_after_s: int = 1
+    hang_s: float = 0.0                               # sleep this long on the next request
+    malformed: int = 0                                # next N successful answers are broken JSON
+    # Random faults: each request draws once from a seeded RNG (shares of all requests).
+    rate_429: float = 0.0                             # 429 with Retry-After: retry_after_s
+    rate_500: float = 0.0
+    rate_hang: float = 0.0                            # sleep random_hang_s, then answer normally
+    random_hang_s: float = 10.0
+    rate_malformed: float = 0.0                       # share of structured answers cut in half
+    seed: int = 0
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # the listen backlog; the default (5) drops bursts of connections
+
+
+class FakeOpenAI:
+    """`with FakeOpenAI(Faults(...)) as server:` then point a client at `server.base_url`.
+
+    `requests` lists every request ({path, body, headers, at, fault}); with `keep_bodies=False`
+    bodies are dropped after `on_request` has seen them, so long runs stay small.
+    """
+
+    def __init__(self, faults: Faults | None = None, *, keep_bodies: bool = True,
+                 on_request: Callable[[dict], None] | None = None, port: int = 0):
+        self.faults = faults or Faults()
+        self.requests: list[dict] = []
+        self.keep_bodies = keep_bodies
+        self.on_request = on_request
+        self._lock = threading.Lock()
+        self._rng = random.Random(self.faults.seed)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, like a real provider
+
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_GET(self):
+                if self.path.rstrip("/").endswith("/models"):
+                    self._send(200, {"object": "list", "data": [{"id": "fake-model",
+                                                                 "object": "model"}]})
+                else:
+                    self._send(404, {"error": {"message": "not found"}})
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                status, payload, headers = server.handle(self.path, body,
+                                                         dict(self.headers.items()))
+                self._send(status, payload, headers)
+
+            def _send(self, status, payload, headers=None):
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a timeout on a hung call)
+
+        self.httpd = _Server(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> FakeOpenAI:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def inject(self, faults: Faults) -> None:
+        """Switch to other faults mid-run; the random ones restart from `faults.seed`."""
+        with self._lock:
+            self.faults = faults
+            self._rng = random.Random(faults.seed)
+
+    def _draw(self, structured: bool) -> str | None:
+        """This request's random fault (called under the lock, so the sequence is seeded)."""
+        f = self.faults
+        if not (f.rate_429 or f.rate_500 or f.rate_hang or f.rate_malformed):
+            return None
+        x = self._rng.random()
+        for name, rate in (("429", f.rate_429), ("500", f.rate_500), ("hang", f.rate_hang)):
+            if x < rate:
+                return name
+            x -= rate
+        if structured and self._rng.random() < f.rate_malformed:
+            return "malformed"
+        return None
+
+    def handle(self, path: str, body: dict, headers: dict):
+        fmt = body.get("response_format") or {}
+        schema = (fmt.get("json_schema") or {}).get("name") if fmt.get("type") == "json_schema" \
+            else None
+        with self._lock:
+            error = self.faults.errors.pop(0) if self.faults.errors else None
+            hang, self.faults.hang_s = self.faults.hang_s, 0.0
+            malformed = self.faults.malformed > 0
+            if malformed and error is None:
+                self.faults.malformed -= 1
+            fault = self._draw(schema is not None)
+            if error is None and fault in ("429", "500"):
+                error = int(fault)
+            if fault == "hang":
+                hang = max(hang, self.faults.random_hang_s)
+            malformed = malformed or fault == "malformed"
+            record = {"path": path, "body": body, "headers": headers, "at": time.monotonic(),
+                      "fault": fault or (str(error) if error else None)}
+            self.requests.append(record)
+        if self.on_request is not None:
+            self.on_request(record)
+        if not self.keep_bodies:
+            record["body"] = None
+        if self.faults.latency_s:
+            time.sleep(self.faults.latency_s)
+        if hang:
+            time.sleep(hang)
+        if error is not None:
+            extra = {"Retry-After": str(self.faults.retry_after_s)} if error == 429 else {}
+            return error, {"error": {"message": f"injected {error}", "type": "server_error"}}, extra
+        if not path.rstrip("/").endswith("/chat/completions"):
+            return 404, {"error": {"message": f"no route {path}"}}, {}
+        messages = body.get("messages", [])
+        tools = [t["function"]["name"] for t in body.get("tools") or []]
+        answer = respond(messages, tools, schema)
+        message: dict = {"role": "assistant", "content": None}
+        finish = "stop"
+        if isinstance(answer, list):
+            message["tool_calls"] = answer
+            finish = "tool_calls"
+        else:
+            message["content"] = answer[: len(answer) // 2] if malformed else answer
+        prompt_tokens = sum(len(str(m.get("content") or "")) for m in messages) // 4 + 1
+        completion_tokens = len(json.dumps(answer)) // 4 + 1
+        return 200, {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion",
+            "created": int(time.time()), "model": body.get("model", "fake-model"),
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens,
+                      "prompt_tokens_details": {"cached_tokens": 0}},
+        }, {}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve until Ctrl-C: `python benchmarks/fake_server.py --port 8000 --latency 0.5`."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--latency", type=float, default=0.0, help="seconds per request")
+    args = p.parse_args(argv)
+    with FakeOpenAI(Faults(latency_s=args.latency), keep_bodies=False, port=args.port) as server:
+        print(f"OPENAI_BASE_URL={server.base_url} (Ctrl-C stops)", file=sys.stderr)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Exact accounting under concurrency: every request attributed to its ticket and agent."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections import Counter
+
+from fake_openai import FakeOpenAI
+
+
+def ticket_of(body: dict) -> str:
+    for m in body["messages"]:
+        found = re.search(r"<ticket>\n(.*?)\n</ticket>", str(m.get("content") or ""), re.DOTALL)
+        if found:
+            return json.loads(found.group(1))["ticket_id"]
+    raise AssertionError("request without a ticket")
+
+
+def test_tokens_and_calls_are_attributed_per_ticket_and_agent(project, cli):
+    settings = project / "config/settings.yaml"
+    settings.write_text(settings.read_text().replace(
+        "pricing:\n", "pricing:\n  fake-model: {input_per_million: 2, output_per_million: 8}\n"))
+    with FakeOpenAI() as server:
+        env = {"OPENAI_API_KEY": "sk-test-aaaaaaaa", "OPENAI_BASE_URL": server.base_url}
+        result = cli("run", "--model", "fake-model", "--limit", "16", "--concurrency", "8",
+                     env=env)
+        requests = list(server.requests)
+    assert result.exit_code == 0, result.output
+    run_id = result.stdout.strip()
+    server_calls = Counter(ticket_of(r["body"]) for r in requests)
+    server_prompt = Counter()
+    for r in requests:
+        messages = r["body"]["messages"]
+        server_prompt[ticket_of(r["body"])] += \
+            sum(len(str(m.get("content") or "")) for m in messages) // 4 + 1
+    db = sqlite3.connect(project / "runs/ledger.db")
+    rows = db.execute(
+        "SELECT o.ticket_id, COUNT(c.call_id), SUM(c.prompt_tokens), o.prompt_tokens, "
+        "o.completion_tokens, SUM(c.completion_tokens), o.cost_usd, SUM(c.cost_usd) "
+        "FROM outcomes o JOIN model_calls c ON c.outcome_id = o.outcome_id "
+        "WHERE o.run_id = ? GROUP BY o.outcome_id", (run_id,)).fetchall()
+    assert len(rows) == 16
+    for ticket_id, calls, call_prompt, prompt, completion, call_completion, cost, call_cost in rows:
+        assert calls == server_calls[ticket_id], ticket_id
+        assert call_prompt == prompt == server_prompt[ticket_id], ticket_id
+        assert call_completion == completion
+        assert abs(cost - call_cost) < 1e-9
+        assert abs(cost - (prompt * 2 + completion * 8) / 1e6) < 1e-9
+    agents = dict(db.execute("SELECT agent, COUNT(*) FROM model_calls c JOIN outcomes o ON "
+                             "o.outcome_id = c.outcome_id WHERE o.run_id = ? GROUP BY agent",
+                             (run_id,)).fetchall())
+    assert set(agents) == {"researcher", "writer", "critic", "executor"}
+    assert sum(agents.values()) == len(requests)

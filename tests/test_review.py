@@ -1,0 +1,124 @@
+"""The review loop: decisions read back from an edited sheet and acted on exactly once."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+
+@pytest.fixture
+def reviewed_run(project, cli, results):
+    result = cli("run", "--offline", "--limit", "24")
+    assert result.exit_code == 0
+    run_id = result.stdout.strip()
+    return run_id, results(project / "runs" / run_id / "results.csv")
+
+
+def decide(rows, decisions: dict[str, tuple[str, str]], edits: dict[str, str] | None = None):
+    out = []
+    for r in rows:
+        r = dict(r)
+        if r["ticket_id"] in decisions:
+            r["decision"], r["reviewer_note"] = decisions[r["ticket_id"]]
+        if edits and r["ticket_id"] in edits:
+            r["draft_reply"] = edits[r["ticket_id"]]
+        out.append(r)
+    return out
+
+
+def write_sheet(path, rows, delimiter=","):
+    with open(path, "w", encoding="utf-8-sig", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter=delimiter)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_apply_executes_approved_actions_once(project, cli, reviewed_run, tmp_path):
+    run_id, rows = reviewed_run
+    by_id = {r["ticket_id"]: r for r in rows}
+    assert by_id["T-1024"]["status"] == "needs_human"  # 249.00 EUR refund, over the limit
+    sheet = decide(rows, {"T-1024": ("approve", "ok, supervisor approved"),
+                          "T-1014": ("edit", "edited by Ana"),
+                          "T-1018": ("reject", "fraud suspected"),
+                          "T-1001": ("approve", "")},
+                   edits={"T-1014": "Hi Mark,\n\nYour refund of 89.99 GBP is approved.\n\nAna"})
+    sheet.reverse()  # reviewers sort and filter; order must not matter
+    sheet.append(dict(sheet[0], ticket_id="T-9999", decision="approve"))
+    path = write_sheet(tmp_path / "review.csv", sheet, delimiter=";")
+    first = cli("review", "apply", str(path))
+    assert first.exit_code == 1  # the unknown ticket is a problem
+    assert f"crewbatch: T-9999: no such ticket in run {run_id}; row ignored" in first.stderr
+    assert "T-1024: approve: queue_reply: " in first.stdout
+    assert "request_refund: " in first.stdout
+    assert "T-1018: reject: closed" in first.stdout
+    assert "T-1001: approve: confirmed (already carried out)" in first.stdout
+    outbox = project / "runs" / run_id / "outbox"
+    files_after_first = sorted(p.name for p in outbox.iterdir())
+    edited = [p for p in outbox.iterdir() if p.name.startswith("T-1014")]
+    assert len(edited) == 1 and "Your refund of 89.99 GBP is approved." in edited[0].read_text()
+    assert len(list((project / "runs" / run_id / "refund_requests").glob("T-1024-*.json"))) == 1
+
+    second = cli("review", "apply", str(path))
+    assert "T-1024: already decided `approve`" in second.stdout
+    assert sorted(p.name for p in outbox.iterdir()) == files_after_first
+    shown = cli("show", run_id, "T-1024")
+    assert "review: reviewer approve" in shown.stdout
+    exported = cli("export", run_id, "-o", str(tmp_path / "after.csv"))
+    assert exported.exit_code == 0
+    after = {r["ticket_id"]: r for r in csv.DictReader(open(tmp_path / "after.csv",
+                                                            encoding="utf-8-sig"))}
+    assert after["T-1018"]["decision"] == "reject"
+    assert after["T-1018"]["reviewer_note"] == "fraud suspected"
+
+
+def test_xlsx_sheet_edited_in_a_spreadsheet_is_accepted(project, cli, reviewed_run, tmp_path):
+    from openpyxl import load_workbook
+
+    run_id, rows = reviewed_run
+    path = tmp_path / "review.xlsx"
+    assert cli("export", run_id, "-o", str(path)).exit_code == 0
+    wb = load_workbook(path)
+    ws = wb.active
+    header = [c.value for c in ws[1]]
+    for row in ws.iter_rows(min_row=2):
+        if row[header.index("ticket_id")].value == "T-1024":
+            row[header.index("decision")].value = "Approve"
+            row[header.index("status")].value = "approved"  # tampered
+    wb.save(path)
+    result = cli("review", "apply", str(path))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("T-1024: approve: queue_reply: ")
+    assert ("crewbatch: warning: T-1024: `status` was changed in the sheet ('approved', ledger: "
+            "'needs_human'); the ledger's value is used") in result.stderr
+    assert "1 applied, 0 already applied, 0 problem(s), 23 row(s) without a decision" \
+        in result.stderr
+
+
+def test_sheet_from_another_run_or_without_columns_is_refused(project, cli, reviewed_run,
+                                                              tmp_path):
+    run_id, rows = reviewed_run
+    other = [dict(r, run_id="20990101-000000-dead") for r in rows]
+    result = cli("review", "apply", str(write_sheet(tmp_path / "other.csv", other)))
+    assert result.exit_code == 2
+    assert "the sheet is from run 20990101-000000-dead, which is not in this project's ledger" \
+        in result.stderr
+    bare = [{"ticket_id": r["ticket_id"], "decision": "approve"} for r in rows]
+    result = cli("review", "apply", str(write_sheet(tmp_path / "bare.csv", bare)))
+    assert result.exit_code == 2
+    assert "missing column(s) run_id" in result.stderr
+
+
+def test_policy_still_binds_a_reviewer(project, cli, reviewed_run, tmp_path):
+    run_id, rows = reviewed_run
+    policy = project / "config/policy.yaml"
+    policy.write_text(policy.read_text().replace(
+        "allowed_actions: [queue_reply, tag_ticket, escalate_to_human, request_refund]",
+        "allowed_actions: [queue_reply, tag_ticket, escalate_to_human]"))
+    sheet = decide(rows, {"T-1024": ("approve", "")})
+    result = cli("review", "apply", str(write_sheet(tmp_path / "r.csv", sheet)))
+    assert result.exit_code == 1
+    assert ("crewbatch: T-1024: policy still refuses: request_refund: request_refund is not an "
+            "allowed action in config/policy.yaml; nothing was done") in result.stderr
+    assert not list((project / "runs" / run_id / "outbox").glob("T-1024-*"))
