@@ -374,8 +374,8 @@ def _sentences(text: str) -> list[str]:
     return [s for s in SENTENCE.split(text) if s.strip()]
 
 
-def _shingles(text: str, n: int = SHINGLE) -> set[str]:
-    tokens = WORDS.findall(text.lower())
+def _shingles(text: str, n: int = SHINGLE, skip: set[str] = frozenset()) -> set[str]:
+    tokens = [t for t in WORDS.findall(text.lower()) if t not in skip]
     return {" ".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
 
 
@@ -464,7 +464,7 @@ class Gate:
             add("empty_reply", "critical", "the draft has no reply text")
             return findings
         ctx = _Context(self, ticket, evidence)
-        self._untrusted(reply, ticket, add)
+        self._untrusted(reply, ticket, ctx, add)
         if len(reply) > self.limits.max_reply_chars:
             add("too_long", "major", f"the reply has {len(reply)} characters; the limit is "
                                      f"{self.limits.max_reply_chars} (limits.max_reply_chars)")
@@ -486,9 +486,14 @@ class Gate:
 
     # -- checks -----------------------------------------------------------------------------------
 
-    def _untrusted(self, reply: str, ticket: Ticket, add) -> None:
-        """Ticket text pasted into the reply, and code or markup (a reply is a plain e-mail)."""
-        copied = _shingles(reply, ECHO) & _shingles(ticket.body, ECHO) - self._kb_echo
+    def _untrusted(self, reply: str, ticket: Ticket, ctx: _Context, add) -> None:
+        """Ticket text pasted into the reply, and code or markup (a reply is a plain e-mail).
+
+        Words of the customer's order records (item names, numbers) do not count as copied:
+        "the Stoneware Dinner Plates (set of 6) from order NW-10451" is a fact, not an echo.
+        """
+        copied = (_shingles(reply, ECHO, skip=ctx.order_words)
+                  & _shingles(ticket.body, ECHO, skip=ctx.order_words)) - self._kb_echo
         if copied:
             add("echoes_ticket", "major", f"the reply copies the ticket word for word "
                                           f"({sorted(copied)[0]!r}…); answer it instead")
@@ -681,6 +686,7 @@ class _Context:
         self.knowledge_lower = f"{sections}\n{policy_text}".lower()
         order_values = [v for i in evidence.items for o in i["result"].get("orders", [])
                         for v in _flatten(o)]
+        self.order_words = set(WORDS.findall(" ".join(order_values).lower()))
         grounded = "\n".join([self.ticket_text, ticket.received_at, *order_values, sections])
         self.grounded_upper = grounded.upper()
         self.known_digits = {_digits(t) for t in TRACKING.findall(self.grounded_upper)}

@@ -353,6 +353,9 @@ def test_pasted_ticket_text_and_code_are_findings(kit):
     assert "echoes_ticket" in names(findings)
     short_quote = check(kit, "Hi Jessica,\n\nYou asked: where is NW-10335?" + SIGN, ticket)
     assert "echoes_ticket" not in names(short_quote)
+    facts = make_ticket("Hello, the Soy Candle Set (3) from order NW-10335 is not what I expected")
+    reply = "Hi,\n\nI'm sorry that the Soy Candle Set (3) from order NW-10335 is not right." + SIGN
+    assert "echoes_ticket" not in names(check(kit, reply, facts))  # item names are facts
     code = check(kit, "Hi,\n\n```\nimport requests\n```\n" + "QUJD" * 20 + SIGN)
     assert len(details(code, "code_in_reply")) == 3
 

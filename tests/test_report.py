@@ -219,3 +219,23 @@ def test_percentiles_interpolate_between_ranks():
 def test_report_does_not_import_crewai():
     code = "import sys, crews.report; sys.exit('crewai' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Chromium is not installed")
+def test_report_renders_with_visible_charts_in_headless_chromium(tmp_path, sample, sample_html):
+    """The page as a person sees it: rendered offline from file://, charts drawn in colour."""
+    from PIL import Image
+
+    png = tmp_path / "report.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={png}",
+                    "--window-size=1400,2400",
+                    (sample[0] / "runs" / sample[1] / "report.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    image = Image.open(png).convert("RGB")
+    assert image.size == (1400, 2400)
+    colours = image.getcolors(maxcolors=1_000_000)
+    saturated = sum(n for n, (r, g, b) in colours if max(r, g, b) - min(r, g, b) > 80)
+    assert saturated > 20_000, saturated  # bars and chart fills, not just text on white

@@ -122,3 +122,40 @@ def test_policy_still_binds_a_reviewer(project, cli, reviewed_run, tmp_path):
     assert ("crewbatch: T-1024: policy still refuses: request_refund: request_refund is not an "
             "allowed action in config/policy.yaml; nothing was done") in result.stderr
     assert not list((project / "runs" / run_id / "outbox").glob("T-1024-*"))
+
+
+@pytest.mark.skipif(__import__("shutil").which("soffice") is None,
+                    reason="LibreOffice is not installed")
+@pytest.mark.parametrize("resave_as", ["xlsx", "csv"])
+def test_sheet_resaved_by_libreoffice_is_accepted_and_applied_once(project, cli, reviewed_run,
+                                                                   tmp_path, resave_as):
+    import subprocess
+
+    from openpyxl import load_workbook
+
+    run_id, rows = reviewed_run
+    path = tmp_path / "review.xlsx"
+    assert cli("export", run_id, "-o", str(path)).exit_code == 0
+    wb = load_workbook(path)
+    ws = wb.active
+    header = [c.value for c in ws[1]]
+    approved = {"T-1024", "T-1014"}
+    for row in ws.iter_rows(min_row=2):
+        if row[header.index("ticket_id")].value in approved:
+            row[header.index("decision")].value = "approve"
+    wb.save(path)
+    target = "xlsx" if resave_as == "xlsx" else "csv:Text - txt - csv (StarCalc):59,34,76,1"
+    subprocess.run(["soffice", "--headless", f"-env:UserInstallation=file://{tmp_path}/profile",
+                    "--convert-to", target, "--outdir", str(tmp_path / "lo"), str(path)],
+                   check=True, capture_output=True, timeout=240)
+    resaved = tmp_path / "lo" / f"review.{resave_as}"
+    if resave_as == "csv":
+        assert resaved.read_text(encoding="utf-8").splitlines()[0].count(";") > 10
+    first = cli("review", "apply", str(resaved))
+    assert first.exit_code == 0, first.output
+    assert "2 applied, 0 already applied, 0 problem(s)" in first.stderr
+    second = cli("review", "apply", str(resaved))
+    assert "0 applied, 2 already applied" in second.stderr
+    outbox = project / "runs" / run_id / "outbox"
+    for ticket_id in approved:
+        assert len(list(outbox.glob(f"{ticket_id}-*.eml"))) == 1
