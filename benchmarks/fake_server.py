@@ -72,6 +72,9 @@ class FakeOpenAI:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, like a real provider
+            # Headers and body go out in two writes; with Nagle on, the body waits for the
+            # client's delayed ACK and every request gains ~40 ms.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # keep test output clean
                 pass

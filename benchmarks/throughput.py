@@ -80,6 +80,8 @@ class Measurement:
     requests_by_ticket: dict[str, int] = field(default_factory=dict, repr=False)
     faults: dict[str, int] = field(default_factory=dict)
     exit_code: int | None = None
+    sys_cpu_s: float = 0.0       # the client's kernel CPU (whole process), part of cpu_s
+    server_cpu_s: float = 0.0    # the fake server's CPU meanwhile (this process)
 
     @property
     def tickets_per_s(self) -> float:
@@ -160,7 +162,9 @@ class Child:
             self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=err, cwd=str(logs))
 
     def wait(self, timeout_s: float) -> tuple[int, float, float, float]:
-        """(exit code, CPU seconds since the first model request, peak RSS MB, wall seconds)."""
+        """(exit code, CPU seconds since the first model request, peak RSS MB, wall seconds);
+        `sys_cpu_s` and `server_cpu_s` are set as well."""
+        server_cpu = time.process_time()
         deadline = time.monotonic() + timeout_s
         while True:
             pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
@@ -173,6 +177,8 @@ class Child:
                                    f"see {self.err_path}")
             time.sleep(0.05)
         self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.server_cpu_s = time.process_time() - server_cpu
+        self.sys_cpu_s = usage.ru_stime
         cpu = usage.ru_utime + usage.ru_stime
         return (self.proc.returncode, cpu - (self.cpu_at_first_request or 0.0),
                 usage.ru_maxrss / 1024, time.monotonic() - self.started)
@@ -277,7 +283,8 @@ def run_crewbatch(server, recorder: Recorder, project: Path, n: int, concurrency
         calls=len(requests), cpu_s=cpu, peak_rss_mb=rss, statuses=statuses, note=note,
         process_wall_s=process_wall,
         requests_by_ticket=dict(Counter(r.get("ticket", "") for r in requests)),
-        faults=dict(Counter(r["fault"] for r in requests if r.get("fault"))), exit_code=code)
+        faults=dict(Counter(r["fault"] for r in requests if r.get("fault"))), exit_code=code,
+        sys_cpu_s=child.sys_cpu_s, server_cpu_s=child.server_cpu_s)
 
 
 def _utc(text: str) -> float:
@@ -527,6 +534,7 @@ def run_baseline(server, recorder: Recorder, work: Path, system: str, data: dict
         peak_rss_mb=rss, statuses={"ok": report["ok"],
                                    "failed": len(data["tickets"]) - report["ok"]},
         note=note, process_wall_s=process_wall, exit_code=code,
+        sys_cpu_s=child.sys_cpu_s, server_cpu_s=child.server_cpu_s,
         requests_by_ticket=dict(Counter(r.get("ticket", "") for r in requests)))
 
 
@@ -672,14 +680,14 @@ def render(report: Report) -> str:
     lines = [f"throughput: {s['tickets']} tickets, concurrency {s['concurrency']}, "
              f"latency {s['latency_s']} s, {s['cpus']} CPUs, Python {s['python']}", "",
              "| system | tickets | calls | k | tickets/s | ideal/s | efficiency | CPU ms/call "
-             "| peak RSS MB | wall s | statuses | note |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+             "| peak RSS MB | wall s | server CPU s | statuses | note |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for m in report.measurements:
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(m.statuses.items()))
         lines.append(f"| {m.system} | {m.tickets} | {m.calls} | {m.k:.2f} | "
                      f"{m.tickets_per_s:.2f} | {m.ideal_tickets_per_s:.2f} | "
                      f"{m.efficiency:.0%} | {m.cpu_ms_per_call:.1f} | {m.peak_rss_mb:.0f} | "
-                     f"{m.wall_s:.1f} | {statuses} | {m.note} |")
+                     f"{m.wall_s:.1f} | {m.server_cpu_s:.1f} | {statuses} | {m.note} |")
     if report.faults:
         f = report.faults
         lines += ["", f"fault run: {'OK' if f['ok'] else 'FAILED'} — {f['rows']} rows for "

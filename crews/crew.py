@@ -1,7 +1,10 @@
 """The crew: the four YAML-configured roles run over one ticket, with the revision loop in Python.
 
-research → draft ⇄ review → execute. Each step is a real CrewAI `Agent` + `Task` kicked off as a
-one-task `Crew`, built fresh per ticket so concurrent tickets never share an executor. The
+research → draft ⇄ review → execute. Each step is a real CrewAI `Agent` + `Task`, built fresh per
+ticket so concurrent tickets never share an executor, and run with `Task.execute_sync` — not
+wrapped in a `Crew`, which would write a replay log of every task output (ticket text included)
+to a SQLite file in CrewAI's storage: a third of the CPU per ticket, and a copy of customer data
+outside the ledger. The orchestration a Crew would add is ours anyway. The
 writer ⇄ critic cycle is a plain loop (not a guardrail), so "still rejected after the revision
 limit" is an ordinary `needs_human` outcome with every verdict kept. Ticket text is rendered into
 the task descriptions by us — as JSON inside <ticket> tags, never through `kickoff(inputs=...)` —
@@ -20,13 +23,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from crewai import Agent, Crew, Task
+from crewai import Agent, Task
 from crewai.events.event_bus import crewai_event_bus
 from crewai.events.types.llm_events import LLMCallCompletedEvent, LLMCallType
+from crewai_core.printer import set_suppress_console_output
 
 from . import gate
 from .actions import ActionDesk, Decision, action_tools
-from .calls import ticket_deadline
+from .calls import share_generic_cache, ticket_deadline
 from .knowledge import KnowledgeBase, Orders
 from .outputs import MODELS, Draft, Finding, ProposedAction, Verdict
 from .research import Evidence, research_tools
@@ -190,7 +194,7 @@ class CrewRunner:
         token = _metering.set((meter, key))
         started = time.monotonic()
         try:
-            output = Crew(agents=[agent], tasks=[task], verbose=False).kickoff()
+            output = task.execute_sync(agent=agent)
         finally:
             _metering.reset(token)
             crewai_event_bus.flush()
@@ -210,6 +214,8 @@ class CrewRunner:
 
     def run(self, ticket: Ticket) -> TicketResult:
         """Run the crew over one ticket. The per-ticket boundary: any error becomes `failed`."""
+        share_generic_cache(MODELS.values())  # in this thread's context, before CrewAI copies it
+        set_suppress_console_output(True)  # a ContextVar: each worker thread needs its own
         meter = Meter()
         result = TicketResult(status=Status.FAILED, detail="")
         deadline = ticket_deadline.set(time.monotonic() + self.config.settings.ticket_timeout_s)

@@ -245,7 +245,8 @@ def detect_language(text: str) -> str:
 
 def suspicious_instructions(ticket: Ticket) -> list[str]:
     return sorted({" ".join(m.group(0).split())
-                   for m in INJECTION.finditer(f"{ticket.subject}\n{ticket.body}")})
+                   for m in INJECTION.finditer(
+                       f"{ticket.subject}\n{ticket.body}\n{ticket.history}")})
 
 
 def blocking(findings: list[Finding]) -> list[Finding]:
@@ -675,7 +676,8 @@ class _Context:
 
     def __init__(self, gate: Gate, ticket: Ticket, evidence: Evidence):
         self.customer = ticket.customer.lower()
-        self.ticket_text = f"{ticket.subject}\n{ticket.body}"
+        # An e-mail thread's earlier messages are part of what the customer told us.
+        self.ticket_text = f"{ticket.subject}\n{ticket.body}\n{ticket.history}".rstrip()
         self.own_orders = {o.upper(): o for o in evidence.orders()}
         self.foreign = {str(i["args"].get("order_id", "")).upper() for i in evidence.items
                         if i["result"].get("belongs_to_other_customer")}

@@ -143,7 +143,7 @@ def research(messages: list[dict], tools: list[str]) -> str | list[dict]:
         calls = []
         if "customer_orders" in tools:
             calls.append(_call("customer_orders", {}))
-        text = f"{ticket.get('subject', '')}\n{ticket.get('body', '')}"
+        text = f"{ticket.get('subject', '')}\n{ticket.get('body', '')}\n{ticket.get('history', '')}"
         if "lookup_order" in tools:
             for order_id in list(dict.fromkeys(ORDER_ID.findall(text.upper())))[:3]:
                 calls.append(_call("lookup_order", {"order_id": order_id}))
