@@ -174,3 +174,20 @@ def test_nightly_sources_from_settings_and_an_empty_drop_folder(project, cli, re
     assert night.exit_code == 0
     rows = results(project / "runs" / night.stdout.strip() / "results.csv")
     assert [r["ticket_id"] for r in rows] == ["T-1001", "T-1002"]
+
+
+def test_keys_come_from_the_projects_env_file_under_cron(project):
+    with FakeOpenAI() as server:
+        (project / ".env").write_text(f"OPENAI_API_KEY=sk-from-dotenv-123456\n"
+                                      f"OPENAI_BASE_URL={server.base_url}\n")
+        env = {"PATH": f"{REPO / '.venv' / 'bin'}:/usr/bin:/bin"}
+        out = subprocess.run([sys.executable, "-m", "crews", "--root", str(project), "run",
+                              "--model", "fake-model", "--limit", "2"], cwd="/", env=env,
+                             capture_output=True, text=True, timeout=300)
+        auth = {r["headers"].get("Authorization") for r in server.requests}
+    assert out.returncode == 0, out.stderr
+    assert auth == {"Bearer sk-from-dotenv-123456"}
+    run_dir = project / "runs" / out.stdout.strip()
+    for path in [project / "runs/ledger.db", *run_dir.iterdir()]:
+        if path.is_file():
+            assert b"sk-from-dotenv" not in path.read_bytes(), path
