@@ -105,6 +105,8 @@ encoding_option = click.option("--encoding", help="Text encoding of the sources,
 @click.option("--model", help="Model for every role without an override in agents.yaml "
                               "(env CREWBATCH_MODEL; settings `llm.model`).")
 @click.option("--concurrency", type=click.IntRange(1, 256), help="Tickets in flight at once.")
+@click.option("--workers", type=click.IntRange(1, 64),
+              help="Processes sharing the work (CPU-bound runs on several cores; default 1).")
 @click.option("--batch-size", type=click.IntRange(1, 10_000),
               help="Records read and registered in the ledger per batch.")
 @click.option("--revision-limit", type=click.IntRange(0, 10),
@@ -119,8 +121,8 @@ encoding_option = click.option("--encoding", help="Text encoding of the sources,
 @format_option
 @encoding_option
 @click.pass_obj
-def run(obj: Context, sources, offline, model, concurrency, batch_size, revision_limit, limit,
-        reprocess, max_cost, max_minutes, fmt, encoding):
+def run(obj: Context, sources, offline, model, concurrency, workers, batch_size, revision_limit,
+        limit, reprocess, max_cost, max_minutes, fmt, encoding):
     """Process tickets from SOURCE files (default: `sources` in settings.yaml).
 
     Prints the run id on stdout and writes runs/RUN_ID/results.csv.
@@ -139,7 +141,8 @@ def run(obj: Context, sources, offline, model, concurrency, batch_size, revision
     options = resolve_options(config, {
         "offline": offline, "model": model, "concurrency": concurrency,
         "batch_size": batch_size, "revision_limit": revision_limit, "limit": limit,
-        "reprocess": reprocess, "max_cost": max_cost, "max_minutes": max_minutes})
+        "reprocess": reprocess, "max_cost": max_cost, "max_minutes": max_minutes,
+        "workers": workers})
     _run_and_report(pipeline.run, config, options, list(sources), intake_options)
 
 

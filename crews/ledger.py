@@ -170,6 +170,16 @@ RESULT_FIELDS = ("category", "priority", "language", "draft_reply", "critic_verd
                  "cached_tokens")
 
 
+def _ticket_from_row(r) -> Ticket:
+    """A Ticket rebuilt from a tickets row joined with its outcome's record_no and source."""
+    return Ticket(key=r["ticket_key"], ticket_id=r["ticket_id"], source=r["source"],
+                  received_at=r["received_at"], customer=r["customer"],
+                  customer_name=r["customer_name"], subject=r["subject"], body=r["body"],
+                  record_no=r["record_no"], extra=json.loads(r["extra_json"]),
+                  history=r["history"], attachments=tuple(json.loads(r["attachments_json"])),
+                  messages=r["messages"])
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -321,6 +331,39 @@ class Ledger:
         with self._tx() as db:
             self._transition(db, outcome_id, RUNNING, "handed to the crew", {})
 
+    def claim(self, outcome_id: int, worker: str) -> bool:
+        """Take a pending ticket for this worker; False if another worker already took it."""
+        with self._tx() as db:
+            row = db.execute("SELECT status FROM outcomes WHERE outcome_id = ?",
+                             (outcome_id,)).fetchone()
+            if row is None or row[0] != PENDING:
+                return False
+            self._transition(db, outcome_id, RUNNING, f"claimed by {worker}", {})
+            return True
+
+    def claim_next(self, run_id: str, worker: str) -> tuple[int, Ticket] | None:
+        """The oldest pending ticket of the run, claimed for this worker, or None."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT o.outcome_id, o.record_no, o.source, t.* FROM outcomes o JOIN tickets t "
+                "ON t.ticket_key = o.ticket_key AND t.content_hash = o.content_hash "
+                "WHERE o.run_id = ? AND o.status = ? ORDER BY o.outcome_id LIMIT 1",
+                (run_id, PENDING)).fetchone()
+            if row is None:
+                return None
+            self._transition(db, row["outcome_id"], RUNNING, f"claimed by {worker}", {})
+        return row["outcome_id"], _ticket_from_row(row)
+
+    def pending_count(self, run_id: str) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM outcomes WHERE run_id = ? AND "
+                                    "status = ?", (run_id, PENDING)).fetchone()[0]
+
+    def run_cost(self, run_id: str) -> float:
+        with self._lock:
+            return self._db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM outcomes WHERE "
+                                    "run_id = ?", (run_id,)).fetchone()[0]
+
     def record_result(self, outcome_id: int, status: Status, fields: dict[str, Any],
                       steps: list[dict], actions: list[dict], detail: str,
                       calls: list[dict] = ()) -> None:
@@ -407,13 +450,7 @@ class Ledger:
                 "t.ticket_key = o.ticket_key AND t.content_hash = o.content_hash "
                 "WHERE o.run_id = ? AND o.status = ? ORDER BY o.outcome_id",
                 (run_id, Status.FAILED.value)).fetchall()
-        return [Ticket(key=r["ticket_key"], ticket_id=r["ticket_id"], source=r["source"],
-                       received_at=r["received_at"], customer=r["customer"],
-                       customer_name=r["customer_name"], subject=r["subject"], body=r["body"],
-                       record_no=r["record_no"], extra=json.loads(r["extra_json"]),
-                       history=r["history"], attachments=tuple(json.loads(r["attachments_json"])),
-                       messages=r["messages"])
-                for r in rows]
+        return [_ticket_from_row(r) for r in rows]
 
     def record_review(self, outcome_id: int, decision: str, note: str, detail: str) -> None:
         """A reviewer's decision, with its event, in one transaction (the status is unchanged)."""

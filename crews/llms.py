@@ -42,7 +42,8 @@ def preflight(config: Config, default_model: str, environ=os.environ) -> None:
                                "or remove the key to use the default"])
 
 
-def build_llms(config: Config, default_model: str, environ=os.environ) -> dict[str, Any]:
+def build_llms(config: Config, default_model: str, environ=os.environ,
+               processes: int = 1) -> dict[str, Any]:
     """One managed LLM per distinct model name, shared by the roles that use it (thread-safe).
 
     Each is wrapped in `calls.ManagedLLM`, so every call to that model shares one rate limiter
@@ -58,11 +59,16 @@ def build_llms(config: Config, default_model: str, environ=os.environ) -> dict[s
     for role, model in role_models(config, default_model).items():
         if model not in built:
             limit = config.settings.rate_limits.get(model)
-            limiter = RateLimiter(limit.requests_per_minute if limit else None,
-                                  limit.tokens_per_minute if limit else None)
+            # With --workers each process gets an equal share of the model's limits.
+            limiter = RateLimiter(_share(limit.requests_per_minute if limit else None, processes),
+                                  _share(limit.tokens_per_minute if limit else None, processes))
             built[model] = ManagedLLM(_build(config, model, environ), policy, limiter)
         out[role] = built[model]
     return out
+
+
+def _share(limit: int | None, processes: int) -> int | None:
+    return None if limit is None else max(1, limit // max(1, processes))
 
 
 def _build(config: Config, model: str, environ) -> Any:

@@ -30,6 +30,7 @@ from .lock import RunLock
 from .runlog import RunLog
 from .settings import Config, RunOptions
 from .ticket import PENDING, Rejection, Status, Ticket
+from .workers import WorkerPool, share
 
 EXIT_OK, EXIT_FAILED, EXIT_CANNOT_RUN, EXIT_STOPPED = 0, 1, 2, 3
 
@@ -99,6 +100,7 @@ class Budget:
         self.max_cost, self.max_minutes = max_cost, max_minutes
         self.started = time.monotonic()
         self.spent = 0.0
+        self.spent_in = None  # with --workers: the run's cost from the ledger, all processes
         self._lock = threading.Lock()
 
     def add(self, cost: float) -> None:
@@ -106,9 +108,10 @@ class Budget:
             self.spent += cost
 
     def exhausted(self) -> str | None:
-        with self._lock:
-            if self.max_cost is not None and self.spent >= self.max_cost:
-                return f"budget of ${self.max_cost:g} reached (spent ${self.spent:.4f})"
+        if self.max_cost is not None:
+            spent = self.spent_in() if self.spent_in else self.spent
+            if spent >= self.max_cost:
+                return f"budget of ${self.max_cost:g} reached (spent ${spent:.4f})"
         if self.max_minutes is not None and \
                 time.monotonic() - self.started >= self.max_minutes * 60:
             return f"time limit of {self.max_minutes:g} minute(s) reached"
@@ -151,7 +154,8 @@ def run(config: Config, options: RunOptions, sources: list[str],
         framework.prepare(config.runs_dir / ".crewai")
         from .crew import CrewRunner
 
-        runner = CrewRunner(config, build_llms(config, options.model), kb, orders,
+        runner = CrewRunner(config, build_llms(config, options.model,
+                                               processes=options.workers), kb, orders,
                             options.revision_limit)
         run_id = new_run_id()
         run_dir = config.runs_dir / run_id
@@ -166,6 +170,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
                 "revision_limit": options.revision_limit, "limit": options.limit,
                 "reprocess": options.reprocess, "max_cost": options.max_cost,
                 "max_minutes": options.max_minutes, "retry_of": retry_of,
+                "workers": options.workers,
                 "models": role_models(config, options.model)},
                 [str(f) for f in files] or [f"retry of {retry_of}"])
             log.info("run started", run_id=run_id, model=options.model,
@@ -177,9 +182,15 @@ def run(config: Config, options: RunOptions, sources: list[str],
                 if reason and not stop.is_set():
                     stop_reasons.append(reason)
                     stop.set()
+                if workers is not None and workers.stop.is_set() and not stop.is_set():
+                    stop_reasons.append(budget.exhausted() or "a worker process stopped")
+                    stop.set()
                 if stop.is_set():
+                    if workers is not None:
+                        workers.stop.set()
                     return None
-                ledger.mark_running(outcome_id)
+                if not ledger.claim(outcome_id, "main"):
+                    return None  # a worker process took it
                 status_value, cost = _process(config, ledger, runner, run_dir, outcome_id,
                                               ticket)
                 budget.add(cost)
@@ -188,7 +199,17 @@ def run(config: Config, options: RunOptions, sources: list[str],
                 return status_value
 
             stop_reasons: list[str] = []
-            _drive(ledger, run_id, records, options, work, stop, progress)
+            if options.workers > 1:
+                budget.spent_in = lambda: ledger.run_cost(run_id)  # every process's tickets
+                with WorkerPool(config.root, options, run_id) as workers:
+                    try:
+                        _drive(ledger, run_id, records, options, work, stop, progress)
+                    finally:
+                        if stop.is_set():
+                            workers.stop.set()
+            else:
+                workers = None
+                _drive(ledger, run_id, records, options, work, stop, progress)
             if stop.is_set():
                 stop_reason = stop_reasons[0] if stop_reasons else "stop requested (signal)"
                 status = "stopped" if stop_reasons else "interrupted"
@@ -217,9 +238,10 @@ def run(config: Config, options: RunOptions, sources: list[str],
 
 def _drive(ledger: Ledger, run_id: str, records: Iterator, options: RunOptions, work,
            stop: threading.Event, progress) -> None:
-    """Register records batch by batch and keep `concurrency` tickets in flight across batches."""
+    """Register records batch by batch and keep `concurrency` tickets in flight across batches
+    (this process's share of them with --workers; the window feeds the other processes too)."""
     window = options.concurrency * 2
-    with ThreadPoolExecutor(options.concurrency, thread_name_prefix="ticket") as pool:
+    with ThreadPoolExecutor(share(options), thread_name_prefix="ticket") as pool:
         in_flight: set = set()
         for batch in _batches(records, options.batch_size):
             if stop.is_set():

@@ -106,6 +106,7 @@ class Settings(_Strict):
     intake: IntakeSettings = IntakeSettings()
     batch_size: int = Field(20, ge=1, le=10_000)
     concurrency: int = Field(4, ge=1, le=256)
+    workers: int = Field(1, ge=1, le=64)
     revision_limit: int = Field(2, ge=0, le=10)
     sources: list[str] = []
     paths: Paths = Paths()
@@ -453,6 +454,7 @@ ENV_OPTIONS = {
     "concurrency": "CREWBATCH_CONCURRENCY",
     "batch_size": "CREWBATCH_BATCH_SIZE",
     "revision_limit": "CREWBATCH_REVISION_LIMIT",
+    "workers": "CREWBATCH_WORKERS",
 }
 
 
@@ -466,13 +468,14 @@ class RunOptions:
     reprocess: bool = False
     max_cost: float | None = None
     max_minutes: float | None = None
+    workers: int = 1
 
 
 def resolve_options(config: Config, cli: dict[str, Any], environ=os.environ) -> RunOptions:
     """Command-line option > environment variable > config/settings.yaml > default, in one place."""
     s = config.settings
     base = {"model": s.llm.model, "concurrency": s.concurrency, "batch_size": s.batch_size,
-            "revision_limit": s.revision_limit}
+            "revision_limit": s.revision_limit, "workers": s.workers}
     problems = []
     for key, var in ENV_OPTIONS.items():
         raw = environ.get(var)

@@ -191,3 +191,55 @@ def test_keys_come_from_the_projects_env_file_under_cron(project):
     for path in [project / "runs/ledger.db", *run_dir.iterdir()]:
         if path.is_file():
             assert b"sk-from-dotenv" not in path.read_bytes(), path
+
+
+def children_of(pid: int) -> list[int]:
+    kids = []
+    for stat in __import__("pathlib").Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def test_workers_share_a_run_and_die_with_it(project, results):
+    import sqlite3
+
+    with FakeOpenAI(Faults(latency_s=0.05)) as server:
+        env = {"OPENAI_API_KEY": "sk-test-aaaaaaaa", "OPENAI_BASE_URL": server.base_url}
+        proc = crewbatch(project, "run", "--model", "fake-model", "--limit", "24",
+                         "--workers", "2", "--concurrency", "4", env=env)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        db = sqlite3.connect(project / "runs/ledger.db")
+        claims = db.execute("SELECT outcome_id, COUNT(*), GROUP_CONCAT(detail) FROM events "
+                            "WHERE to_status = 'running' AND outcome_id IS NOT NULL "
+                            "GROUP BY outcome_id").fetchall()
+        assert len(claims) == 24 and all(n == 1 for _, n, _ in claims)
+        assert any("worker 1" in who for _, _, who in claims)
+        assert {r["status"] for r in results(project / "runs" / out.strip() / "results.csv")} \
+            <= {"approved", "needs_human"}
+
+        proc = crewbatch(project, "run", "--model", "fake-model", "--limit", "48",
+                         "--workers", "2", "--concurrency", "4", env=env)
+        deadline = time.monotonic() + 120
+        while not [k for k in children_of(proc.pid)] or len(server.requests) < 200:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        kids = children_of(proc.pid)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 60
+        while any(os.path.exists(f"/proc/{k}") and "Z" not in open(f"/proc/{k}/stat").read()
+                  .rsplit(")", 1)[1].split()[0] for k in kids):
+            assert time.monotonic() < deadline, "worker processes outlived the killed run"
+            time.sleep(0.2)
+        final = crewbatch(project, "run", "--model", "fake-model", "--limit", "48", env=env)
+        out, err = final.communicate(timeout=300)
+    assert final.returncode == 0, err
+    finished = db.execute("SELECT ticket_id, COUNT(*) FROM outcomes WHERE status IN "
+                          "('approved', 'needs_human') GROUP BY ticket_id").fetchall()
+    assert len(finished) == 48 and all(n == 1 for _, n in finished)

@@ -1,0 +1,116 @@
+"""Extra worker processes (`--workers N`) that claim tickets through the ledger.
+
+CrewAI costs ~100 ms of CPU per ticket even with an instant model, and under the GIL one process
+cannot use a second core. With `--workers N` the run's own process keeps reading the sources,
+registering records and working tickets, and N-1 more processes take pending tickets of the same
+run from the ledger (`Ledger.claim_next`, one transaction per claim, so no ticket is taken twice).
+`--concurrency` stays the total: each process runs its share of threads. The run's stop event is
+shared; a worker also stops when its parent is gone (so a `kill -9` of the run leaves no orphans).
+Rate limits are split evenly between the processes, since their limiters cannot share state.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import asdict
+from pathlib import Path
+
+from .settings import RunOptions
+
+
+def share(options: RunOptions) -> int:
+    """Threads per process."""
+    return max(1, -(-options.concurrency // max(1, options.workers)))
+
+
+class WorkerPool:
+    def __init__(self, root: Path, options: RunOptions, run_id: str):
+        ctx = mp.get_context("spawn")  # a fresh interpreter: no threads or locks inherited
+        self.stop = ctx.Event()
+        self.input_done = ctx.Event()
+        self.processes = [
+            ctx.Process(target=worker_main, name=f"crewbatch-worker-{i}",
+                        args=(str(root), asdict(options), run_id, i, self.stop,
+                              self.input_done, os.getpid()))
+            for i in range(1, options.workers)]
+
+    def __enter__(self) -> WorkerPool:
+        for p in self.processes:
+            p.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.input_done.set()
+        if exc[0] is not None:
+            self.stop.set()
+        for p in self.processes:
+            p.join()
+
+
+def worker_main(root: str, options: dict, run_id: str, index: int, stop, input_done,
+                parent_pid: int) -> None:
+    # The run's own process decides when to stop (SIGTERM/Ctrl-C reach the whole group).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from dotenv import load_dotenv
+
+    from . import framework
+    from .knowledge import KnowledgeBase, Orders
+    from .ledger import Ledger
+    from .llms import build_llms
+    from .pipeline import _process
+    from .runlog import RunLog
+    from .settings import load_config
+
+    config = load_config(Path(root))
+    load_dotenv(config.root / ".env", override=False)
+    opts = RunOptions(**options)
+    framework.prepare(config.runs_dir / ".crewai")
+    from .crew import CrewRunner
+
+    runner = CrewRunner(config, build_llms(config, opts.model, processes=opts.workers),
+                        KnowledgeBase(config.knowledge_dir), Orders(config.orders_file),
+                        opts.revision_limit)
+    run_dir = config.runs_dir / run_id
+    log = RunLog(run_dir / "run.log", json_lines=config.settings.log_json)
+    name = f"worker {index} (pid {os.getpid()})"
+    started = time.monotonic()
+    with Ledger(config.ledger_file) as ledger, \
+            ThreadPoolExecutor(share(opts), thread_name_prefix="ticket") as pool:
+        in_flight: set = set()
+
+        def done(future) -> None:
+            status, cost = future.result()
+            log.info("ticket finished", worker=index, status=status, cost_usd=round(cost, 6))
+
+        while True:
+            if os.getppid() != parent_pid:
+                stop.set()  # the run's process died; leave the rest pending for the next run
+            if opts.max_cost is not None and ledger.run_cost(run_id) >= opts.max_cost:
+                stop.set()
+            if opts.max_minutes is not None and time.monotonic() - started >= \
+                    opts.max_minutes * 60:
+                stop.set()
+            if stop.is_set():
+                break
+            if len(in_flight) >= share(opts):
+                finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    done(f)
+                continue
+            claimed = ledger.claim_next(run_id, name)
+            if claimed is None:
+                if input_done.is_set():
+                    break
+                time.sleep(0.05)
+                continue
+            outcome_id, ticket = claimed
+            in_flight.add(pool.submit(_process, config, ledger, runner, run_dir, outcome_id,
+                                      ticket))
+        for f in wait(in_flight).done:
+            done(f)
+    log.close()
