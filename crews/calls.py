@@ -26,6 +26,9 @@ from pydantic import PrivateAttr, ValidationError
 
 # The deadline (time.monotonic()) of the ticket whose crew is running in this context.
 ticket_deadline: ContextVar[float | None] = ContextVar("crewbatch_ticket_deadline", default=None)
+# Told after every completed model request of this context, so the ticket's accounting can wait
+# for exactly its own call events instead of flushing CrewAI's whole event bus.
+request_done: ContextVar[Any] = ContextVar("crewbatch_request_done", default=None)
 
 
 _thread_generics = threading.local()
@@ -196,10 +199,14 @@ class ManagedLLM(BaseLLM):
                 self._requests += 1
             outcome = None
             try:
-                return self._inner.call(messages, tools=tools, callbacks=callbacks,
-                                        available_functions=available_functions,
-                                        from_task=from_task, from_agent=from_agent,
-                                        response_model=response_model)
+                answer = self._inner.call(messages, tools=tools, callbacks=callbacks,
+                                          available_functions=available_functions,
+                                          from_task=from_task, from_agent=from_agent,
+                                          response_model=response_model)
+                observer = request_done.get()
+                if observer is not None:
+                    observer()
+                return answer
             except Exception as error:  # noqa: BLE001 - classified below, re-raised if fatal
                 kind, retry_after = classify(error)
                 outcome = (kind, retry_after, describe(error), error)

@@ -30,7 +30,7 @@ from crewai_core.printer import set_suppress_console_output
 
 from . import gate
 from .actions import ActionDesk, Decision, action_tools
-from .calls import share_generic_cache, ticket_deadline
+from .calls import request_done, share_generic_cache, ticket_deadline
 from .knowledge import KnowledgeBase, Orders
 from .outputs import MODELS, Draft, Finding, ProposedAction, Verdict
 from .research import Evidence, research_tools
@@ -87,9 +87,21 @@ class Meter:
     """Per-ticket token counts, by step, filled from LLM-call events."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self.by_step: dict[str, Usage] = {}
         self.calls: list[dict] = []  # one entry per model request, in completion order
+        self.expected: dict[str, int] = {}  # requests the model wrapper saw complete, per step
+
+    def expect(self, step: str) -> None:
+        with self._lock:
+            self.expected[step] = self.expected.get(step, 0) + 1
+
+    def settle(self, step: str, timeout: float = 10.0) -> None:
+        """Wait until this step's call events have been recorded (CrewAI handles events on its
+        own threads); far cheaper under concurrency than flushing the whole event bus."""
+        with self._lock:
+            self._lock.wait_for(lambda: self.by_step.get(step, Usage()).calls
+                                >= self.expected.get(step, 0), timeout=timeout)
 
     def record(self, step: str, usage: dict | None, model: str = "") -> None:
         usage = usage or {}
@@ -106,6 +118,7 @@ class Meter:
             u.cached_tokens += cached
             self.calls.append({"step_key": step, "model": model, "prompt_tokens": prompt,
                                "completion_tokens": completion, "cached_tokens": cached})
+            self._lock.notify_all()
 
     def total(self) -> Usage:
         t = Usage()
@@ -192,12 +205,14 @@ class CrewRunner:
                     output_pydantic=MODELS.get(task_spec.output_pydantic or ""))
         key = f"{round_no}:{step}"
         token = _metering.set((meter, key))
+        observer = request_done.set(lambda: meter.expect(key))
         started = time.monotonic()
         try:
             output = task.execute_sync(agent=agent)
         finally:
+            request_done.reset(observer)
             _metering.reset(token)
-            crewai_event_bus.flush()
+            meter.settle(key)
         structured = output.pydantic
         model = getattr(llm, "model", str(llm))
         result.models.add(model)
