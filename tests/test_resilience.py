@@ -243,3 +243,31 @@ def test_workers_share_a_run_and_die_with_it(project, results):
     finished = db.execute("SELECT ticket_id, COUNT(*) FROM outcomes WHERE status IN "
                           "('approved', 'needs_human') GROUP BY ticket_id").fetchall()
     assert len(finished) == 48 and all(n == 1 for _, n in finished)
+
+
+def test_the_readme_crontab_line_runs_as_cron_would(project):
+    import re
+    import shlex
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```cron\n(.*?)```", readme, re.DOTALL).group(1)
+    line = next(ln for ln in block.splitlines() if ln.strip() and not ln.startswith("#"))
+    command = line.split(None, 5)[5]
+    command = command.replace("/srv/support/.venv/bin/crewbatch",
+                              str(REPO / ".venv" / "bin" / "crewbatch"))
+    command = command.replace("/srv/support", str(project))
+    settings = project / "config/settings.yaml"
+    settings.write_text(settings.read_text().replace("log_json: false", "log_json: true")
+                        if "log_json:" in settings.read_text()
+                        else settings.read_text() + "\nlog_json: true\n")
+    out = subprocess.run(shlex.split(command), cwd="/", capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(project.parent),
+                              "SHELL": "/bin/sh", "LOGNAME": "cron"}, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("run ")
+    log = project / "runs" / out.stdout.strip() / "run.log"
+    import json
+
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert entries[0]["message"] == "run started" and entries[-1]["message"] == "run finished"
+    assert sum(e["message"] == "ticket finished" for e in entries) == 51
