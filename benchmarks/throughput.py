@@ -16,9 +16,12 @@ its own child process, so the server's CPU and GIL are never charged to a client
 
 Per system: tickets/s over the system's own batch window (the ledger's run start → finish for
 crewbatch, the batch call for the baselines; interpreter start-up excluded), model calls per ticket
-k (counted by the server), efficiency = tickets/s ÷ the ideal C / (k × latency), client CPU per
-model call (the child's user+system CPU from its first model request to its exit) and its peak
-RSS. The sequential baselines get fewer tickets (a time budget each), as the table says.
+k (counted by the server), efficiency = tickets/s ÷ the ideal C / (k × latency), "steady" = the
+same measured as requests in flight ÷ C over the middle 70 % of the run (without ramp-up and the
+tail of the slowest tickets), client CPU per model call (the child's user+system CPU from its first
+model request to its exit) and its peak RSS. crewbatch runs once per `--workers` value (default 1
+and the number of CPUs). The sequential baselines get fewer tickets (a time budget each), as the
+table says.
 
 `--faults` adds a crewbatch run with random faults (10 % 429 with Retry-After: 1, 5 % 500, 2 % calls
 hanging past the client timeout, 5 % of structured answers malformed) and checks that every record
@@ -82,6 +85,8 @@ class Measurement:
     exit_code: int | None = None
     sys_cpu_s: float = 0.0       # the client's kernel CPU (whole process), part of cpu_s
     server_cpu_s: float = 0.0    # the fake server's CPU meanwhile (this process)
+    steady_efficiency: float = 0.0  # requests in flight / C, over the middle 70 % of the run
+    errors: dict[str, int] = field(default_factory=dict)  # failed tickets' errors (crewbatch)
 
     @property
     def tickets_per_s(self) -> float:
@@ -106,6 +111,7 @@ class Measurement:
 
     def summary(self) -> dict:
         data = {k: v for k, v in asdict(self).items() if k != "requests_by_ticket"}
+        data["steady_efficiency"] = round(self.steady_efficiency, 4)
         data.update(tickets_per_s=round(self.tickets_per_s, 3), k=round(self.k, 2),
                     ideal_tickets_per_s=round(self.ideal_tickets_per_s, 3),
                     efficiency=round(self.efficiency, 4),
@@ -125,6 +131,23 @@ def _ticket_of(body: dict | None) -> str:
         if found:
             return json.loads(f'"{found.group(1)}"')
     return ""
+
+
+def steady_efficiency(requests: list[dict], concurrency: int, latency_s: float,
+                      trim: float = 0.15) -> float:
+    """Mean requests in flight ÷ C, leaving out the ramp-up and the tail (`trim` of each end).
+
+    Over the whole run this mean equals the efficiency (each request holds its slot for the
+    latency); over the middle it shows how close the steady state gets, apart from the last,
+    slowest tickets — with N/C small (a few waves) the tail alone costs several points.
+    """
+    starts = sorted(r["at"] for r in requests)
+    if not starts or not latency_s:
+        return 0.0
+    begin, end = starts[0], starts[-1] + latency_s
+    lo, hi = begin + trim * (end - begin), end - trim * (end - begin)
+    busy = sum(max(0.0, min(s + latency_s, hi) - max(s, lo)) for s in starts)
+    return busy / ((hi - lo) * concurrency) if hi > lo else 0.0
 
 
 def proc_cpu_s(pid: int) -> float | None:
@@ -150,13 +173,39 @@ class Recorder:
             child.cpu_at_first_request = proc_cpu_s(child.proc.pid)
 
 
-class Child:
-    """A measured child process: stdout/stderr to files, rusage of exactly this child at exit."""
+def _tree_rss_mb(root: int) -> float:
+    """Resident memory of a process and all its descendants (crewbatch --workers)."""
+    parents, rss = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            parents[int(entry.name)] = int(stat[1])
+            rss[int(entry.name)] = int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            continue
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, ppid in parents.items() if ppid in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(rss.get(pid, 0) for pid in tree) / 2**20
 
-    def __init__(self, args: list[str], env: dict, logs: Path, name: str):
+
+class Child:
+    """A measured child process: stdout/stderr to files, rusage of it and its descendants.
+
+    With `processes` > 1 (crewbatch --workers), each process's start-up CPU is taken to be the
+    main process's CPU at its first model request, and peak RSS is that of the whole tree.
+    """
+
+    def __init__(self, args: list[str], env: dict, logs: Path, name: str, processes: int = 1):
         logs.mkdir(parents=True, exist_ok=True)
         self.out_path, self.err_path = logs / f"{name}.out", logs / f"{name}.err"
         self.cpu_at_first_request: float | None = None
+        self.processes = processes
+        self.peak_tree_rss_mb = 0.0
         self.started = time.monotonic()
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
             self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=err, cwd=str(logs))
@@ -166,10 +215,14 @@ class Child:
         `sys_cpu_s` and `server_cpu_s` are set as well."""
         server_cpu = time.process_time()
         deadline = time.monotonic() + timeout_s
+        sampled = 0.0
         while True:
             pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
             if pid:
                 break
+            if self.processes > 1 and time.monotonic() - sampled > 0.25:
+                sampled = time.monotonic()
+                self.peak_tree_rss_mb = max(self.peak_tree_rss_mb, _tree_rss_mb(self.proc.pid))
             if time.monotonic() > deadline:
                 self.proc.kill()
                 pid, status, usage = os.wait4(self.proc.pid, 0)
@@ -179,9 +232,10 @@ class Child:
         self.proc.returncode = os.waitstatus_to_exitcode(status)
         self.server_cpu_s = time.process_time() - server_cpu
         self.sys_cpu_s = usage.ru_stime
-        cpu = usage.ru_utime + usage.ru_stime
-        return (self.proc.returncode, cpu - (self.cpu_at_first_request or 0.0),
-                usage.ru_maxrss / 1024, time.monotonic() - self.started)
+        cpu = usage.ru_utime + usage.ru_stime  # includes the workers it waited for
+        return (self.proc.returncode, cpu - self.processes * (self.cpu_at_first_request or 0.0),
+                max(usage.ru_maxrss / 1024, self.peak_tree_rss_mb),
+                time.monotonic() - self.started)
 
     @property
     def stdout(self) -> str:
@@ -253,14 +307,15 @@ def retry_bound(project: Path) -> int:
 
 def run_crewbatch(server, recorder: Recorder, project: Path, n: int, concurrency: int,
                   latency_s: float, name: str = "crewbatch", timeout_s: float = 1800,
-                  note: str = "") -> Measurement:
+                  note: str = "", workers: int = 1) -> Measurement:
     """Run `crewbatch run` over the project's generated tickets as a child process."""
     start = len(server.requests)
     args = [sys.executable, "-m", "crews", "--root", str(project), "run",
             str(project / "data/bench_tickets.csv"), "--model", "fake-model",
             "--concurrency", str(concurrency), "--batch-size", str(max(20, concurrency)),
-            "--limit", str(n)]
-    child = Child(args, child_env(server.base_url), project / "bench-logs", name)
+            "--limit", str(n)] + (["--workers", str(workers)] if workers > 1 else [])
+    child = Child(args, child_env(server.base_url), project / "bench-logs",
+                  name.replace(" ", "").replace("+", "-"), processes=workers)
     recorder.child = child
     try:
         code, cpu, rss, process_wall = child.wait(timeout_s)
@@ -276,6 +331,8 @@ def run_crewbatch(server, recorder: Recorder, project: Path, n: int, concurrency
     with open(project / "runs" / run_id / "results.csv", encoding="utf-8-sig", newline="") as f:
         rows = list(csv.DictReader(f))
     statuses = dict(Counter(r["status"] for r in rows))
+    errors = dict(Counter(re.sub(r"\d+(\.\d+)?", "N", r["error"])[:120]
+                          for r in rows if r["status"] == "failed"))
     requests = server.requests[start:]
     return Measurement(
         system=name, tickets=sum(statuses.get(s, 0) for s in PROCESSED),
@@ -284,7 +341,8 @@ def run_crewbatch(server, recorder: Recorder, project: Path, n: int, concurrency
         process_wall_s=process_wall,
         requests_by_ticket=dict(Counter(r.get("ticket", "") for r in requests)),
         faults=dict(Counter(r["fault"] for r in requests if r.get("fault"))), exit_code=code,
-        sys_cpu_s=child.sys_cpu_s, server_cpu_s=child.server_cpu_s)
+        sys_cpu_s=child.sys_cpu_s, server_cpu_s=child.server_cpu_s,
+        steady_efficiency=steady_efficiency(requests, concurrency, latency_s), errors=errors)
 
 
 def _utc(text: str) -> float:
@@ -535,15 +593,18 @@ def run_baseline(server, recorder: Recorder, work: Path, system: str, data: dict
                                    "failed": len(data["tickets"]) - report["ok"]},
         note=note, process_wall_s=process_wall, exit_code=code,
         sys_cpu_s=child.sys_cpu_s, server_cpu_s=child.server_cpu_s,
+        steady_efficiency=steady_efficiency(requests, concurrency, latency_s),
         requests_by_ticket=dict(Counter(r.get("ticket", "") for r in requests)))
 
 
 def baseline_size(system: str, n: int, concurrency: int, latency_s: float, budget_s: float
                   ) -> int:
-    """How many tickets a baseline gets: all N, unless its expected time exceeds the budget."""
+    """How many tickets a baseline gets: all N, unless it is one of CrewAI's capped ways
+    (sequential, or asyncio's default executor) and its expected time exceeds the budget."""
+    if system not in ("kickoff_for_each", "kickoff_for_each_async"):
+        return n
     k_guess = 5  # calls per ticket of the equivalent crew (research uses its tools once)
-    parallel = {"kickoff_for_each": 1, "kickoff_for_each_async": min(concurrency, ASYNC_THREADS)
-                }.get(system, concurrency)
+    parallel = 1 if system == "kickoff_for_each" else min(concurrency, ASYNC_THREADS)
     expected_rate = parallel / (k_guess * latency_s) if latency_s else float("inf")
     fits = int(budget_s * expected_rate)
     if fits >= n:
@@ -581,11 +642,27 @@ def check_fault_run(faulted: Measurement, clean: Measurement, records: int, boun
         "requests": faulted.calls, "clean_requests": clean.calls, "retry_bound_per_call": bound,
         "requests_allowed": total_allowed,
         "max_requests_per_ticket_vs_clean": round(max(ratios, default=0), 2),
-        "injected": faulted.faults, "ok": not problems, "problems": problems,
+        "injected": faulted.faults, "failed_errors": faulted.errors,
+        "ok": not problems, "problems": problems,
     }
 
 
 # --- the whole benchmark --------------------------------------------------------------------------
+
+
+def code_version() -> str:
+    """The commit, plus a digest of crews/*.py when the working tree differs from it."""
+    import hashlib
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
+                              capture_output=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        head = ""
+    digest = hashlib.sha1()
+    for path in sorted((REPO / "crews").glob("*.py")):
+        digest.update(path.read_bytes())
+    return f"{head or 'unknown'} crews/*.py sha1 {digest.hexdigest()[:10]}"
 
 
 @dataclass
@@ -602,12 +679,14 @@ class Report:
 
 def benchmark(tickets: int = 200, concurrency: int = 32, latency_s: float = 0.5,
               systems: tuple[str, ...] = SYSTEMS, faults: bool = False,
+              workers: tuple[int, ...] = (1,),
               fault_mix: dict | None = None, client_timeout_s: float = 3.0,
               baseline_budget_s: float = 40.0, seed: int = 1, settings: dict | None = None,
               work: Path | None = None, progress=None) -> Report:
     """Run every requested system (and the fault run) against one fake server; see the module doc.
 
-    `settings` are extra overrides for the temp projects' settings.yaml (dotted keys).
+    `settings` are extra overrides for the temp projects' settings.yaml (dotted keys);
+    crewbatch runs once per value of `workers` (its --workers), the fault run with the largest.
     """
     from fake_server import FakeOpenAI, Faults
 
@@ -616,9 +695,11 @@ def benchmark(tickets: int = 200, concurrency: int = 32, latency_s: float = 0.5,
     recorder = Recorder()
     report = Report(settings={"tickets": tickets, "concurrency": concurrency,
                               "latency_s": latency_s, "systems": list(systems),
+                              "workers": list(workers),
                               "faults": fault_mix if faults else None,
                               "client_timeout_s": client_timeout_s if faults else None,
                               "cpus": os.cpu_count(), "python": sys.version.split()[0],
+                              "code": code_version(),
                               "started_utc": datetime.now(timezone.utc).isoformat()},
                     measurements=[])
     own_tmp = None
@@ -629,10 +710,12 @@ def benchmark(tickets: int = 200, concurrency: int = 32, latency_s: float = 0.5,
         with FakeOpenAI(Faults(latency_s=latency_s), keep_bodies=False,
                         on_request=recorder) as server:
             clean = None
-            if "crewbatch" in systems or faults:
-                say(f"crewbatch: {tickets} tickets, concurrency {concurrency}")
-                project = make_project(work / "crewbatch", tickets, settings)
-                clean = run_crewbatch(server, recorder, project, tickets, concurrency, latency_s)
+            for w in (workers if "crewbatch" in systems or faults else ()):
+                name = "crewbatch" if w == 1 else f"crewbatch --workers {w}"
+                say(f"{name}: {tickets} tickets, concurrency {concurrency}")
+                project = make_project(work / f"crewbatch-w{w}", tickets, settings)
+                clean = run_crewbatch(server, recorder, project, tickets, concurrency, latency_s,
+                                      name=name, workers=w)
                 report.measurements.append(clean)
             data = None
             for system in [s for s in systems if s != "crewbatch"]:
@@ -658,20 +741,22 @@ def benchmark(tickets: int = 200, concurrency: int = 32, latency_s: float = 0.5,
                 server.inject(Faults(latency_s=latency_s, retry_after_s=1,
                                      random_hang_s=client_timeout_s + 7, seed=seed,
                                      **fault_mix))
+                w = max(workers)
                 faulted = run_crewbatch(server, recorder, project, tickets, concurrency,
-                                        latency_s, name="crewbatch+faults",
-                                        note="with injected faults")
+                                        latency_s, name="crewbatch+faults" if w == 1 else
+                                        f"crewbatch --workers {w} +faults",
+                                        note="with injected faults", workers=w)
                 server.inject(Faults(latency_s=latency_s))
                 report.measurements.append(faulted)
                 report.faults = check_fault_run(faulted, clean, tickets, retry_bound(project))
     finally:
         if own_tmp is not None:
             own_tmp.cleanup()
-    crewbatch = next((m for m in report.measurements if m.system == "crewbatch"), None)
     langgraph = next((m for m in report.measurements if m.system == "langgraph"), None)
-    if crewbatch and langgraph:
-        report.notes.append(f"crewbatch / langgraph tickets/s: "
-                            f"{crewbatch.tickets_per_s / langgraph.tickets_per_s:.2f}")
+    for m in report.measurements:
+        if langgraph and m.system.startswith("crewbatch") and "faults" not in m.system:
+            report.notes.append(f"{m.system} / langgraph tickets/s: "
+                                f"{m.tickets_per_s / langgraph.tickets_per_s:.2f}")
     return report
 
 
@@ -679,14 +764,15 @@ def render(report: Report) -> str:
     s = report.settings
     lines = [f"throughput: {s['tickets']} tickets, concurrency {s['concurrency']}, "
              f"latency {s['latency_s']} s, {s['cpus']} CPUs, Python {s['python']}", "",
-             "| system | tickets | calls | k | tickets/s | ideal/s | efficiency | CPU ms/call "
-             "| peak RSS MB | wall s | server CPU s | statuses | note |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+             "| system | tickets | calls | k | tickets/s | ideal/s | efficiency | steady "
+             "| CPU ms/call | peak RSS MB | wall s | server CPU s | statuses | note |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for m in report.measurements:
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(m.statuses.items()))
         lines.append(f"| {m.system} | {m.tickets} | {m.calls} | {m.k:.2f} | "
                      f"{m.tickets_per_s:.2f} | {m.ideal_tickets_per_s:.2f} | "
-                     f"{m.efficiency:.0%} | {m.cpu_ms_per_call:.1f} | {m.peak_rss_mb:.0f} | "
+                     f"{m.efficiency:.0%} | {m.steady_efficiency:.0%} | "
+                     f"{m.cpu_ms_per_call:.1f} | {m.peak_rss_mb:.0f} | "
                      f"{m.wall_s:.1f} | {m.server_cpu_s:.1f} | {statuses} | {m.note} |")
     if report.faults:
         f = report.faults
@@ -696,6 +782,7 @@ def render(report: Report) -> str:
                       f"{f['requests_allowed']} = clean × {f['retry_bound_per_call']}); most "
                       f"requests by one ticket: {f['max_requests_per_ticket_vs_clean']}× its clean "
                       f"run; injected: {f['injected']}"]
+        lines += [f"  failed x{n}: {e}" for e, n in f["failed_errors"].items()]
         lines += [f"  PROBLEM: {p}" for p in f["problems"]]
     lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines)
@@ -709,6 +796,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency", type=float, default=0.5, help="seconds per model request")
     p.add_argument("--faults", action="store_true",
                    help="add a crewbatch run with random 429/500/hang/malformed faults")
+    p.add_argument("--workers", default="1" if (os.cpu_count() or 1) < 2 else f"1,{os.cpu_count()}",
+                   help="crewbatch --workers values to measure, comma-separated (default 1,CPUs)")
     p.add_argument("--systems", default=",".join(SYSTEMS),
                    help=f"comma-separated subset of {','.join(SYSTEMS)}")
     p.add_argument("--baseline-budget", type=float, default=40.0,
@@ -740,8 +829,9 @@ def main(argv: list[str] | None = None) -> int:
             p.error('the LangGraph baseline needs the bench extra: .venv/bin/pip install -e ".[bench]"'
                     " (or leave it out with --systems)")
     started = time.monotonic()
+    workers = tuple(sorted({int(w) for w in args.workers.split(",") if w.strip()}))
     report = benchmark(args.tickets, args.concurrency, args.latency, systems, args.faults,
-                       client_timeout_s=args.client_timeout, baseline_budget_s=args.baseline_budget,
+                       workers=workers, client_timeout_s=args.client_timeout, baseline_budget_s=args.baseline_budget,
                        seed=args.seed, progress=lambda t: print(f"... {t}", file=sys.stderr))
     report.settings["benchmark_s"] = round(time.monotonic() - started, 1)
     print(render(report))
