@@ -286,6 +286,7 @@ def _process(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: 
                       "cost_usd": price(config, c["model"], c["prompt_tokens"],
                                         c["completion_tokens"])})
     cost = sum(c["cost_usd"] for c in calls)
+    actions = action_rows(result, status)
     fields = {
         "category": draft.category if draft else "",
         "priority": draft.priority if draft else "",
@@ -297,7 +298,7 @@ def _process(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: 
             ([verdict.summary] if verdict and verdict.summary else []) +
             [f"[{f.severity}] {f.check}: {f.detail}" for f in result.findings]),
         "revisions": result.revisions,
-        "actions_json": json.dumps(action_rows(result, status), ensure_ascii=False),
+        "actions_json": json.dumps(actions, ensure_ascii=False),
         "needs_human_reason": result.needs_human_reason,
         "model": ",".join(sorted(result.models)),
         "prompt_tokens": result.usage.prompt_tokens,
@@ -308,9 +309,7 @@ def _process(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: 
         "error": error,
     }
     steps = [{**s, "output_text": redact(s["output_text"])} for s in result.steps]
-    ledger.record_result(outcome_id, status, fields, steps,
-                         [{"kind": a["kind"], "args": a["args"], "decision": a["decision"],
-                           "reason": a["reason"]} for a in action_rows(result, status)],
+    ledger.record_result(outcome_id, status, fields, steps, actions,
                          redact(result.detail or error), calls)
     return status.value, cost
 
