@@ -170,6 +170,11 @@ RESULT_FIELDS = ("category", "priority", "language", "draft_reply", "critic_verd
                  "cached_tokens")
 
 
+# An outcome with the ticket it is about: the rows `_ticket_from_row` rebuilds a Ticket from.
+OUTCOME_TICKET = ("SELECT o.outcome_id, o.record_no, o.source, t.* FROM outcomes o JOIN tickets t "
+                  "ON t.ticket_key = o.ticket_key AND t.content_hash = o.content_hash ")
+
+
 def _ticket_from_row(r) -> Ticket:
     """A Ticket rebuilt from a tickets row joined with its outcome's record_no and source."""
     return Ticket(key=r["ticket_key"], ticket_id=r["ticket_id"], source=r["source"],
@@ -327,10 +332,6 @@ class Ledger:
         self._event(db, run_id, cur.lastrowid, "", status, reason)
         return cur.lastrowid
 
-    def mark_running(self, outcome_id: int) -> None:
-        with self._tx() as db:
-            self._transition(db, outcome_id, RUNNING, "handed to the crew", {})
-
     def claim(self, outcome_id: int, worker: str) -> bool:
         """Take a pending ticket for this worker; False if another worker already took it."""
         with self._tx() as db:
@@ -344,20 +345,12 @@ class Ledger:
     def claim_next(self, run_id: str, worker: str) -> tuple[int, Ticket] | None:
         """The oldest pending ticket of the run, claimed for this worker, or None."""
         with self._tx() as db:
-            row = db.execute(
-                "SELECT o.outcome_id, o.record_no, o.source, t.* FROM outcomes o JOIN tickets t "
-                "ON t.ticket_key = o.ticket_key AND t.content_hash = o.content_hash "
-                "WHERE o.run_id = ? AND o.status = ? ORDER BY o.outcome_id LIMIT 1",
-                (run_id, PENDING)).fetchone()
+            row = db.execute(OUTCOME_TICKET + "WHERE o.run_id = ? AND o.status = ? "
+                             "ORDER BY o.outcome_id LIMIT 1", (run_id, PENDING)).fetchone()
             if row is None:
                 return None
             self._transition(db, row["outcome_id"], RUNNING, f"claimed by {worker}", {})
         return row["outcome_id"], _ticket_from_row(row)
-
-    def pending_count(self, run_id: str) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM outcomes WHERE run_id = ? AND "
-                                    "status = ?", (run_id, PENDING)).fetchone()[0]
 
     def run_cost(self, run_id: str) -> float:
         with self._lock:
@@ -445,12 +438,17 @@ class Ledger:
     def failed_tickets(self, run_id: str) -> list[Ticket]:
         """The run's `failed` tickets, rebuilt from the stored bodies, for `crewbatch retry`."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT o.record_no, o.source, t.* FROM outcomes o JOIN tickets t ON "
-                "t.ticket_key = o.ticket_key AND t.content_hash = o.content_hash "
-                "WHERE o.run_id = ? AND o.status = ? ORDER BY o.outcome_id",
-                (run_id, Status.FAILED.value)).fetchall()
+            rows = self._db.execute(OUTCOME_TICKET + "WHERE o.run_id = ? AND o.status = ? "
+                                    "ORDER BY o.outcome_id",
+                                    (run_id, Status.FAILED.value)).fetchall()
         return [_ticket_from_row(r) for r in rows]
+
+    def outcome_ticket(self, outcome_id: int) -> Ticket | None:
+        """The ticket an outcome row is about, as it was read (thread history included)."""
+        with self._lock:
+            row = self._db.execute(OUTCOME_TICKET + "WHERE o.outcome_id = ?",
+                                   (outcome_id,)).fetchone()
+        return _ticket_from_row(row) if row else None
 
     def record_review(self, outcome_id: int, decision: str, note: str, detail: str) -> None:
         """A reviewer's decision, with its event, in one transaction (the status is unchanged)."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .ticket import Status, Ticket
+from .ticket import Status
 
 DECISIONS = {"approve": "approve", "approved": "approve", "yes": "approve", "ok": "approve",
              "reject": "reject", "rejected": "reject", "no": "reject",
@@ -176,11 +176,8 @@ class _DeskFactory:
         from .actions import ActionDesk, perform
         from .outputs import Draft, ProposedAction
 
-        o, t = trail["outcome"], trail["ticket"]
-        ticket = Ticket(key=t["ticket_key"], ticket_id=t["ticket_id"], source=o["source"],
-                        received_at=t["received_at"], customer=t["customer"],
-                        customer_name=t["customer_name"], subject=t["subject"], body=t["body"],
-                        record_no=o["record_no"])
+        o = trail["outcome"]
+        ticket = ledger.outcome_ticket(o["outcome_id"])
         plan = [ProposedAction(kind="queue_reply", reason="approved by the reviewer")]
         for a in trail["actions"]:
             args = json.loads(a["args_json"])

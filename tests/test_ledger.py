@@ -68,7 +68,7 @@ def test_status_and_event_are_one_transaction(tmp_path):
     with Ledger(tmp_path / "l.db") as ledger:
         ledger.start_run("r1", "offline", {}, [])
         (oid, _), = ledger.add_records("r1", [t("A")], reprocess=False)
-        ledger.mark_running(oid)
+        assert ledger.claim(oid, "test")
         try:
             ledger.record_result(oid, Status.APPROVED, {"no_such_column": 1}, [], [], "x")
         except ValueError:
@@ -91,7 +91,7 @@ def test_interrupted_tickets_go_back_to_pending(tmp_path):
     with Ledger(tmp_path / "l.db") as ledger:
         ledger.start_run("r1", "offline", {}, [])
         (oid, _), = ledger.add_records("r1", [t("A")], reprocess=False)
-        ledger.mark_running(oid)
+        assert ledger.claim(oid, "test")
         assert ledger.release_unfinished("r1", "stopped") == 1
         assert ledger.counts("r1") == {"pending": 1}
 
