@@ -89,3 +89,11 @@ def results():
 
 def copy_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst)
+
+
+def price_fake_model(project: Path, input_per_million: float, output_per_million: float) -> None:
+    """Give the fake server's model a price in the project's settings.yaml."""
+    settings = project / "config/settings.yaml"
+    settings.write_text(settings.read_text().replace(
+        "pricing:\n", f"pricing:\n  fake-model: {{input_per_million: {input_per_million}, "
+                      f"output_per_million: {output_per_million}}}\n"))

@@ -7,6 +7,7 @@ import re
 import sqlite3
 from collections import Counter
 
+from conftest import price_fake_model
 from fake_openai import FakeOpenAI
 
 
@@ -19,9 +20,7 @@ def ticket_of(body: dict) -> str:
 
 
 def test_tokens_and_calls_are_attributed_per_ticket_and_agent(project, cli):
-    settings = project / "config/settings.yaml"
-    settings.write_text(settings.read_text().replace(
-        "pricing:\n", "pricing:\n  fake-model: {input_per_million: 2, output_per_million: 8}\n"))
+    price_fake_model(project, 2, 8)
     with FakeOpenAI() as server:
         env = {"OPENAI_API_KEY": "sk-test-aaaaaaaa", "OPENAI_BASE_URL": server.base_url}
         result = cli("run", "--model", "fake-model", "--limit", "16", "--concurrency", "8",

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO
+from conftest import REPO, price_fake_model
 from fake_openai import FakeOpenAI, Faults
 
 
@@ -52,9 +52,7 @@ def test_a_second_run_exits_2_at_once_while_one_is_active(project):
 
 
 def test_budget_stops_new_tickets_and_the_next_run_finishes_the_rest(project, cli, results):
-    settings = project / "config/settings.yaml"
-    settings.write_text(settings.read_text().replace(
-        "pricing:\n", "pricing:\n  fake-model: {input_per_million: 1000, output_per_million: 1000}\n"))
+    price_fake_model(project, 1000, 1000)
     with FakeOpenAI() as server:
         env = {"OPENAI_API_KEY": "sk-test-aaaaaaaa", "OPENAI_BASE_URL": server.base_url}
         first = cli("run", "--model", "fake-model", "--limit", "12", "--concurrency", "2",

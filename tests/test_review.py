@@ -27,6 +27,21 @@ def decide(rows, decisions: dict[str, tuple[str, str]], edits: dict[str, str] | 
     return out
 
 
+def export_and_edit(cli, run_id, path, edits: dict[str, dict[str, str]]):
+    """Export the run as .xlsx and change cells as a reviewer would: {ticket_id: {column: value}}."""
+    from openpyxl import load_workbook
+
+    assert cli("export", run_id, "-o", str(path)).exit_code == 0
+    wb = load_workbook(path)
+    ws = wb.active
+    header = [c.value for c in ws[1]]
+    for row in ws.iter_rows(min_row=2):
+        for column, value in edits.get(row[header.index("ticket_id")].value, {}).items():
+            row[header.index(column)].value = value
+    wb.save(path)
+    return path
+
+
 def write_sheet(path, rows, delimiter=","):
     with open(path, "w", encoding="utf-8-sig", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter=delimiter)
@@ -74,19 +89,9 @@ def test_apply_executes_approved_actions_once(project, cli, reviewed_run, tmp_pa
 
 
 def test_xlsx_sheet_edited_in_a_spreadsheet_is_accepted(project, cli, reviewed_run, tmp_path):
-    from openpyxl import load_workbook
-
     run_id, rows = reviewed_run
-    path = tmp_path / "review.xlsx"
-    assert cli("export", run_id, "-o", str(path)).exit_code == 0
-    wb = load_workbook(path)
-    ws = wb.active
-    header = [c.value for c in ws[1]]
-    for row in ws.iter_rows(min_row=2):
-        if row[header.index("ticket_id")].value == "T-1024":
-            row[header.index("decision")].value = "Approve"
-            row[header.index("status")].value = "approved"  # tampered
-    wb.save(path)
+    path = export_and_edit(cli, run_id, tmp_path / "review.xlsx",
+                           {"T-1024": {"decision": "Approve", "status": "approved"}})  # tampered
     result = cli("review", "apply", str(path))
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("T-1024: approve: queue_reply: ")
@@ -131,19 +136,10 @@ def test_sheet_resaved_by_libreoffice_is_accepted_and_applied_once(project, cli,
                                                                    tmp_path, resave_as):
     import subprocess
 
-    from openpyxl import load_workbook
-
     run_id, rows = reviewed_run
-    path = tmp_path / "review.xlsx"
-    assert cli("export", run_id, "-o", str(path)).exit_code == 0
-    wb = load_workbook(path)
-    ws = wb.active
-    header = [c.value for c in ws[1]]
     approved = {"T-1024", "T-1014"}
-    for row in ws.iter_rows(min_row=2):
-        if row[header.index("ticket_id")].value in approved:
-            row[header.index("decision")].value = "approve"
-    wb.save(path)
+    path = export_and_edit(cli, run_id, tmp_path / "review.xlsx",
+                           {t: {"decision": "approve"} for t in approved})
     target = "xlsx" if resave_as == "xlsx" else "csv:Text - txt - csv (StarCalc):59,34,76,1"
     subprocess.run(["soffice", "--headless", f"-env:UserInstallation=file://{tmp_path}/profile",
                     "--convert-to", target, "--outdir", str(tmp_path / "lo"), str(path)],
