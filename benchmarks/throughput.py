@@ -375,13 +375,31 @@ def baseline_inputs(project: Path, n: int) -> dict:
                if isinstance(t, Ticket)][:n]
     return {
         "policy": policy_summary(config.policy),
-        "tickets": [{"ticket_id": t.ticket_id, "ticket": safe_block("ticket", t.as_prompt_data())}
-                    for t in tickets],
+        "tickets": [{"ticket_id": t.ticket_id, "ticket": safe_block("ticket", t.as_prompt_data()),
+                     "lookups": lookups(config, t)} for t in tickets],
         "agents": {name: a.model_dump() for name, a in config.agents.items()},
         "tasks": {name: t.model_dump() for name, t in config.tasks.items()},
         "knowledge": str(config.knowledge_dir), "orders": str(config.orders_file),
         "storage": str(project / "runs/.crewai"),
     }
+
+
+def lookups(config, ticket) -> list[dict]:
+    """The lookups crewbatch makes before the researcher's call (crews.research.look_up), made
+    here once so every baseline's researcher gets the same prompt as crewbatch's."""
+    from crews import framework
+
+    framework.prepare(config.runs_dir / ".crewai")
+    from crews.knowledge import KnowledgeBase, Orders
+    from crews.research import Evidence, look_up, research_tools
+
+    cache = lookups.__dict__.setdefault("sources", {})
+    if not cache:
+        cache.update(kb=KnowledgeBase(config.knowledge_dir), orders=Orders(config.orders_file))
+    evidence = Evidence()
+    look_up(research_tools(config.agents[config.tasks["research"].agent].tools, ticket, evidence,
+                           cache["kb"], cache["orders"]), ticket)
+    return evidence.items
 
 
 # What crewbatch computes between steps; a plain CrewAI crew passes earlier outputs as context.
@@ -443,6 +461,7 @@ def crewai_child(data: dict, base_url: str, mode: str) -> dict:
             return json.dumps({"orders": orders.for_customer(customer_email)}, default=str)
 
     class ActionArgs(BaseModel):
+        kind: str = ""
         order_id: str = ""
         amount: float = 0.0
         currency: str = ""
@@ -457,7 +476,21 @@ def crewai_child(data: dict, base_url: str, mode: str) -> dict:
         def _run(self, **kwargs) -> str:
             return json.dumps({"done": True})
 
+    class BatchArgs(BaseModel):
+        actions: list[ActionArgs] = Field(description="every approved action")
+
+    class Batch(BaseTool):
+        name: str = "carry_out_actions"
+        description: str = "Carry out all the approved actions in this one call."
+        args_schema: type[BaseModel] = BatchArgs
+        result_as_answer: bool = True
+
+        def _run(self, actions) -> str:
+            return json.dumps([{"done": True} for _ in actions])
+
     def action_tool(tool_name: str) -> BaseTool:
+        if tool_name == "carry_out_actions":
+            return Batch()
         return Action(name=tool_name, description=f"Carry out {tool_name} for this ticket.")
 
     tools = {"lookup_order": LookupOrder, "search_knowledge": SearchKnowledge,
@@ -473,13 +506,14 @@ def crewai_child(data: dict, base_url: str, mode: str) -> dict:
     tasks: dict[str, Task] = {}
     for name, spec in data["tasks"].items():
         description = spec["description"].format_map(
-            {**CONTEXT_TEXT, "ticket": "{ticket}", "policy": "{policy}"})
+            {**CONTEXT_TEXT, "ticket": "{ticket}", "policy": "{policy}", "lookups": "{lookups}"})
         tasks[name] = Task(description=description, expected_output=spec["expected_output"],
                            agent=agents[spec["agent"]],
                            context=[tasks[c] for c in spec["context"]] or None,
                            output_pydantic=MODELS.get(spec["output_pydantic"] or ""))
     crew = Crew(agents=list(agents.values()), tasks=list(tasks.values()), verbose=False)
-    inputs = [{"ticket": t["ticket"], "policy": data["policy"]} for t in data["tickets"]]
+    inputs = [{"ticket": t["ticket"], "policy": data["policy"],
+               "lookups": safe_block("lookups", t["lookups"])} for t in data["tickets"]]
     started = time.perf_counter()
     error = ""
     try:
@@ -508,6 +542,7 @@ def langgraph_child(data: dict, base_url: str, concurrency: int) -> dict:
 
     class State(TypedDict, total=False):
         ticket: str
+        lookups: list
         research: str
         draft: dict
         verdict: dict
@@ -521,19 +556,21 @@ def langgraph_child(data: dict, base_url: str, concurrency: int) -> dict:
         return [("system", system), ("user", f"{text}\n\n{spec['expected_output']}")]
 
     async def research(state: State) -> dict:
-        answer = await llm.ainvoke(prompt("research", {"ticket": state["ticket"]}))
+        answer = await llm.ainvoke(prompt("research", {
+            "ticket": state["ticket"], "lookups": safe_block("lookups", state["lookups"])}))
         return {"research": answer.content}
 
     async def draft(state: State) -> dict:
         answer = await writer.ainvoke(prompt("draft", {
             "ticket": state["ticket"], "research": safe_block("research_notes", state["research"]),
-            "evidence": safe_block("evidence", [])}))
+            "evidence": safe_block("evidence", state["lookups"])}))
         return {"draft": answer.model_dump()}
 
     async def review(state: State) -> dict:
         answer = await critic.ainvoke(prompt("review", {
             "ticket": state["ticket"], "research": safe_block("research_notes", state["research"]),
-            "evidence": safe_block("evidence", []), "draft": safe_block("draft", state["draft"]),
+            "evidence": safe_block("evidence", state["lookups"]),
+            "draft": safe_block("draft", state["draft"]),
             "checks": safe_block("checks", [])}))
         return {"verdict": answer.model_dump()}
 
@@ -552,7 +589,7 @@ def langgraph_child(data: dict, base_url: str, concurrency: int) -> dict:
     graph.add_edge("review", "execute")
     graph.add_edge("execute", END)
     app = graph.compile()
-    inputs = [{"ticket": t["ticket"]} for t in data["tickets"]]
+    inputs = [{"ticket": t["ticket"], "lookups": t["lookups"]} for t in data["tickets"]]
 
     async def main() -> list:
         return await app.abatch(inputs, config={"max_concurrency": concurrency},
@@ -603,7 +640,7 @@ def baseline_size(system: str, n: int, concurrency: int, latency_s: float, budge
     (sequential, or asyncio's default executor) and its expected time exceeds the budget."""
     if system not in ("kickoff_for_each", "kickoff_for_each_async"):
         return n
-    k_guess = 5  # calls per ticket of the equivalent crew (research uses its tools once)
+    k_guess = 4  # calls per ticket of the equivalent crew (one per task)
     parallel = 1 if system == "kickoff_for_each" else min(concurrency, ASYNC_THREADS)
     expected_rate = parallel / (k_guess * latency_s) if latency_s else float("inf")
     fits = int(budget_s * expected_rate)

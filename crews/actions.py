@@ -3,9 +3,12 @@
 The executor agent may only call these tools, and each tool decides in code — whatever the model or
 the ticket text asks — whether the action is allowed: it must be in the plan the critic approved,
 on an order of the ticket's own customer, and within policy (a refund above the auto-approve limit
-is refused and goes to a person). Tools only *stage* actions; `perform` carries out the staged side
-effects after the ticket's outcome is decided, each keyed by ticket, content and action in the
-ledger's side_effects table, so a re-run, resume or retry never sends a second reply or refund.
+is refused and goes to a person). `carry_out_actions` takes the whole plan in one call and hands
+each action to those same checks; its answer is the executor's final answer (`result_as_answer`),
+so the executor costs one model call instead of a tool round plus a summary. Tools only *stage*
+actions; `perform` carries out the staged side effects after the ticket's outcome is decided, each
+keyed by ticket, content and action in the ledger's side_effects table, so a re-run, resume or
+retry never sends a second reply or refund.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from crewai.tools import BaseTool
 from pydantic import BaseModel, Field, PrivateAttr
 
 from .knowledge import Orders
-from .outputs import Draft, ProposedAction
+from .outputs import CachedSchema, Draft, ProposedAction
 from .settings import Policy, slug
 from .ticket import Ticket
 
@@ -87,6 +90,10 @@ class ActionDesk:
             refusal = f"routing to `{queue}` is not in the approved plan"
         return self._decide("tag_ticket", {"queue": queue}, refusal)
 
+    def refuse(self, kind: str, args: dict, reason: str) -> str:
+        """Record an action that cannot even be checked (unknown kind, missing arguments)."""
+        return self._decide(kind, args, reason)
+
     def escalate_to_human(self, reason: str) -> str:
         # Escalating only narrows what happens, so it is always allowed.
         return self._decide("escalate_to_human", {"reason": (reason or "").strip()[:500]},
@@ -147,7 +154,7 @@ class _DeskTool(BaseTool):
         return self
 
 
-class _NoArgs(BaseModel):
+class _NoArgs(CachedSchema):
     pass
 
 
@@ -160,7 +167,7 @@ class QueueReply(_DeskTool):
         return self._desk.queue_reply()
 
 
-class _TagArgs(BaseModel):
+class _TagArgs(CachedSchema):
     queue: str = Field(description="the queue to route the ticket to")
 
 
@@ -173,7 +180,7 @@ class TagTicket(_DeskTool):
         return self._desk.tag_ticket(queue)
 
 
-class _EscalateArgs(BaseModel):
+class _EscalateArgs(CachedSchema):
     reason: str = Field(description="why a person must handle this ticket")
 
 
@@ -186,7 +193,7 @@ class EscalateToHuman(_DeskTool):
         return self._desk.escalate_to_human(reason)
 
 
-class _RefundArgs(BaseModel):
+class _RefundArgs(CachedSchema):
     order_id: str = Field(description="the order to refund")
     amount: float = Field(description="amount to refund, in the order's currency")
     currency: str = Field(description="ISO currency code of the amount")
@@ -202,8 +209,68 @@ class RequestRefund(_DeskTool):
         return self._desk.request_refund(order_id, amount, currency)
 
 
+# What each kind needs in a batch. An escalation's reason is optional: escalating only narrows
+# what happens, so a missing reason must not stop it.
+BATCH_REQUIRED = {"queue_reply": (), "tag_ticket": ("queue",), "escalate_to_human": (),
+                  "request_refund": ("order_id", "amount", "currency")}
+
+
+class ActionCall(CachedSchema):
+    kind: str = Field(description="the action: queue_reply, tag_ticket, escalate_to_human or "
+                                  "request_refund")
+    order_id: str | None = Field(None, description="request_refund: the order to refund")
+    amount: float | None = Field(None, description="request_refund: amount, in the order's currency")
+    currency: str | None = Field(None, description="request_refund: ISO currency code of the amount")
+    queue: str | None = Field(None, description="tag_ticket: the queue to route the ticket to")
+    reason: str | None = Field(None, description="escalate_to_human: why a person must handle it")
+
+
+class _BatchArgs(CachedSchema):
+    actions: list[ActionCall] = Field(description="every approved action, in the order given")
+
+
+class CarryOutActions(_DeskTool):
+    name: str = "carry_out_actions"
+    description: str = (
+        "Carry out all the approved actions in this one call (leave a field null when the action "
+        "does not use it). Policy checks each action on its own; the answer lists, per action, "
+        "whether it was done or refused and why.")
+    args_schema: type[BaseModel] = _BatchArgs
+    # The per-action answers are the executor's report: no second model call to summarise them.
+    result_as_answer: bool = True
+
+    def _run(self, actions: list[dict | ActionCall]) -> str:
+        answers = []
+        for item in actions:
+            call = item if isinstance(item, ActionCall) else ActionCall.model_validate(item)
+            answer = json.loads(self._one(call))
+            answers.append({"action": call.kind, **answer})
+        return json.dumps(answers, ensure_ascii=False)
+
+    def _one(self, call: ActionCall) -> str:
+        desk = self._desk
+        given = {k: v for k, v in call.model_dump(exclude={"kind"}).items() if v is not None}
+        kind = call.kind.strip()
+        if kind not in BATCH_REQUIRED:
+            name = kind[:80] or "(none)"
+            return desk.refuse(name, given, f"`{name}` is not an action; the actions are "
+                                            f"{', '.join(BATCH_REQUIRED)}")
+        missing = [k for k in BATCH_REQUIRED[kind] if given.get(k) is None]
+        if missing:
+            return desk.refuse(kind, given, f"{kind} needs {', '.join(BATCH_REQUIRED[kind])}; "
+                                            f"missing: {', '.join(missing)}")
+        if kind == "queue_reply":
+            return desk.queue_reply()
+        if kind == "tag_ticket":
+            return desk.tag_ticket(call.queue)
+        if kind == "escalate_to_human":
+            return desk.escalate_to_human(call.reason or "")
+        return desk.request_refund(call.order_id, call.amount, call.currency)
+
+
 TOOLS = {"queue_reply": QueueReply, "tag_ticket": TagTicket,
-         "escalate_to_human": EscalateToHuman, "request_refund": RequestRefund}
+         "escalate_to_human": EscalateToHuman, "request_refund": RequestRefund,
+         "carry_out_actions": CarryOutActions}
 
 
 def action_tools(names: list[str], desk: ActionDesk) -> list[BaseTool]:

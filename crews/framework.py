@@ -32,3 +32,24 @@ def prepare(storage_dir: Path) -> None:
     set_suppress_console_output(True)
     # "approximate input token count" on every call of a model without a tokenizer: noise under cron.
     logging.getLogger("crewai.llms.base_llm").setLevel(logging.ERROR)
+    detach_builtin_listeners()
+
+
+def detach_builtin_listeners() -> int:
+    """Unsubscribe CrewAI's own event listeners (console panels, telemetry, trace collection).
+
+    With their output suppressed and telemetry and tracing off they do nothing useful, yet every
+    task, agent, tool and model-call event was still handed to a thread pool for them: a tenth of
+    a ticket's CPU under concurrency. crewbatch's own listener (accounting) is registered later
+    and stays. CrewAI registers these once per process, so once is enough; returns how many.
+    """
+    from crewai.events.event_bus import crewai_event_bus
+
+    handlers = getattr(crewai_event_bus, "_sync_handlers", {})  # no public listing exists
+    detached = 0
+    for event_type, registered in list(handlers.items()):
+        for handler in list(registered):
+            if getattr(handler, "__module__", "").startswith("crewai."):
+                crewai_event_bus.off(event_type, handler)
+                detached += 1
+    return detached

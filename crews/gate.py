@@ -353,6 +353,10 @@ def _durations(text: str) -> set[tuple[int, int, str]]:
     return found
 
 
+def _percentages(text: str) -> set[Decimal]:
+    return {v for m in PERCENT.finditer(text) for v in amount_values(m.group(1))}
+
+
 def _number(word: str) -> int:
     return int(word) if word.isdigit() else NUMWORDS[word.lower()]
 
@@ -432,6 +436,8 @@ class Gate:
                 if len(name.split()) >= 2:
                     self._name_owner[name.lower()] = owner
                 self._emails.add(owner)
+        self.policy_percentages = _percentages(self.knowledge or "")
+        self.policy_durations = _durations(self.knowledge or "")
         kb_shingles = _shingles(self.knowledge or "")
         self._kb_echo = _shingles(self.knowledge or "", ECHO)
         self._prompt_shingles = set()
@@ -708,9 +714,12 @@ class _Context:
         self.ticket_phones = {_digits(m.group(0)) for m in _phones(
             _mask(self.ticket_text, ISO_DATE, ORDER_ID))}
         self.ticket_passwords = {m.group(1).rstrip(".,;") for m in PASSWORD.finditer(self.ticket_text)}
-        self.policy_percentages = {v for m in PERCENT.finditer(policy_text)
-                                   for v in amount_values(m.group(1))}
-        self.policy_durations = _durations(f"{policy_text}\n{self.ticket_text}")
+        if gate.knowledge is not None:  # the same for every ticket: worked out once per run
+            self.policy_percentages = gate.policy_percentages
+            self.policy_durations = gate.policy_durations | _durations(self.ticket_text)
+        else:
+            self.policy_percentages = _percentages(policy_text)
+            self.policy_durations = _durations(f"{policy_text}\n{self.ticket_text}")
 
 
 def _luhn(digits: str) -> bool:

@@ -2,13 +2,14 @@
 
 `OfflineLLM` is a CrewAI `BaseLLM`, so the very same agents, tasks and tools run with it as with a
 real model. Its `respond` function plays each role from what the prompt carries: the researcher
-calls the tools (the customer's orders, the orders named in the ticket, a knowledge search) and
-summarises them; the writer classifies the ticket and writes a reply grounded in the evidence,
-quoting the knowledge files and order data, with the actions policy suggests; the critic approves
-unless the deterministic checks found a blocking problem; the executor calls one tool per planned
-action. The role is recognised from the tools offered and the structured output requested, never
-from the ticket text. The fake OpenAI-compatible server in the tests answers with this same
-`respond`, so the HTTP path is exercised with realistic traffic.
+summarises the lookups crewbatch made for it (and calls the tools itself when there are none);
+the writer classifies the ticket and writes a reply grounded in the evidence, quoting the
+knowledge files and order data, with the actions policy suggests; the critic approves unless the
+deterministic checks found a blocking problem; the executor calls `carry_out_actions` once with
+the whole plan (one tool per action when only the individual tools are offered). The role is
+recognised from the tools offered and the structured output requested, never from the ticket
+text. The fake OpenAI-compatible server in the tests answers with this same `respond`, so the
+HTTP path is exercised with realistic traffic.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .gate import INJECTION
 from .knowledge import words
 
 MODEL_NAME = "offline"
-BLOCK = re.compile(r"<(ticket|research_notes|evidence|draft|feedback|checks|actions)>\n(.*?)\n</\1>",
+BLOCK = re.compile(r"<(ticket|lookups|research_notes|evidence|draft|feedback|checks|actions)>\n(.*?)\n</\1>",
                    re.DOTALL)
 ORDER_ID = re.compile(r"\b[A-Z]{2,4}-\d{4,8}\b")
 AMOUNT = re.compile(r"(?:(?P<sym>[$€£])\s?(?P<a>\d[\d.,]*\d|\d))|(?:(?P<b>\d[\d.,]*\d|\d)\s?"
@@ -137,8 +138,13 @@ def _call(name: str, args: dict) -> dict:
 
 
 def research(messages: list[dict], tools: list[str]) -> str | list[dict]:
-    ticket = _blocks(messages).get("ticket") or {}
-    results = _tool_results(messages)
+    blocks = _blocks(messages)
+    ticket = blocks.get("ticket") or {}
+    lookups = blocks.get("lookups")
+    # What crewbatch already looked up comes first; tools only when nothing was looked up.
+    results = [i["result"] for i in lookups if isinstance(i, dict) and "result" in i] \
+        if isinstance(lookups, list) else []
+    results += _tool_results(messages)
     if not results:
         calls = []
         if "customer_orders" in tools:
@@ -474,27 +480,46 @@ def review(messages: list[dict]) -> str:
                        "summary": summary}, ensure_ascii=False)
 
 
+BATCH_TOOL = "carry_out_actions"
+ACTION_FIELDS = ("order_id", "amount", "currency", "queue", "reason")
+EXECUTOR_TOOLS = (BATCH_TOOL, "queue_reply", "tag_ticket", "request_refund", "escalate_to_human")
+
+
+def action_args(action: dict) -> dict:
+    """The arguments a planned action's tool takes."""
+    kind = action.get("kind")
+    if kind == "request_refund":
+        return {"order_id": action["order_id"], "amount": action["amount"],
+                "currency": action["currency"]}
+    if kind == "tag_ticket":
+        return {"queue": action["queue"]}
+    if kind == "escalate_to_human":
+        return {"reason": action.get("reason", "")}
+    return {}
+
+
+def action_calls(actions: list[tuple[str, dict]], tools: list[str]) -> list[dict]:
+    """(kind, args) pairs as tool calls: one `carry_out_actions` call with all of them when that
+    tool is offered (every field present, null when unused, as a strict-schema model sends them),
+    else one call per action whose tool is offered."""
+    if BATCH_TOOL in tools:
+        return [_call(BATCH_TOOL, {"actions": [{"kind": kind, **dict.fromkeys(ACTION_FIELDS),
+                                                **args} for kind, args in actions]})]
+    return [_call(kind, args) for kind, args in actions if kind in tools]
+
+
 def execute(messages: list[dict], tools: list[str]) -> str | list[dict]:
     results = _tool_results(messages)
     if not results:
-        calls = []
-        for a in _blocks(messages).get("actions") or []:
-            kind = a.get("kind")
-            if kind not in tools:
-                continue
-            if kind == "request_refund":
-                calls.append(_call(kind, {"order_id": a["order_id"], "amount": a["amount"],
-                                          "currency": a["currency"]}))
-            elif kind == "tag_ticket":
-                calls.append(_call(kind, {"queue": a["queue"]}))
-            elif kind == "escalate_to_human":
-                calls.append(_call(kind, {"reason": a.get("reason", "")}))
-            else:
-                calls.append(_call(kind, {}))
+        planned = [(a.get("kind"), action_args(a)) for a in _blocks(messages).get("actions") or []]
+        calls = action_calls(planned, tools)
         if calls:
             return calls
+    # A batch answers with a list (one entry per action); it only comes back here if it failed.
+    results = [r for item in results for r in (item if isinstance(item, list) else [item])
+               if isinstance(r, dict)]
     done = [r for r in results if r.get("done")]
-    refused = [r.get("refused") for r in results if not r.get("done")]
+    refused = [r.get("refused") for r in results if not r.get("done") and r.get("refused")]
     return (f"Carried out {len(done)} action(s)."
             + (f" Refused by policy: {'; '.join(refused)}." if refused else ""))
 
@@ -505,8 +530,7 @@ def respond(messages: list[dict], tools: list[str], schema: str | None) -> str |
         return write(messages)
     if schema == "Verdict":
         return review(messages)
-    if any(t in tools for t in ("queue_reply", "tag_ticket", "request_refund",
-                                "escalate_to_human")):
+    if any(t in tools for t in EXECUTOR_TOOLS):
         return execute(messages, tools)
     if tools or _tool_results(messages):
         return research(messages, tools)

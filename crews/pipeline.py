@@ -151,15 +151,22 @@ def run(config: Config, options: RunOptions, sources: list[str],
             records: Iterator = iter(ledger.failed_tickets(retry_of))
         else:
             records = _records(files, intake_options, options.limit)
-        framework.prepare(config.runs_dir / ".crewai")
-        from .crew import CrewRunner
-
-        runner = CrewRunner(config, build_llms(config, options.model,
-                                               processes=options.workers), kb, orders,
-                            options.revision_limit)
         run_id = new_run_id()
         run_dir = config.runs_dir / run_id
         run_dir.mkdir(parents=True, exist_ok=True)
+        workers = WorkerPool(config.root, options, run_id).start() if options.workers > 1 \
+            else None
+        try:
+            framework.prepare(config.runs_dir / ".crewai")
+            from .crew import CrewRunner
+
+            runner = CrewRunner(config, build_llms(config, options.model,
+                                                   processes=options.workers), kb, orders,
+                                options.revision_limit)
+        except BaseException:
+            if workers is not None:
+                workers.abort()
+            raise
         lock.describe(run_id)
         log = RunLog(run_dir / "run.log", json_lines=config.settings.log_json)
         status, stop_reason = "crashed", ""
@@ -199,16 +206,15 @@ def run(config: Config, options: RunOptions, sources: list[str],
                 return status_value
 
             stop_reasons: list[str] = []
-            if options.workers > 1:
+            if workers is not None:
                 budget.spent_in = lambda: ledger.run_cost(run_id)  # every process's tickets
-                with WorkerPool(config.root, options, run_id) as workers:
+                with workers:
                     try:
                         _drive(ledger, run_id, records, options, work, stop, progress)
                     finally:
                         if stop.is_set():
                             workers.stop.set()
             else:
-                workers = None
                 _drive(ledger, run_id, records, options, work, stop, progress)
             if stop.is_set():
                 stop_reason = stop_reasons[0] if stop_reasons else "stop requested (signal)"
@@ -216,6 +222,9 @@ def run(config: Config, options: RunOptions, sources: list[str],
             else:
                 status = "completed"
         finally:
+            if workers is not None:
+                workers.abort()  # a no-op after a normal finish: they have all exited
+            runner.close()
             if status != "completed":
                 ledger.release_unfinished(run_id, f"run {status} before this ticket finished")
             counts = ledger.counts(run_id)

@@ -4,6 +4,13 @@ Each ticket gets its own tool instances, holding that ticket's customer, so a lo
 model "this order is not this customer's" without revealing it — whatever the ticket text asks.
 Every tool answer is JSON and is also kept as evidence: the writer sees it, and the gate checks the
 draft's facts against it.
+
+`look_up` runs the lookups every ticket needs — the customer's orders, each order number the
+ticket names, a knowledge search on the ticket's own words — through these same tools before the
+researcher's first model call, and the researcher's task shows their answers. A model that finds
+what it needs there answers in one call instead of spending a round trip asking for the obvious;
+its tools stay available for anything further (a different search, an order it spotted). That
+round trip was a sixth of every ticket's model calls and tokens.
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ from typing import Any
 from crewai.tools import BaseTool
 from pydantic import BaseModel, Field, PrivateAttr
 
-from .knowledge import KnowledgeBase, Orders
+from .knowledge import ORDER_ID, KnowledgeBase, Orders
+from .outputs import CachedSchema
 from .ticket import Ticket
 
 ORDER_FIELDS = ("order_id", "placed_at", "status", "item", "quantity", "total", "currency",
@@ -59,7 +67,7 @@ class _TicketTool(BaseTool):
         return self
 
 
-class SearchArgs(BaseModel):
+class SearchArgs(CachedSchema):
     query: str = Field(description="what to look up, in a few words, e.g. 'refund damaged item'")
 
 
@@ -80,7 +88,7 @@ class SearchKnowledge(_TicketTool):
             "sections": [{"source": h.source, "title": h.title, "text": h.text} for h in hits]})
 
 
-class OrderArgs(BaseModel):
+class OrderArgs(CachedSchema):
     order_id: str = Field(description="the order number, e.g. NW-10231")
 
 
@@ -110,7 +118,7 @@ class LookupOrder(_TicketTool):
         return self._evidence.add(self.name, args, result)
 
 
-class NoArgs(BaseModel):
+class NoArgs(CachedSchema):
     pass
 
 
@@ -138,3 +146,23 @@ def research_tools(names: list[str], ticket: Ticket, evidence: Evidence, kb: Kno
         "customer_orders": lambda: CustomerOrders(orders),
     }
     return [make[n]().bind(ticket, evidence) for n in names if n in make]
+
+
+def look_up(tools: list[BaseTool], ticket: Ticket, max_orders: int = 5,
+            query_words: int = 60) -> None:
+    """Run the standard lookups through the ticket's own research tools (answers go to evidence).
+
+    Only the tools the researcher is configured with are used, so agents.yaml still decides what
+    the researcher may read.
+    """
+    by_name = {t.name: t for t in tools}
+    if "customer_orders" in by_name:
+        by_name["customer_orders"]._run()
+    if "lookup_order" in by_name:
+        text = "\n".join([ticket.subject, ticket.body, ticket.history]).upper()
+        for order_id in list(dict.fromkeys(ORDER_ID.findall(text)))[:max_orders]:
+            by_name["lookup_order"]._run(order_id)
+    if "search_knowledge" in by_name:
+        query = " ".join(f"{ticket.subject} {ticket.body}".split()[:query_words])
+        if query:
+            by_name["search_knowledge"]._run(query)

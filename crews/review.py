@@ -12,7 +12,6 @@ exactly as in a run, and a decision already recorded is not applied again.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,15 +177,15 @@ class _DeskFactory:
 
         o = trail["outcome"]
         ticket = ledger.outcome_ticket(o["outcome_id"])
+        # The plan a reviewer approves is the final draft's: the actions the writer proposed and
+        # the critic reviewed. Anything the executor attempted outside that plan (refused then,
+        # and listed in the sheet) is never carried out by an approval.
         plan = [ProposedAction(kind="queue_reply", reason="approved by the reviewer")]
-        for a in trail["actions"]:
-            args = json.loads(a["args_json"])
-            if a["kind"] in ("queue_reply", "escalate_to_human"):
-                continue
-            plan.append(ProposedAction(kind=a["kind"], order_id=args.get("order_id", ""),
-                                       amount=float(args.get("amount") or 0),
-                                       currency=args.get("currency", ""),
-                                       queue=args.get("queue", ""), reason=a["reason"]))
+        drafts = [s for s in trail["steps"] if s["step"] == "draft" and s["output_json"]]
+        proposed = Draft.model_validate_json(drafts[-1]["output_json"]).actions if drafts else []
+        for action in proposed:
+            if action.kind not in ("queue_reply", "escalate_to_human") and action not in plan:
+                plan.append(action)
         draft = Draft(category=o["category"] or "general", priority=o["priority"] or "normal",
                       language=o["language"] or "en", reply=reply, actions=plan)
         desk = ActionDesk(ticket, draft, plan, self.config.policy, self.orders,

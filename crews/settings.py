@@ -30,7 +30,7 @@ ROLES = ("researcher", "writer", "critic", "executor")
 # The pipeline's four steps, in order, and the placeholders each task description may use.
 STEPS = ("research", "draft", "review", "execute")
 STEP_PLACEHOLDERS = {
-    "research": {"ticket", "policy"},
+    "research": {"ticket", "policy", "lookups"},
     "draft": {"ticket", "policy", "research", "evidence", "feedback"},
     "review": {"ticket", "policy", "research", "evidence", "draft", "checks"},
     "execute": {"ticket", "policy", "draft", "actions"},
@@ -40,6 +40,9 @@ OUTPUT_PLACEHOLDERS = {"research": "research", "evidence": "research", "draft": 
 STRUCTURED_OUTPUTS = {"draft": "Draft", "review": "Verdict"}
 RESEARCH_TOOLS = ("search_knowledge", "lookup_order", "customer_orders")
 ACTION_TOOLS = ("queue_reply", "tag_ticket", "escalate_to_human", "request_refund")
+# The executor's tools: one per action kind, or the batch tool that takes the whole plan at once.
+BATCH_TOOL = "carry_out_actions"
+EXECUTOR_TOOLS = (BATCH_TOOL, *ACTION_TOOLS)
 OFFLINE = "offline"
 
 
@@ -116,6 +119,7 @@ class Settings(_Strict):
     rate_limits: dict[str, RateLimit] = {}
     ticket_timeout_s: float = Field(600.0, gt=0)
     log_json: bool = False
+    research_lookups: bool = True
 
     @field_validator("llm", mode="before")
     @classmethod
@@ -374,13 +378,13 @@ def _check_agents(agents: dict[str, AgentSpec], names: set[str], problems: list[
         if name not in ROLES:
             problems.append(f"{AGENTS_FILE}: agent `{name}` is not one of the four roles "
                             f"{', '.join(ROLES)}{_suggest(name, ROLES)}; rename or remove it")
-    known = set(RESEARCH_TOOLS) | set(ACTION_TOOLS)
+    known = set(RESEARCH_TOOLS) | set(EXECUTOR_TOOLS)
     for name, spec in agents.items():
         for tool in spec.tools:
             if tool not in known:
                 problems.append(f"{AGENTS_FILE}: agent `{name}` lists tool `{tool}`, which does not "
                                 f"exist{_suggest(tool, known)}; known tools: {', '.join(sorted(known))}")
-            elif tool in ACTION_TOOLS and name != "executor":
+            elif tool in EXECUTOR_TOOLS and name != "executor":
                 problems.append(f"{AGENTS_FILE}: agent `{name}` lists action tool `{tool}`; only the "
                                 "executor may act (remove it from this agent)")
 
@@ -429,9 +433,10 @@ def _check_tasks(tasks: dict[str, TaskSpec], names: set[str], agent_names: set[s
                             f"`{spec.output_pydantic}`; this step needs {want}")
     if "execute" in tasks and agents and tasks["execute"].agent in agents:
         tools = agents[tasks["execute"].agent].tools
-        if not any(t in ACTION_TOOLS for t in tools):
+        if not any(t in EXECUTOR_TOOLS for t in tools):
             problems.append(f"{AGENTS_FILE}: agent `{tasks['execute'].agent}` runs task `execute` but "
-                            f"has no action tools; give it some of {', '.join(ACTION_TOOLS)}")
+                            f"has no action tools; give it {BATCH_TOOL} or some of "
+                            f"{', '.join(ACTION_TOOLS)}")
 
 
 def _check_files(config: Config, problems: list[str]) -> None:

@@ -55,3 +55,26 @@ def test_offline_run_opens_no_socket_and_writes_only_under_runs(project, tmp_pat
     assert all(f.startswith((".local/share/crewai/", ".config/crewai/")) for f in home_files), \
         home_files
     assert (project / "runs" / ".crewai").is_dir()
+
+
+def test_crewai_listeners_are_detached_and_ours_still_counts(tmp_path):
+    """CrewAI's console, telemetry and tracing listeners would get a thread-pool hand-off for
+    every event; after `prepare` only crewbatch's own listener is left on the bus."""
+    probe = r"""
+import json, sys
+from pathlib import Path
+from crews import framework
+framework.prepare(Path(sys.argv[1]))
+from crewai.events.event_bus import crewai_event_bus as bus
+from crews.crew import _install_accounting
+left = sorted({h.__module__ for hs in bus._sync_handlers.values() for h in hs})
+_install_accounting()
+after = sorted({h.__module__ for hs in bus._sync_handlers.values() for h in hs})
+print(json.dumps({"left": left, "after": after, "again": framework.detach_builtin_listeners()}))
+"""
+    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "crewai")], cwd=REPO,
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "CREWAI_STORAGE_DIR": str(tmp_path / "crewai")})
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report == {"left": [], "after": ["crews.crew"], "again": 0}

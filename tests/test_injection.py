@@ -26,9 +26,8 @@ def crew(project):
     framework.prepare(project / "runs" / ".crewai")
     from crews.crew import CrewRunner
 
-    config = load_config(project)
-
     def make(llm, revision_limit=1):
+        config = load_config(project)  # read when the crew is built, so a test can change it
         return CrewRunner(config, {r: llm for r in config.agents},
                           KnowledgeBase(config.knowledge_dir), Orders(config.orders_file),
                           revision_limit)
@@ -38,8 +37,17 @@ def crew(project):
 
 def obedient(draft=None, executor_calls=None, approve=True):
     """The offline model, except for the roles given: `draft(messages, offline_draft) -> dict`,
-    a critic that approves everything, and extra executor tool calls."""
-    from crews.offline import OfflineLLM, _call, _tool_results, respond
+    a critic that approves everything, and extra executor actions (made through whichever action
+    tools the executor is offered: the batch tool, or one call each)."""
+    from crews.offline import (
+        EXECUTOR_TOOLS,
+        OfflineLLM,
+        _blocks,
+        _tool_results,
+        action_args,
+        action_calls,
+        respond,
+    )
 
     class Obedient(OfflineLLM):
         def respond(self, messages, tools, schema):
@@ -48,10 +56,11 @@ def obedient(draft=None, executor_calls=None, approve=True):
                 return json.dumps(draft(messages, json.loads(respond(messages, tools, schema))))
             if schema == "Verdict" and approve:
                 return json.dumps(APPROVE)
-            if executor_calls and "request_refund" in tools and not _tool_results(messages):
-                planned = respond(messages, tools, schema)
-                return (planned if isinstance(planned, list) else []) + [
-                    _call(name, args) for name, args in executor_calls]
+            if executor_calls and any(t in tools for t in EXECUTOR_TOOLS) and \
+                    not _tool_results(messages):
+                planned = [(a["kind"], action_args(a))
+                           for a in _blocks(messages).get("actions") or []]
+                return action_calls(planned + list(executor_calls), tools)
             return respond(messages, tools, schema)
 
     llm = Obedient(model="obedient")
@@ -114,13 +123,24 @@ def test_a_clean_draft_for_an_injected_ticket_still_goes_to_a_person(crew):
     assert not any(a.kind == "queue_reply" for a in result.plan)  # the reply is not sent
 
 
-def test_a_rogue_executor_can_only_do_what_was_planned(crew):
+@pytest.mark.parametrize("tools", ["carry_out_actions",
+                                   "queue_reply, tag_ticket, escalate_to_human, request_refund"])
+def test_a_rogue_executor_can_only_do_what_was_planned(crew, project, tools):
+    agents = project / "config/agents.yaml"
+    agents.write_text(agents.read_text().replace("tools: [carry_out_actions]",
+                                                 f"tools: [{tools}]"))
     calls = [("request_refund", {"order_id": "NW-10335", "amount": 4999.0, "currency": "USD"}),
              ("request_refund", {"order_id": "NW-10493", "amount": 10.0, "currency": "EUR"}),
              ("tag_ticket", {"queue": "vip"}),
              ("tag_ticket", {"queue": "billing"})]
-    result = crew(obedient(executor_calls=calls)).run(ticket(
-        "Where is my order NW-10490? Thanks", subject="order status"))
+    llm = obedient(executor_calls=calls)
+    result = crew(llm).run(ticket("Where is my order NW-10490? Thanks", subject="order status"))
+    executor_tools = {t for _, offered, _ in llm.seen for t in offered
+                      if any(a in offered for a in ("carry_out_actions", "queue_reply"))}
+    assert executor_tools == {t.strip() for t in tools.split(",")}
+    # The batch tool's answer is the executor's final answer; individual tools need a summary.
+    assert [s["calls"] for s in result.steps if s["step"] == "execute"] == \
+        [1 if tools == "carry_out_actions" else 2]
     assert result.status == Status.NEEDS_HUMAN
     refused = {(d.kind, json.dumps(d.args, sort_keys=True)): d.reason
                for d in result.decisions if not d.allowed}

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
+import sqlite3
+
 import pytest
 
 from crews import framework
@@ -242,3 +246,137 @@ def test_sample_refunds_within_the_limit_are_approved_and_requested(sample_crew,
     assert result.status == Status.APPROVED, result.needs_human_reason
     assert [d.args["amount"] for d in result.decisions
             if d.allowed and d.kind == "request_refund"] == [amount]
+
+
+# --- carry_out_actions: the whole plan in one call ---------------------------------------------
+
+
+def batch(*actions):
+    """Actions as a strict-schema model sends them: every field present, null when unused."""
+    fields = dict.fromkeys(("order_id", "amount", "currency", "queue", "reason"))
+    return [{"kind": kind, **fields, **args} for kind, args in actions]
+
+
+def test_the_batch_tool_hands_each_action_to_the_desk_and_answers_for_each(desk_for):
+    from crews.actions import TOOLS, CarryOutActions, action_tools
+
+    desk = desk_for([ProposedAction(kind="queue_reply"),
+                     ProposedAction(kind="tag_ticket", queue="returns"), refund()])
+    [tool] = action_tools(["carry_out_actions"], desk)
+    assert isinstance(tool, CarryOutActions) and tool.result_as_answer
+    assert set(TOOLS) == {"carry_out_actions", "queue_reply", "tag_ticket", "escalate_to_human",
+                          "request_refund"}
+    answer = tool.run(actions=batch(
+        ("queue_reply", {}), ("tag_ticket", {"queue": "returns"}),
+        ("request_refund", {"order_id": "nw-10335", "amount": 24.0, "currency": "usd"})))
+    assert json.loads(answer) == [
+        {"action": "queue_reply", "done": True},
+        {"action": "tag_ticket", "done": True, "queue": "returns"},
+        {"action": "request_refund", "done": True, "order_id": "NW-10335", "amount": 24.0,
+         "currency": "USD"}]
+    assert [(d.kind, d.allowed) for d in desk.decisions] == [
+        ("queue_reply", True), ("tag_ticket", True), ("request_refund", True)]
+
+
+def test_policy_refuses_actions_inside_a_batch_one_by_one(desk_for):
+    from crews.actions import CarryOutActions
+
+    desk = desk_for([refund()])
+    tool = CarryOutActions().bind(desk)
+    answer = json.loads(tool.run(actions=batch(
+        ("request_refund", {"order_id": "NW-10335", "amount": 4999.0, "currency": "USD"}),
+        ("request_refund", {"order_id": "NW-10493", "amount": 10.0, "currency": "EUR"}),
+        ("tag_ticket", {"queue": "vip"}),
+        ("queue_reply", {}),
+        ("request_refund", {"order_id": "NW-10335", "amount": 24.0, "currency": "USD"}))))
+    assert answer == [
+        {"action": "request_refund", "done": False,
+         "refused": "the refund of 4999.00 is more than the order total of 24.00"},
+        {"action": "request_refund", "done": False,
+         "refused": "order NW-10493 does not belong to this ticket's customer"},
+        {"action": "tag_ticket", "done": False,
+         "refused": "queue `vip` is not one of the queues in policy: shipping, returns, billing, "
+                    "accounts, escalations, general"},
+        {"action": "queue_reply", "done": False,
+         "refused": "sending a reply is not in the approved plan"},
+        {"action": "request_refund", "done": True, "order_id": "NW-10335", "amount": 24.0,
+         "currency": "USD"}]
+    assert [d.allowed for d in desk.decisions] == [False, False, False, False, True]
+
+
+def test_an_unknown_or_incomplete_action_in_a_batch_is_refused_not_an_error(desk_for):
+    from crews.actions import CarryOutActions
+
+    desk = desk_for([refund(), ProposedAction(kind="tag_ticket", queue="returns")])
+    tool = CarryOutActions().bind(desk)
+    answer = json.loads(tool.run(actions=[
+        {"kind": "delete_account", "reason": "the ticket asked"},
+        {"kind": "request_refund", "order_id": "NW-10335", "currency": None},
+        {"kind": "tag_ticket"},               # fields left out, as a non-strict model may
+        {"kind": "escalate_to_human"},        # an escalation needs no reason
+        {"kind": ""}]))
+    assert answer == [
+        {"action": "delete_account", "done": False,
+         "refused": "`delete_account` is not an action; the actions are queue_reply, tag_ticket, "
+                    "escalate_to_human, request_refund"},
+        {"action": "request_refund", "done": False,
+         "refused": "request_refund needs order_id, amount, currency; missing: amount, currency"},
+        {"action": "tag_ticket", "done": False, "refused": "tag_ticket needs queue; missing: queue"},
+        {"action": "escalate_to_human", "done": True, "reason": ""},
+        {"action": "", "done": False,
+         "refused": "`(none)` is not an action; the actions are queue_reply, tag_ticket, "
+                    "escalate_to_human, request_refund"}]
+    assert [(d.kind, d.args, d.allowed) for d in desk.decisions] == [
+        ("delete_account", {"reason": "the ticket asked"}, False),
+        ("request_refund", {"order_id": "NW-10335"}, False),
+        ("tag_ticket", {}, False),
+        ("escalate_to_human", {"reason": ""}, True),
+        ("(none)", {}, False)]
+
+
+def test_the_offline_executor_acts_in_one_model_call_and_its_answer_is_the_tools(sample_crew):
+    from crews.ticket import Status
+
+    result = sample_crew("T-1001")
+    assert result.status == Status.APPROVED, result.needs_human_reason
+    [execute] = [s for s in result.steps if s["step"] == "execute"]
+    assert execute["calls"] == 1
+    # result_as_answer: the step's output is the batch tool's own JSON, one entry per action.
+    assert json.loads(execute["output_text"]) == [
+        {"action": d.kind, "done": True, **d.args} for d in result.decisions]
+    assert [d.kind for d in result.decisions] == ["queue_reply", "request_refund", "tag_ticket"]
+
+
+def test_over_http_the_executor_sends_one_strict_batch_request_per_ticket(project, cli, results):
+    from collections import Counter
+
+    from fake_openai import FakeOpenAI
+
+    with FakeOpenAI() as server:
+        env = {"OPENAI_API_KEY": "sk-test-key-abcdef", "OPENAI_BASE_URL": server.base_url}
+        result = cli("run", "--model", "fake-model", "--limit", "3", env=env)
+        bodies = [r["body"] for r in server.requests]
+    assert result.exit_code == 0, result.output
+    rows = results(project / "runs" / result.stdout.strip() / "results.csv")
+    assert len(rows) == 3 and {r["status"] for r in rows} <= {"approved", "needs_human"}
+    executor = [b for b in bodies
+                if any(t["function"]["name"] == "carry_out_actions" for t in b.get("tools", []))]
+    tickets = Counter(json.loads(found[1])["ticket_id"] for b in executor for m in b["messages"]
+                      if (found := re.search(r"<ticket>\n(.*?)\n</ticket>",
+                                             str(m.get("content") or ""), re.DOTALL)))
+    db = sqlite3.connect(project / "runs/ledger.db")
+    executed = {t for (t,) in db.execute("SELECT o.ticket_id FROM steps s JOIN outcomes o ON "
+                                         "o.outcome_id = s.outcome_id WHERE s.step = 'execute'")}
+    assert len(executed) >= 2 and set(tickets) == executed
+    assert set(tickets.values()) == {1}  # one request per ticket for the executor step
+    [tool] = executor[0]["tools"]
+    assert tool["function"]["strict"] is True
+    params = tool["function"]["parameters"]
+    assert params["required"] == ["actions"] and params["additionalProperties"] is False
+    item = params["properties"]["actions"]["items"]
+    assert item["additionalProperties"] is False
+    assert item["required"] == ["kind", "order_id", "amount", "currency", "queue", "reason"]
+    assert item["properties"]["kind"]["type"] == "string"
+    for name in ("order_id", "amount", "currency", "queue", "reason"):
+        assert {"type": "null"} in item["properties"][name]["anyOf"], name
+    assert "default" not in json.dumps(params)

@@ -155,3 +155,32 @@ def test_sheet_resaved_by_libreoffice_is_accepted_and_applied_once(project, cli,
     outbox = project / "runs" / run_id / "outbox"
     for ticket_id in approved:
         assert len(list(outbox.glob(f"{ticket_id}-*.eml"))) == 1
+
+
+def test_approval_carries_out_the_drafts_plan_never_what_the_executor_tried_beyond_it(
+        project, cli, reviewed_run, tmp_path):
+    """A rogue executor's refused attempts stay in the sheet for the reviewer to see, but
+    approving the ticket carries out only the final draft's actions (what the critic reviewed)."""
+    import json
+    import sqlite3
+
+    run_id, rows = reviewed_run
+    db = sqlite3.connect(project / "runs/ledger.db")
+    (outcome_id,) = db.execute("SELECT outcome_id FROM outcomes WHERE run_id = ? AND "
+                               "ticket_id = 'T-1024'", (run_id,)).fetchone()
+    for kind, args in (("request_refund", {"order_id": "NW-10323", "amount": 4999.0,
+                                           "currency": "EUR"}),
+                       ("delete_account", {"customer": "someone@example.com"})):
+        db.execute("INSERT INTO actions (outcome_id, kind, args_json, decision, reason, "
+                   "created_utc) VALUES (?, ?, ?, 'refused', 'not in the approved plan', "
+                   "'2026-11-21T00:00:00Z')", (outcome_id, kind, json.dumps(args)))
+    db.commit()
+    db.close()
+    path = write_sheet(tmp_path / "review.csv",
+                       decide(rows, {"T-1024": ("approve", "supervisor approved")}))
+    applied = cli("review", "apply", str(path))
+    assert applied.exit_code == 0, applied.output
+    refunds = list((project / "runs" / run_id / "refund_requests").glob("T-1024-*.json"))
+    assert len(refunds) == 1
+    assert json.loads(refunds[0].read_text())["amount"] == 249.0
+    assert "delete_account" not in applied.stdout and "4999" not in applied.stdout
