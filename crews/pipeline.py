@@ -163,6 +163,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
             runner = CrewRunner(config, build_llms(config, options.model,
                                                    processes=options.workers), kb, orders,
                                 options.revision_limit)
+            runner.warm(share(options))
         except BaseException:
             if workers is not None:
                 workers.abort()
@@ -222,8 +223,8 @@ def run(config: Config, options: RunOptions, sources: list[str],
             else:
                 status = "completed"
         finally:
-            if workers is not None:
-                workers.abort()  # a no-op after a normal finish: they have all exited
+            if workers is not None and status != "completed":
+                workers.abort()  # they finish their tickets in flight; the rest stays pending
             runner.close()
             if status != "completed":
                 ledger.release_unfinished(run_id, f"run {status} before this ticket finished")
@@ -241,6 +242,8 @@ def run(config: Config, options: RunOptions, sources: list[str],
                      counts=counts, cost_usd=round(cost, 6), reason=stop_reason)
             log.close()
             ledger.close()
+            if workers is not None:
+                workers.join()
     return RunSummary(run_id, status, exit_code, counts, results, cost,
                       time.monotonic() - started, warnings, stop_reason)
 

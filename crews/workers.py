@@ -32,10 +32,13 @@ class WorkerPool:
         ctx = mp.get_context("spawn")  # a fresh interpreter: no threads or locks inherited
         self.stop = ctx.Event()
         self.input_done = ctx.Event()
+        # Set by a worker once its last ticket is recorded, before its interpreter winds down
+        # (a second or so of CrewAI teardown the run need not wait for).
+        self.finished = [ctx.Event() for _ in range(1, options.workers)]
         self.processes = [
             ctx.Process(target=worker_main, name=f"crewbatch-worker-{i}",
                         args=(str(root), asdict(options), run_id, i, self.stop,
-                              self.input_done, os.getpid()))
+                              self.input_done, os.getpid(), self.finished[i - 1]))
             for i in range(1, options.workers)]
 
     def start(self) -> WorkerPool:
@@ -47,23 +50,32 @@ class WorkerPool:
         return self
 
     def abort(self) -> None:
+        """Stop taking tickets and wait for the processes to exit."""
         self.stop.set()
-        self.__exit__(None, None, None)
+        self.input_done.set()
+        self.join()
+
+    def join(self) -> None:
+        for p in self.processes:
+            if p.pid is not None:
+                p.join()
 
     def __enter__(self) -> WorkerPool:
         return self.start()
 
     def __exit__(self, *exc) -> None:
+        """Tell the workers the input is done; return once every one has recorded its last
+        ticket (or died). `join` waits for the processes themselves."""
         self.input_done.set()
         if exc[0] is not None:
             self.stop.set()
-        for p in self.processes:
-            if p.pid is not None:
-                p.join()
+        for p, finished in zip(self.processes, self.finished, strict=True):
+            while p.pid is not None and p.is_alive() and not finished.wait(0.1):
+                pass
 
 
 def worker_main(root: str, options: dict, run_id: str, index: int, stop, input_done,
-                parent_pid: int) -> None:
+                parent_pid: int, finished) -> None:
     # The run's own process decides when to stop (SIGTERM/Ctrl-C reach the whole group).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -86,6 +98,7 @@ def worker_main(root: str, options: dict, run_id: str, index: int, stop, input_d
     runner = CrewRunner(config, build_llms(config, opts.model, processes=opts.workers),
                         KnowledgeBase(config.knowledge_dir), Orders(config.orders_file),
                         opts.revision_limit)
+    runner.warm(share(opts))
     run_dir = config.runs_dir / run_id
     log = RunLog(run_dir / "run.log", json_lines=config.settings.log_json)
     name = f"worker {index} (pid {os.getpid()})"
@@ -109,8 +122,8 @@ def worker_main(root: str, options: dict, run_id: str, index: int, stop, input_d
             if stop.is_set():
                 break
             if len(in_flight) >= share(opts):
-                finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                for f in finished:
+                completed, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                for f in completed:
                     done(f)
                 continue
             claimed = ledger.claim_next(run_id, name)
@@ -124,5 +137,6 @@ def worker_main(root: str, options: dict, run_id: str, index: int, stop, input_d
                                       ticket))
         for f in wait(in_flight).done:
             done(f)
+    finished.set()
     runner.close()
     log.close()
