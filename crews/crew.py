@@ -258,9 +258,10 @@ class CrewRunner:
             import openai.resources  # noqa: F401
 
         for role in self._idle:
-            for _ in range(max(0, copies - len(self._idle[role]))):
-                agent = self._checkout(role)
-                agent.create_agent_executor(tools=[])
+            built = [self._checkout(role) for _ in range(copies)]
+            for agent in built:
+                if agent.agent_executor is None:
+                    agent.create_agent_executor(tools=[])
                 self._checkin(role, agent)
 
     def _checkin(self, role: str, agent: Agent) -> None:
@@ -340,9 +341,26 @@ class CrewRunner:
 
         feedback = "none: this is the first draft"
         draft: Draft | None = None
+        checks: list[Finding] = []
         for round_no in range(self.revision_limit + 1):
             _, draft = self._kickoff("draft", round_no, [], {**base, "feedback": feedback}, meter,
                                      result)
+            if round_no and draft == result.draft and gate.blocking(checks):
+                # The writer answered the feedback with the very draft it was asked to fix: the
+                # same deterministic checks would block it again, so further rounds only burn
+                # calls (a model that cannot write the customer's language, say).
+                result.revisions = round_no
+                problems = [f"{f.check}: {f.detail}" for f in gate.blocking(checks)]
+                result.steps.append({"round": round_no, "step": "checks", "agent": "gate",
+                                     "model": "deterministic",
+                                     "output_text": "the revision is identical to the draft it "
+                                                    "was meant to fix; not reviewed again",
+                                     "output_json": "[]"})
+                result.status = Status.NEEDS_HUMAN
+                result.needs_human_reason = ("the writer returned the same draft after feedback, "
+                                             "so revising cannot fix: " + "; ".join(problems))
+                result.detail = "revision made no change"
+                return
             checks = self.gate.check(draft, ticket, evidence)
             _, verdict = self._kickoff(
                 "review", round_no, [],

@@ -193,7 +193,8 @@ def scripted_respond(drafts: list[dict], verdicts: list[dict] | None = None):
 
 def test_every_round_keeps_its_draft_checks_and_verdict_and_counts_its_calls(make_runner):
     bad = dict(GOOD, reply=GOOD["reply"].replace("NW-10335", "NW-99999"))
-    runner = make_runner(scripted_respond([bad, bad, GOOD]), revision_limit=2)
+    still_bad = dict(bad, reply=bad["reply"].replace("Kind regards", "Best regards"))
+    runner = make_runner(scripted_respond([bad, still_bad, GOOD]), revision_limit=2)
     result = runner.run(ticket("Please refund the candles from NW-10335, $24.00."))
     assert result.status == Status.APPROVED and result.revisions == 2
     by_round = {}
@@ -245,3 +246,31 @@ def test_an_agent_reused_after_a_failed_ticket_carries_nothing_of_it(make_runner
     later = seen[calls_before:]
     assert later and all("T-7002" in text for text in later)
     assert not [t for t in later if "MARKER-A" in t or "T-7001" in t or "jess.lee" in t]
+
+
+def test_warm_builds_one_agent_per_role_and_copy_and_they_are_reused(make_runner):
+    runner = make_runner()
+    runner.warm(3)
+    pooled = {role: list(agents) for role, agents in runner._idle.items()}
+    assert {role: len(agents) for role, agents in pooled.items()} == \
+        {"researcher": 3, "writer": 3, "critic": 3, "executor": 3}
+    assert all(a.agent_executor is not None for agents in pooled.values() for a in agents)
+    result = runner.run(ticket("Please refund the candles from NW-10335, $24.00."))
+    assert result.status == Status.APPROVED
+    assert {id(a) for agents in runner._idle.values() for a in agents} == \
+        {id(a) for agents in pooled.values() for a in agents}  # no new agent was needed
+
+
+def test_a_writer_that_repeats_the_draft_it_must_fix_goes_to_a_person_at_once(make_runner):
+    """Feedback answered with the identical draft: the same checks would block it again, so the
+    loop stops there instead of spending the remaining rounds."""
+    bad = dict(GOOD, reply=GOOD["reply"].replace("NW-10335", "NW-99999"))
+    runner = make_runner(scripted_respond([dict(bad), dict(bad), GOOD]), revision_limit=2)
+    result = runner.run(ticket("Please refund the candles from NW-10335, $24.00."))
+    assert result.status == Status.NEEDS_HUMAN and result.revisions == 1
+    assert result.needs_human_reason.startswith(
+        "the writer returned the same draft after feedback, so revising cannot fix: "
+        "invented_fact: order number NW-99999")
+    assert [(s["round"], s["step"]) for s in result.steps] == [
+        (0, "research"), (0, "draft"), (0, "review"), (0, "checks"), (1, "draft"), (1, "checks")]
+    assert result.usage.calls == 4 and not result.decisions

@@ -221,10 +221,12 @@ def test_workers_share_a_run_and_die_with_it(project, results):
         assert {r["status"] for r in results(project / "runs" / out.strip() / "results.csv")} \
             <= {"approved", "needs_human"}
 
+        before = len(server.requests)
         proc = crewbatch(project, "run", "--model", "fake-model", "--limit", "48",
                          "--workers", "2", "--concurrency", "4", env=env)
         deadline = time.monotonic() + 120
-        while not [k for k in children_of(proc.pid)] or len(server.requests) < 200:
+        # Killed mid-run: a few of the 24 new tickets done (about 4 requests each), most not.
+        while not [k for k in children_of(proc.pid)] or len(server.requests) < before + 30:
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.05)
         kids = children_of(proc.pid)
