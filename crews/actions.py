@@ -287,32 +287,42 @@ def idempotency_key(ticket: Ticket, decision: Decision) -> str:
 
 def perform(decisions: list[Decision], ticket: Ticket, draft: Draft, run_dir: Path, ledger,
             outcome_id: int) -> list[str]:
-    """Carry out the allowed, staged side effects exactly once; return a line per action."""
+    """Carry out the allowed, staged side effects exactly once; return a line per action.
+
+    A reply or refund request is a file: its target is fixed in the ledger before it is written
+    (`Ledger.intend_side_effect`) and marked performed after, so a crash between the two makes
+    the next run rewrite that same file, never a second one in its own folder.
+    """
     lines = []
+    name = f"{slug(ticket.key)}-{ticket.content_hash[:8]}"
     for d in decisions:
         if not d.allowed:
             continue
         key = idempotency_key(ticket, d)
-        if ledger.side_effect_done(key):
-            lines.append(f"{d.kind}: already done earlier, not repeated")
-            continue
-        detail = ""
-        if d.kind == "queue_reply":
-            detail = str(write_outbox(ticket, draft.reply, run_dir / "outbox"))
-        elif d.kind == "request_refund":
-            detail = str(_write_json(run_dir / "refund_requests",
-                                     f"{slug(ticket.key)}-{ticket.content_hash[:8]}.json",
-                                     {"ticket_id": ticket.ticket_id, "customer": ticket.customer,
-                                      **d.args}))
+        if d.kind in ("queue_reply", "request_refund"):
+            planned = (run_dir / "outbox" / f"{name}.eml" if d.kind == "queue_reply"
+                       else run_dir / "refund_requests" / f"{name}.json")
+            target, done = ledger.intend_side_effect(key, outcome_id, d.kind, str(planned))
+            if done:
+                lines.append(f"{d.kind}: already done earlier, not repeated")
+                continue
+            if d.kind == "queue_reply":
+                write_outbox(ticket, draft.reply, Path(target))
+            else:
+                _write_json(Path(target), {"ticket_id": ticket.ticket_id,
+                                           "customer": ticket.customer, **d.args})
+            ledger.side_effect_performed(key)
+            lines.append(f"{d.kind}: {target}")
+        elif ledger.record_side_effect(key, outcome_id, d.kind,
+                                       detail := json.dumps(d.args, ensure_ascii=False)):
+            lines.append(f"{d.kind}: {detail}")
         else:
-            detail = json.dumps(d.args, ensure_ascii=False)
-        ledger.record_side_effect(key, outcome_id, d.kind, detail)
-        lines.append(f"{d.kind}: {detail}")
+            lines.append(f"{d.kind}: already done earlier, not repeated")
     return lines
 
 
-def write_outbox(ticket: Ticket, reply: str, outbox: Path) -> Path:
-    """Write the reply as an .eml under a name fixed by ticket and content (so never twice)."""
+def write_outbox(ticket: Ticket, reply: str, target: Path) -> Path:
+    """Write the reply as an .eml at `target` (a name fixed by ticket and content)."""
     msg = EmailMessage()
     msg["From"] = SUPPORT_ADDRESS
     msg["To"] = ticket.customer or "unknown-customer@invalid"
@@ -322,18 +332,18 @@ def write_outbox(ticket: Ticket, reply: str, outbox: Path) -> Path:
     msg["Message-ID"] = make_msgid(idstring=slug(ticket.key), domain="crewbatch.invalid")
     msg["X-Crewbatch-Ticket"] = ticket.ticket_id
     msg.set_content(reply)
-    return _atomic_write(outbox, f"{slug(ticket.key)}-{ticket.content_hash[:8]}.eml", msg.as_bytes())
+    return _atomic_write(target, msg.as_bytes())
 
 
-def _write_json(directory: Path, name: str, data: dict) -> Path:
-    return _atomic_write(directory, name,
-                         json.dumps(data, ensure_ascii=False, indent=2).encode("utf-8"))
+def _write_json(target: Path, data: dict) -> Path:
+    return _atomic_write(target, json.dumps(data, ensure_ascii=False, indent=2).encode("utf-8"))
 
 
-def _atomic_write(directory: Path, name: str, data: bytes) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / name
-    tmp = directory / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+def _atomic_write(target: Path, data: bytes) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp"
     tmp.write_bytes(data)
     os.replace(tmp, target)
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):  # an attempt killed mid-write
+        stale.unlink(missing_ok=True)
     return target

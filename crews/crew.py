@@ -222,6 +222,17 @@ class CrewRunner:
             loop.run_until_complete(loop.shutdown_default_executor())
             loop.close()
 
+    def _thread_tools(self, step: str, build) -> list:
+        """This thread's tool objects for `step`, rebound by the caller to each ticket.
+
+        A thread runs one ticket at a time, so its tools never serve two tickets at once; built
+        once per thread instead of per ticket (a CrewAI tool is a pydantic model, ~0.5 ms each).
+        """
+        tools = self._local.__dict__.setdefault("tools", {})
+        if step not in tools:
+            tools[step] = build()
+        return tools[step]
+
     def _checkout(self, role: str) -> Agent:
         """An idle agent for `role`: a pooled one, or a new one if every agent is busy.
 
@@ -328,8 +339,10 @@ class CrewRunner:
         base = {"ticket": data_block("ticket", ticket.as_prompt_data()), "policy": self.policy_text}
 
         research_agent = cfg.tasks["research"].agent
-        tools = research_tools(cfg.agents[research_agent].tools, ticket, evidence, self.kb,
-                               self.orders)
+        tools = self._thread_tools("research", lambda: research_tools(
+            cfg.agents[research_agent].tools, ticket, evidence, self.kb, self.orders))
+        for tool in tools:
+            tool.bind(ticket, evidence)
         if cfg.settings.research_lookups:
             look_up(tools, ticket)
         lookups = evidence.items or "nothing yet: use your tools"
@@ -396,7 +409,11 @@ class CrewRunner:
         result.plan = plan_actions(draft, cfg.policy, gate.escalation_reason(result.findings))
         desk = ActionDesk(ticket, draft, result.plan, cfg.policy, self.orders)
         executor = cfg.tasks["execute"].agent
-        self._kickoff("execute", result.revisions, action_tools(cfg.agents[executor].tools, desk),
+        tools = self._thread_tools("execute", lambda: action_tools(cfg.agents[executor].tools,
+                                                                   desk))
+        for tool in tools:
+            tool.bind(desk)
+        self._kickoff("execute", result.revisions, tools,
                       {**base, "draft": data_block("draft", draft.model_dump()),
                        "actions": data_block("actions", [a.model_dump() for a in result.plan])},
                       meter, result)

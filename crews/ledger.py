@@ -359,12 +359,20 @@ class Ledger:
 
     def record_result(self, outcome_id: int, status: Status, fields: dict[str, Any],
                       steps: list[dict], actions: list[dict], detail: str,
-                      calls: list[dict] = ()) -> None:
-        """Write a ticket's final status, its agent outputs, model calls and actions at once."""
+                      calls: list[dict] = ()) -> bool:
+        """Write a ticket's final status, its agent outputs, model calls and actions at once.
+
+        Only a ticket still `running` is finished: one that recovery put back to pending meanwhile
+        belongs to a new run now, and its result is dropped (False) rather than recorded twice.
+        """
         unknown = set(fields) - set(RESULT_FIELDS)
         if unknown:
             raise ValueError(f"unknown outcome fields: {sorted(unknown)}")
         with self._tx() as db:
+            current = db.execute("SELECT status FROM outcomes WHERE outcome_id = ?",
+                                 (outcome_id,)).fetchone()
+            if current is not None and current["status"] != RUNNING:
+                return False
             now = utc_now()
             for s in steps:
                 db.execute(
@@ -390,6 +398,7 @@ class Ledger:
                     (outcome_id, a["kind"], json.dumps(a["args"], ensure_ascii=False),
                      a["decision"], a.get("reason", ""), now))
             self._transition(db, outcome_id, status.value, detail, fields)
+            return True
 
     def _transition(self, db, outcome_id: int, to_status: str, detail: str, fields: dict) -> None:
         row = db.execute("SELECT run_id, status FROM outcomes WHERE outcome_id = ?",
@@ -462,8 +471,8 @@ class Ledger:
 
     def side_effect_done(self, key: str) -> bool:
         with self._lock:
-            return self._db.execute("SELECT 1 FROM side_effects WHERE idempotency_key = ?",
-                                    (key,)).fetchone() is not None
+            return self._db.execute("SELECT 1 FROM side_effects WHERE idempotency_key = ? AND "
+                                    "performed_utc != ''", (key,)).fetchone() is not None
 
     def record_side_effect(self, key: str, outcome_id: int, kind: str, detail: str) -> bool:
         """Record that a side effect happened; False if it had already been recorded."""
@@ -472,6 +481,36 @@ class Ledger:
                              "performed_utc) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                              (key, outcome_id, kind, detail, utc_now()))
             return cur.rowcount == 1
+
+    def intend_side_effect(self, key: str, outcome_id: int, kind: str, target: str
+                           ) -> tuple[str, bool]:
+        """Write-ahead for a side effect that writes a file: (target, already performed).
+
+        The first intent for a key fixes its target (`performed_utc` stays '' until
+        `side_effect_performed`); every later attempt — a redo after a crash between the write
+        and its record, or a process racing this one — gets that same target back, so the file
+        is written in one place only, whatever run retries it.
+        """
+        with self._tx() as db:
+            db.execute("INSERT INTO side_effects (idempotency_key, outcome_id, kind, detail, "
+                       "performed_utc) VALUES (?, ?, ?, ?, '') ON CONFLICT DO NOTHING",
+                       (key, outcome_id, kind, target))
+            row = db.execute("SELECT detail, performed_utc FROM side_effects WHERE "
+                             "idempotency_key = ?", (key,)).fetchone()
+            return row["detail"], row["performed_utc"] != ""
+
+    def side_effect_performed(self, key: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE side_effects SET performed_utc = ? WHERE idempotency_key = ? AND "
+                       "performed_utc = ''", (utc_now(), key))
+
+    def still_running(self, outcome_id: int) -> bool:
+        """Whether a claimed ticket is still this claim's: a crashed run's recovery may have put
+        it back to pending (for a new run) while a straggling process was still working it."""
+        with self._lock:
+            row = self._db.execute("SELECT status FROM outcomes WHERE outcome_id = ?",
+                                   (outcome_id,)).fetchone()
+            return row is not None and row["status"] == RUNNING
 
     # --- reading back ----------------------------------------------------------------------------
 

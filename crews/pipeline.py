@@ -276,6 +276,9 @@ def _collect(done, progress) -> None:
             progress(1)
 
 
+RELEASED = "released"  # not a status: the ticket was taken back from this process
+
+
 def _process(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: int,
              ticket: Ticket) -> tuple[str, float]:
     from .actions import perform
@@ -284,6 +287,9 @@ def _process(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: 
     result = runner.run(ticket)
     error = redact(result.error) if result.error else ""
     status = result.status
+    if not ledger.still_running(outcome_id):
+        # A crashed run's straggler: recovery gave this ticket back to a new run meanwhile.
+        return RELEASED, 0.0
     if status == Status.APPROVED:
         try:
             perform(result.decisions, ticket, result.draft, run_dir, ledger, outcome_id)
@@ -321,8 +327,9 @@ def _process(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: 
         "error": error,
     }
     steps = [{**s, "output_text": redact(s["output_text"])} for s in result.steps]
-    ledger.record_result(outcome_id, status, fields, steps, actions,
-                         redact(result.detail or error), calls)
+    if not ledger.record_result(outcome_id, status, fields, steps, actions,
+                                redact(result.detail or error), calls):
+        return RELEASED, 0.0
     return status.value, cost
 
 

@@ -74,11 +74,31 @@ class WorkerPool:
                 pass
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel kill this worker the moment the run's process dies (Linux).
+
+    A `kill -9` of the run must end the whole run: a worker that lived on would finish its
+    tickets while the next run — the run lock went with its holder — takes the same tickets
+    back. Elsewhere the worker notices the orphaning at its next claim, and the ledger refuses
+    a result for a ticket recovery has given back (`Ledger.record_result`).
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before the call above took effect
+        os._exit(1)
+
+
 def worker_main(root: str, options: dict, run_id: str, index: int, stop, input_done,
                 parent_pid: int, finished) -> None:
     # The run's own process decides when to stop (SIGTERM/Ctrl-C reach the whole group).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent(parent_pid)
     from dotenv import load_dotenv
 
     from . import framework

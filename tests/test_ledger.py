@@ -51,6 +51,8 @@ def test_finished_tickets_are_skipped_and_edits_are_processed(tmp_path):
                                          Rejection(4, "x.csv:4", "empty")], reprocess=False)
         assert [tk.key for _, tk in todo] == ["A", "B"]
         assert ledger.counts("r1") == {"pending": 2, "skipped": 1, "rejected": 1}
+        for oid, _ in todo:
+            assert ledger.claim(oid, "test")
         ledger.record_result(todo[0][0], Status.APPROVED, {"draft_reply": "hi"}, [], [], "ok")
         ledger.record_result(todo[1][0], Status.FAILED, {"error": "boom"}, [], [], "err")
 
@@ -101,3 +103,30 @@ def test_side_effects_are_recorded_once(tmp_path):
         assert ledger.record_side_effect("k", 1, "queue_reply", "f.eml") is True
         assert ledger.record_side_effect("k", 1, "queue_reply", "f.eml") is False
         assert ledger.side_effect_done("k")
+
+
+def test_a_result_for_a_ticket_recovery_gave_back_is_dropped(tmp_path):
+    """A straggler of a crashed run finishing after the next run's recovery must not record
+    its ticket a second time."""
+    with Ledger(tmp_path / "l.db") as ledger:
+        ledger.start_run("r1", "offline", {}, [])
+        (oid, _), = ledger.add_records("r1", [t("A")], reprocess=False)
+        assert ledger.claim(oid, "worker 1")
+        assert ledger.recover_crashed_runs("died") == ["r1"]
+        assert not ledger.still_running(oid)
+        assert ledger.record_result(oid, Status.APPROVED, {}, [], [], "late") is False
+        assert ledger.counts("r1") == {"pending": 1}
+
+
+def test_a_side_effect_target_is_fixed_before_the_write(tmp_path):
+    with Ledger(tmp_path / "l.db") as ledger:
+        assert ledger.intend_side_effect("k", 1, "queue_reply", "runs/a/outbox/x.eml") == \
+            ("runs/a/outbox/x.eml", False)
+        # A crash here (file written or not): the redo in another run gets the same target.
+        assert ledger.intend_side_effect("k", 2, "queue_reply", "runs/b/outbox/x.eml") == \
+            ("runs/a/outbox/x.eml", False)
+        assert not ledger.side_effect_done("k")
+        ledger.side_effect_performed("k")
+        assert ledger.side_effect_done("k")
+        assert ledger.intend_side_effect("k", 3, "queue_reply", "runs/c/outbox/x.eml") == \
+            ("runs/a/outbox/x.eml", True)

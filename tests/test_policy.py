@@ -92,6 +92,41 @@ def test_queue_reply_and_tags_need_the_plan_and_policy(desk_for):
                                          "config/policy.yaml"
 
 
+def test_a_crash_between_writing_a_reply_and_recording_it_never_makes_a_second(desk_for,
+                                                                                 tmp_path):
+    """kill -9 after the .eml is written but before the ledger says so: the ticket is redone by
+    the next run, which writes that same file again (in the first run's outbox), not a copy."""
+    from crews.actions import perform
+    from crews.ledger import Ledger
+
+    desk = desk_for([ProposedAction(kind="queue_reply"), refund()])
+    desk.queue_reply()
+    desk.request_refund("NW-10335", 24.0, "USD")
+
+    class Killed(Exception):
+        pass
+
+    with Ledger(tmp_path / "l.db") as ledger:
+        performed = ledger.side_effect_performed
+
+        def crash(key):
+            raise Killed(key)
+
+        ledger.side_effect_performed = crash
+        with pytest.raises(Killed):
+            perform(desk.decisions, desk.ticket, desk.draft, tmp_path / "run1", ledger, 1)
+        ledger.side_effect_performed = performed
+        redo = perform(desk.decisions, desk.ticket, desk.draft, tmp_path / "run2", ledger, 2)
+        again = perform(desk.decisions, desk.ticket, desk.draft, tmp_path / "run3", ledger, 3)
+    # The reply went to run1's outbox again; the refund, never reached before the crash, to run2.
+    assert [line.split(": ")[1].split("/")[-3] for line in redo] == ["run1", "run2"]
+    assert all("already done" in line for line in again)
+    files = sorted(f.relative_to(tmp_path).parent.as_posix()
+                   for f in tmp_path.glob("run*/*/*") if not f.name.startswith("."))
+    assert files == ["run1/outbox", "run2/refund_requests"]  # one reply, one refund request
+    assert not (tmp_path / "run3").exists()
+
+
 def test_perform_writes_each_side_effect_once(desk_for, tmp_path):
     from crews.actions import perform
     from crews.ledger import Ledger

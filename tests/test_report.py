@@ -177,6 +177,8 @@ def test_every_text_field_from_the_ledger_is_escaped(tmp_path):
              "output_json": json.dumps({"approved": False, "findings": [finding]})}]
         actions = [{"kind": f"request_refund{evil}", "args": {"order_id": evil},
                     "decision": f"refused{evil}", "reason": f"r{evil}"}]
+        for claimed in (oid, oid2):
+            assert ledger.claim(claimed, "test")
         ledger.record_result(oid, Status.NEEDS_HUMAN, {
             "category": f"cat{evil}", "priority": f"p{evil}", "needs_human_reason": f"why{evil}",
             "actions_json": json.dumps(actions), "duration_ms": 1200}, steps, actions, "held")

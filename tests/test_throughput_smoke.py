@@ -42,3 +42,12 @@ def test_benchmark_measures_crewbatch_and_checks_a_fault_run(tmp_path):
 
     table = throughput.render(report)
     assert "| crewbatch | 6 |" in table and "fault run: OK" in table
+
+
+def test_the_wave_bound_is_what_a_perfect_engine_could_do():
+    # 200 four-call tickets in 32 slots take 7 waves, not 6.25; in 64 slots 4, not 3.125.
+    assert round(throughput.wave_bound([4] * 200, 32), 4) == round(200 / 224, 4)
+    assert throughput.wave_bound([4] * 200, 64) == 200 / 256
+    assert throughput.wave_bound([4] * 640, 32) == 1.0
+    # Uneven tickets: a long one started last sets the makespan.
+    assert throughput.wave_bound([1, 1, 1, 5], 2) == (8 / 2) / 6
