@@ -360,20 +360,15 @@ class CrewRunner:
                                      result)
             if round_no and draft == result.draft and gate.blocking(checks):
                 # The writer answered the feedback with the very draft it was asked to fix: the
-                # same deterministic checks would block it again, so further rounds only burn
-                # calls (a model that cannot write the customer's language, say).
+                # same deterministic checks block it again, so the critic is not asked again
+                # (its verdict could not approve it); the writer gets its next round as usual.
                 result.revisions = round_no
-                problems = [f"{f.check}: {f.detail}" for f in gate.blocking(checks)]
                 result.steps.append({"round": round_no, "step": "checks", "agent": "gate",
                                      "model": "deterministic",
-                                     "output_text": "the revision is identical to the draft it "
-                                                    "was meant to fix; not reviewed again",
-                                     "output_json": "[]"})
-                result.status = Status.NEEDS_HUMAN
-                result.needs_human_reason = ("the writer returned the same draft after feedback, "
-                                             "so revising cannot fix: " + "; ".join(problems))
-                result.detail = "revision made no change"
-                return
+                                     "output_text": REPEATED_DRAFT + "\n" + "\n".join(
+                                         f"[{c.severity}] {c.check}: {c.detail}" for c in checks),
+                                     "output_json": json.dumps([c.model_dump() for c in checks])})
+                continue
             checks = self.gate.check(draft, ticket, evidence)
             _, verdict = self._kickoff(
                 "review", round_no, [],
@@ -419,6 +414,10 @@ class CrewRunner:
                       meter, result)
         result.decisions = list(desk.decisions)
         decide(result)
+
+
+REPEATED_DRAFT = ("identical to the previous round's draft: the same checks block it; "
+                  "not reviewed again")
 
 
 def plan_actions(draft: Draft, policy: Policy, escalate: str = "") -> list[ProposedAction]:

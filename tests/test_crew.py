@@ -261,16 +261,23 @@ def test_warm_builds_one_agent_per_role_and_copy_and_they_are_reused(make_runner
         {id(a) for agents in pooled.values() for a in agents}  # no new agent was needed
 
 
-def test_a_writer_that_repeats_the_draft_it_must_fix_goes_to_a_person_at_once(make_runner):
-    """Feedback answered with the identical draft: the same checks would block it again, so the
-    loop stops there instead of spending the remaining rounds."""
+def test_a_draft_repeated_unchanged_is_not_reviewed_again(make_runner):
+    """Feedback answered with the identical draft: the same checks block it, so the critic is not
+    asked again; the writer still gets its remaining rounds."""
     bad = dict(GOOD, reply=GOOD["reply"].replace("NW-10335", "NW-99999"))
-    runner = make_runner(scripted_respond([dict(bad), dict(bad), GOOD]), revision_limit=2)
-    result = runner.run(ticket("Please refund the candles from NW-10335, $24.00."))
-    assert result.status == Status.NEEDS_HUMAN and result.revisions == 1
-    assert result.needs_human_reason.startswith(
-        "the writer returned the same draft after feedback, so revising cannot fix: "
-        "invented_fact: order number NW-99999")
-    assert [(s["round"], s["step"]) for s in result.steps] == [
-        (0, "research"), (0, "draft"), (0, "review"), (0, "checks"), (1, "draft"), (1, "checks")]
-    assert result.usage.calls == 4 and not result.decisions
+    fixed = make_runner(scripted_respond([dict(bad), dict(bad), GOOD]), revision_limit=2).run(
+        ticket("Please refund the candles from NW-10335, $24.00."))
+    assert fixed.status == Status.APPROVED and fixed.revisions == 2
+    assert [(s["round"], s["step"]) for s in fixed.steps] == [
+        (0, "research"), (0, "draft"), (0, "review"), (0, "checks"), (1, "draft"), (1, "checks"),
+        (2, "draft"), (2, "review"), (2, "checks"), (2, "execute")]
+    assert "not reviewed again" in fixed.steps[5]["output_text"]
+    assert "invented_fact" in fixed.steps[5]["output_text"]
+
+    stuck = make_runner(scripted_respond([dict(bad), dict(bad), dict(bad)]), revision_limit=2).run(
+        ticket("Please refund the candles from NW-10335, $24.00."))
+    assert stuck.status == Status.NEEDS_HUMAN and stuck.revisions == 2
+    assert stuck.needs_human_reason.startswith("the critic did not approve the draft after 2 "
+                                               "revision(s): invented_fact: order number NW-99999")
+    assert [s["step"] for s in stuck.steps].count("review") == 1
+    assert stuck.usage.calls == 5 and not stuck.decisions  # research, 3 drafts, 1 review

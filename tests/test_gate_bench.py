@@ -51,8 +51,7 @@ def test_every_injected_fault_is_caught_and_none_escapes(bench_module, bench):
     revisions = sum(r["revisions"] for r in report["records"])
     # A revision costs a draft and a review, except one that repeats the draft it had to fix:
     # that one is not reviewed again.
-    repeated = sum(r["reason"].startswith("the writer returned the same draft")
-                   for r in report["records"])
+    repeated = sum(r["repeated_drafts"] for r in report["records"])
     assert cost["extra_calls_total"] == 2 * revisions - repeated
     table = bench_module.fault_table(report)
     assert table.startswith("| fault | injected | caught (round 0) | caught & fixed by revision |")
