@@ -1,11 +1,12 @@
 """Extra worker processes (`--workers N`) that claim tickets through the ledger.
 
-CrewAI costs ~100 ms of CPU per ticket even with an instant model, and under the GIL one process
+CrewAI costs ~80 ms of CPU per ticket even with an instant model, and under the GIL one process
 cannot use a second core. With `--workers N` the run's own process keeps reading the sources,
 registering records and working tickets, and N-1 more processes take pending tickets of the same
 run from the ledger (`Ledger.claim_next`, one transaction per claim, so no ticket is taken twice).
 `--concurrency` stays the total: each process runs its share of threads. The run's stop event is
-shared; a worker also stops when its parent is gone (so a `kill -9` of the run leaves no orphans).
+shared; a worker dies with the run's process (so a `kill -9` of the run leaves no orphan working
+tickets the next run takes back).
 Rate limits are split evenly between the processes, since their limiters cannot share state.
 """
 
