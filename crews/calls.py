@@ -6,7 +6,8 @@ agent retries to 0, and `ManagedLLM` wraps the real model so that a failing call
 most `retry.max_attempts` times — 429, 5xx, timeouts and dropped connections with exponential
 backoff, jitter and a cap, honouring Retry-After; a malformed structured answer gets
 `retry.repair_attempts` more tries; nothing else is retried. All calls to one model share one
-`RateLimiter` (requests and tokens per minute), and a Retry-After pauses every caller of that model.
+`RateLimiter` (requests and tokens per minute), and a Retry-After pauses every caller of that model
+(in every `--workers` process).
 A per-ticket deadline bounds the whole thing.
 """
 
@@ -79,27 +80,39 @@ class RetryPolicy:
 
 
 class RateLimiter:
-    """Requests and tokens per minute for one model, shared by every thread; sliding 60 s window."""
+    """Requests and tokens per minute for one model, shared by every thread; sliding 60 s window.
 
-    def __init__(self, requests_per_minute: int | None, tokens_per_minute: int | None):
+    With `--workers` each process has its own limiter with an equal share of the limits, and
+    `shared_pause` (a `multiprocessing.Value`, the monotonic time until which the model is paused;
+    CLOCK_MONOTONIC is the same clock in every process) carries a Retry-After to every process.
+    """
+
+    def __init__(self, requests_per_minute: int | None, tokens_per_minute: int | None,
+                 shared_pause: Any = None):
         self.rpm = requests_per_minute
         self.tpm = tokens_per_minute
         self._lock = threading.Lock()
         self._calls: deque[tuple[float, int]] = deque()
         self._paused_until = 0.0
+        self._shared_pause = shared_pause
 
     def pause(self, seconds: float) -> None:
-        """Honour a Retry-After for every caller of this model."""
+        """Honour a Retry-After for every caller of this model, in every process of the run."""
+        until = time.monotonic() + seconds
         with self._lock:
-            self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+            self._paused_until = max(self._paused_until, until)
+        if self._shared_pause is not None:
+            with self._shared_pause.get_lock():
+                self._shared_pause.value = max(self._shared_pause.value, until)
 
     def acquire(self, tokens: int, deadline: float | None = None) -> None:
         while True:
+            shared = self._shared_pause.value if self._shared_pause is not None else 0.0
             with self._lock:
                 now = time.monotonic()
                 while self._calls and now - self._calls[0][0] >= 60:
                     self._calls.popleft()
-                wait = self._paused_until - now
+                wait = max(self._paused_until, shared) - now
                 if self.rpm and len(self._calls) >= self.rpm:
                     wait = max(wait, 60 - (now - self._calls[0][0]))
                 if self.tpm and self._calls:

@@ -43,11 +43,12 @@ def preflight(config: Config, default_model: str, environ=os.environ) -> None:
 
 
 def build_llms(config: Config, default_model: str, environ=os.environ,
-               processes: int = 1) -> dict[str, Any]:
+               processes: int = 1, pauses: dict[str, Any] | None = None) -> dict[str, Any]:
     """One managed LLM per distinct model name, shared by the roles that use it (thread-safe).
 
     Each is wrapped in `calls.ManagedLLM`, so every call to that model shares one rate limiter
-    and the one retry policy of settings.yaml.
+    and the one retry policy of settings.yaml. `pauses` (model → shared value, from the run's
+    `WorkerPool`) carries a Retry-After across the run's processes.
     """
     from .calls import ManagedLLM, RateLimiter, RetryPolicy
 
@@ -61,7 +62,8 @@ def build_llms(config: Config, default_model: str, environ=os.environ,
             limit = config.settings.rate_limits.get(model)
             # With --workers each process gets an equal share of the model's limits.
             limiter = RateLimiter(_share(limit.requests_per_minute if limit else None, processes),
-                                  _share(limit.tokens_per_minute if limit else None, processes))
+                                  _share(limit.tokens_per_minute if limit else None, processes),
+                                  (pauses or {}).get(model))
             built[model] = ManagedLLM(_build(config, model, environ), policy, limiter)
         out[role] = built[model]
     return out

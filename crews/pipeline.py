@@ -154,15 +154,17 @@ def run(config: Config, options: RunOptions, sources: list[str],
         run_id = new_run_id()
         run_dir = config.runs_dir / run_id
         run_dir.mkdir(parents=True, exist_ok=True)
-        workers = WorkerPool(config.root, options, run_id).start() if options.workers > 1 \
-            else None
+        workers = WorkerPool(config.root, options, run_id,
+                             role_models(config, options.model).values()).start() \
+            if options.workers > 1 else None
         try:
             framework.prepare(config.runs_dir / ".crewai")
             from .crew import CrewRunner
 
             runner = CrewRunner(config, build_llms(config, options.model,
-                                                   processes=options.workers), kb, orders,
-                                options.revision_limit)
+                                                   processes=options.workers,
+                                                   pauses=workers.pauses if workers else None),
+                                kb, orders, options.revision_limit)
             runner.warm(share(options))
         except BaseException:
             if workers is not None:

@@ -7,7 +7,8 @@ run from the ledger (`Ledger.claim_next`, one transaction per claim, so no ticke
 `--concurrency` stays the total: each process runs its share of threads. The run's stop event is
 shared; a worker dies with the run's process (so a `kill -9` of the run leaves no orphan working
 tickets the next run takes back).
-Rate limits are split evenly between the processes, since their limiters cannot share state.
+Rate limits are split evenly between the processes (each has its own sliding window); a
+Retry-After pauses the model in all of them (`WorkerPool.pauses`, shared values).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ def share(options: RunOptions) -> int:
 
 
 class WorkerPool:
-    def __init__(self, root: Path, options: RunOptions, run_id: str):
+    def __init__(self, root: Path, options: RunOptions, run_id: str, models=()):
         ctx = mp.get_context("spawn")  # a fresh interpreter: no threads or locks inherited
+        # One Retry-After pause per model, seen by every process of the run (calls.RateLimiter).
+        self.pauses = {model: ctx.Value("d", 0.0) for model in sorted(set(models))}
         self.stop = ctx.Event()
         self.input_done = ctx.Event()
         # Set by a worker once its last ticket is recorded, before its interpreter winds down
@@ -39,7 +42,7 @@ class WorkerPool:
         self.processes = [
             ctx.Process(target=worker_main, name=f"crewbatch-worker-{i}",
                         args=(str(root), asdict(options), run_id, i, self.stop,
-                              self.input_done, os.getpid(), self.finished[i - 1]))
+                              self.input_done, os.getpid(), self.finished[i - 1], self.pauses))
             for i in range(1, options.workers)]
 
     def start(self) -> WorkerPool:
@@ -95,7 +98,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def worker_main(root: str, options: dict, run_id: str, index: int, stop, input_done,
-                parent_pid: int, finished) -> None:
+                parent_pid: int, finished, pauses) -> None:
     # The run's own process decides when to stop (SIGTERM/Ctrl-C reach the whole group).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -116,7 +119,8 @@ def worker_main(root: str, options: dict, run_id: str, index: int, stop, input_d
     framework.prepare(config.runs_dir / ".crewai")
     from .crew import CrewRunner
 
-    runner = CrewRunner(config, build_llms(config, opts.model, processes=opts.workers),
+    runner = CrewRunner(config, build_llms(config, opts.model, processes=opts.workers,
+                                           pauses=pauses),
                         KnowledgeBase(config.knowledge_dir), Orders(config.orders_file),
                         opts.revision_limit)
     runner.warm(share(opts))

@@ -1,0 +1,43 @@
+"""The shared rate limiter: a Retry-After pauses every caller, in every process of the run."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+
+from crews import framework
+
+
+def _limiter_in_another_process(shared, done):
+    """What a `--workers` process does: its own limiter, the run's shared pause."""
+    from crews.calls import RateLimiter
+
+    RateLimiter(None, None, shared).acquire(0)
+    done.value = time.monotonic()
+
+
+def test_a_retry_after_in_one_process_pauses_the_others(tmp_path):
+    framework.prepare(tmp_path / ".crewai")
+    from crews.calls import RateLimiter
+
+    ctx = mp.get_context("spawn")
+    shared, done = ctx.Value("d", 0.0), ctx.Value("d", 0.0)
+    here = RateLimiter(None, None, shared)
+    here.pause(2.0)
+    paused_at = time.monotonic()
+    other = ctx.Process(target=_limiter_in_another_process, args=(shared, done))
+    other.start()
+    other.join(30)
+    assert other.exitcode == 0
+    assert done.value - paused_at >= 1.9  # it waited for the pause another process received
+
+
+def test_without_a_shared_pause_a_limiter_pauses_only_its_own_callers(tmp_path):
+    framework.prepare(tmp_path / ".crewai")
+    from crews.calls import RateLimiter
+
+    paused, free = RateLimiter(None, None), RateLimiter(None, None)
+    paused.pause(5.0)
+    began = time.monotonic()
+    free.acquire(0)
+    assert time.monotonic() - began < 1.0
