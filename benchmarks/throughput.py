@@ -12,8 +12,8 @@ its own child process, so the server's CPU and GIL are never charged to a client
   (same agents, task texts, tools and output models; tickets passed as inputs, braces neutralised;
   the researcher gets the same lookups crewbatch makes before its call);
 - a LangGraph graph of the same four steps (research → draft → review → execute, one chat call
-  each, the same lookups in the research prompt, LangChain's ChatOpenAI) run with `graph.abatch(..., max_concurrency=C)` (`pip install
-  -e ".[bench]"`).
+  each, the same lookups in the research prompt, LangChain's ChatOpenAI) run with
+  `graph.abatch(..., max_concurrency=C)` (`pip install -e ".[bench]"`).
 
 Per system: tickets/s over the system's own batch window (the ledger's run start → finish for
 crewbatch, the batch call for the baselines; interpreter start-up and building the crew copies or
@@ -22,8 +22,8 @@ k (counted by the server), efficiency = tickets/s ÷ the ideal C / (k × latency
 efficiency a perfect engine would reach on the same tickets (a ticket's calls are sequential, so
 when N is not a multiple of C the last wave runs part-empty: 89 % at most for 200 four-call
 tickets at C = 32; `wave_bound`), "of bound" = efficiency ÷ bound, "steady" = requests in flight
-÷ C over the middle 70 % of the run (without ramp-up and the tail), client CPU per model call (the child's user+system CPU from its first
-model request to its exit) and its peak RSS. crewbatch runs once per `--workers` value (default 1
+÷ C over the middle 70 % of the run (without ramp-up and the tail), client CPU per model call
+(the child's user+system CPU from its first model request to its exit) and its peak RSS. crewbatch runs once per `--workers` value (default 1
 and the number of CPUs). The sequential baselines get fewer tickets (a time budget each), as the
 table says.
 
@@ -404,7 +404,8 @@ def baseline_inputs(project: Path, n: int) -> dict:
     return {
         "policy": policy_summary(config.policy),
         "tickets": [{"ticket_id": t.ticket_id, "ticket": safe_block("ticket", t.as_prompt_data()),
-                     "lookups": lookups(config, t)} for t in tickets],
+                     "lookups": found} for t, found in zip(tickets, lookups(config, tickets),
+                                                           strict=True)],
         "agents": {name: a.model_dump() for name, a in config.agents.items()},
         "tasks": {name: t.model_dump() for name, t in config.tasks.items()},
         "knowledge": str(config.knowledge_dir), "orders": str(config.orders_file),
@@ -412,22 +413,24 @@ def baseline_inputs(project: Path, n: int) -> dict:
     }
 
 
-def lookups(config, ticket) -> list[dict]:
-    """The lookups crewbatch makes before the researcher's call (crews.research.look_up), made
-    here once so every baseline's researcher gets the same prompt as crewbatch's."""
+def lookups(config, tickets: list) -> list[list[dict]]:
+    """Per ticket, the lookups crewbatch makes before the researcher's call
+    (crews.research.look_up), made here once so every baseline's researcher gets the same prompt
+    as crewbatch's."""
     from crews import framework
 
     framework.prepare(config.runs_dir / ".crewai")
     from crews.knowledge import KnowledgeBase, Orders
     from crews.research import Evidence, look_up, research_tools
 
-    cache = lookups.__dict__.setdefault("sources", {})
-    if not cache:
-        cache.update(kb=KnowledgeBase(config.knowledge_dir), orders=Orders(config.orders_file))
-    evidence = Evidence()
-    look_up(research_tools(config.agents[config.tasks["research"].agent].tools, ticket, evidence,
-                           cache["kb"], cache["orders"]), ticket)
-    return evidence.items
+    kb, orders = KnowledgeBase(config.knowledge_dir), Orders(config.orders_file)
+    names = config.agents[config.tasks["research"].agent].tools
+    found = []
+    for ticket in tickets:
+        evidence = Evidence()
+        look_up(research_tools(names, ticket, evidence, kb, orders), ticket)
+        found.append(evidence.items)
+    return found
 
 
 # What crewbatch computes between steps; a plain CrewAI crew passes earlier outputs as context.

@@ -1,9 +1,9 @@
 """The crew: the four YAML-configured roles run over one ticket, with the revision loop in Python.
 
 research → draft ⇄ review → execute. Each step is a real CrewAI `Task` (built per ticket) executed
-by a real `Agent` that belongs to one worker thread, so concurrent tickets never share an
-executor, and run with `Task.execute_sync` — not
-wrapped in a `Crew`, which would write a replay log of every task output (ticket text included)
+by a real pooled `Agent` that runs one execution at a time, so concurrent tickets never share
+an executor, and run with `Task.aexecute_sync` on a per-thread event loop — not wrapped in a
+`Crew`, which would write a replay log of every task output (ticket text included)
 to a SQLite file in CrewAI's storage: a third of the CPU per ticket, and a copy of customer data
 outside the ledger. The orchestration a Crew would add is ours anyway. The
 writer ⇄ critic cycle is a plain loop (not a guardrail), so "still rejected after the revision
@@ -363,22 +363,14 @@ class CrewRunner:
                 # same deterministic checks block it again, so the critic is not asked again
                 # (its verdict could not approve it); the writer gets its next round as usual.
                 result.revisions = round_no
-                result.steps.append({"round": round_no, "step": "checks", "agent": "gate",
-                                     "model": "deterministic",
-                                     "output_text": REPEATED_DRAFT + "\n" + "\n".join(
-                                         f"[{c.severity}] {c.check}: {c.detail}" for c in checks),
-                                     "output_json": json.dumps([c.model_dump() for c in checks])})
+                result.steps.append(checks_step(round_no, checks, REPEATED_DRAFT))
                 continue
             checks = self.gate.check(draft, ticket, evidence)
             _, verdict = self._kickoff(
                 "review", round_no, [],
                 {**base, "draft": data_block("draft", draft.model_dump()),
                  "checks": data_block("checks", [c.model_dump() for c in checks])}, meter, result)
-            result.steps.append({"round": round_no, "step": "checks", "agent": "gate",
-                                 "model": "deterministic",
-                                 "output_text": "\n".join(f"[{c.severity}] {c.check}: {c.detail}"
-                                                          for c in checks) or "no findings",
-                                 "output_json": json.dumps([c.model_dump() for c in checks])})
+            result.steps.append(checks_step(round_no, checks))
             findings = checks + [f for f in verdict.findings
                                  if (f.check, f.detail) not in {(c.check, c.detail) for c in checks}]
             result.draft, result.verdict, result.findings = draft, verdict, findings
@@ -418,6 +410,15 @@ class CrewRunner:
 
 REPEATED_DRAFT = ("identical to the previous round's draft: the same checks block it; "
                   "not reviewed again")
+
+
+def checks_step(round_no: int, checks: list[Finding], note: str = "") -> dict:
+    """The gate's findings of one round as a step of the ticket's trail."""
+    lines = [note] if note else []
+    lines += [f"[{c.severity}] {c.check}: {c.detail}" for c in checks]
+    return {"round": round_no, "step": "checks", "agent": "gate", "model": "deterministic",
+            "output_text": "\n".join(lines) or "no findings",
+            "output_json": json.dumps([c.model_dump() for c in checks])}
 
 
 def plan_actions(draft: Draft, policy: Policy, escalate: str = "") -> list[ProposedAction]:

@@ -24,6 +24,7 @@ from crewai.llms.base_llm import BaseLLM, llm_call_context
 
 from .gate import INJECTION
 from .knowledge import words
+from .settings import BATCH_TOOL, EXECUTOR_TOOLS
 
 MODEL_NAME = "offline"
 BLOCK = re.compile(r"<(ticket|lookups|research_notes|evidence|draft|feedback|checks|actions)>\n(.*?)\n</\1>",
@@ -480,9 +481,7 @@ def review(messages: list[dict]) -> str:
                        "summary": summary}, ensure_ascii=False)
 
 
-BATCH_TOOL = "carry_out_actions"
 ACTION_FIELDS = ("order_id", "amount", "currency", "queue", "reason")
-EXECUTOR_TOOLS = (BATCH_TOOL, "queue_reply", "tag_ticket", "request_refund", "escalate_to_human")
 
 
 def action_args(action: dict) -> dict:
