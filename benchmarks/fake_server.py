@@ -25,11 +25,21 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 try:
     from crews.offline import respond
 except ModuleNotFoundError:  # run as a script from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(ROOT))
     from crews.offline import respond
+
+
+def sample_replies():
+    """The sample shop's offline sentences (data/knowledge/replies.yaml of this repository), so
+    the HTTP path answers as `--offline` does on the sample project."""
+    from crews.replies import load_replies
+    from crews.settings import load_config
+
+    return load_replies(load_config(ROOT))
 
 
 @dataclass
@@ -61,8 +71,10 @@ class FakeOpenAI:
     """
 
     def __init__(self, faults: Faults | None = None, *, keep_bodies: bool = True,
-                 on_request: Callable[[dict], None] | None = None, port: int = 0):
+                 on_request: Callable[[dict], None] | None = None, port: int = 0,
+                 replies=None):
         self.faults = faults or Faults()
+        self.replies = replies if replies is not None else sample_replies()
         self.requests: list[dict] = []
         self.keep_bodies = keep_bodies
         self.on_request = on_request
@@ -175,7 +187,7 @@ class FakeOpenAI:
             return 404, {"error": {"message": f"no route {path}"}}, {}
         messages = body.get("messages", [])
         tools = [t["function"]["name"] for t in body.get("tools") or []]
-        answer = respond(messages, tools, schema)
+        answer = respond(messages, tools, schema, self.replies)
         message: dict = {"role": "assistant", "content": None}
         finish = "stop"
         if isinstance(answer, list):

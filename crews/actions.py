@@ -13,11 +13,13 @@ retry never sends a second reply or refund.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
@@ -27,8 +29,9 @@ from crewai.tools import BaseTool
 from pydantic import BaseModel, Field, PrivateAttr
 
 from .knowledge import Orders
+from .ledger import RefundHistory, RefundRequest
 from .outputs import CachedSchema, Draft, ProposedAction
-from .settings import Policy, slug
+from .settings import Policy, RefundPolicy, slug
 from .ticket import Ticket
 
 SUPPORT_ADDRESS = "support@crewbatch.invalid"
@@ -40,6 +43,16 @@ class Decision:
     args: dict[str, Any]
     allowed: bool
     reason: str = ""
+    # A refund's caps across tickets and runs, checked again against the ledger in the
+    # transaction that records it (`perform`): another ticket may have refunded the same order
+    # or customer since this one was staged.
+    guard: Callable[[RefundHistory], str | None] | None = field(default=None, repr=False,
+                                                                 compare=False)
+    by_reviewer: bool = False  # staged by `review apply`: a person approved it
+
+
+class PolicyRefusal(Exception):
+    """A staged action that policy refuses at the moment it would be carried out."""
 
 
 @dataclass
@@ -55,11 +68,15 @@ class ActionDesk:
     # A person approved this plan in `crewbatch review apply`: the auto-approve limit (which
     # exists to send big refunds to a person) no longer applies; every other rule still does.
     reviewer_approved: bool = False
+    # The ledger's refunds so far on an order or for a customer (`Ledger.refund_history`);
+    # without it (unit tests) only this ticket's own refunds are known.
+    history: Callable[[str, str], RefundHistory] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _decide(self, kind: str, args: dict, refusal: str | None) -> str:
+    def _decide(self, kind: str, args: dict, refusal: str | None, guard=None) -> str:
         with self._lock:
-            self.decisions.append(Decision(kind, args, refusal is None, refusal or ""))
+            self.decisions.append(Decision(kind, args, refusal is None, refusal or "", guard,
+                                           self.reviewer_approved))
         if refusal:
             return json.dumps({"done": False, "refused": refusal})
         return json.dumps({"done": True, "action": kind, **args})
@@ -103,7 +120,21 @@ class ActionDesk:
         order_id = (order_id or "").strip().upper()
         args = {"order_id": order_id, "amount": round(float(amount), 2),
                 "currency": (currency or "").strip().upper()}
-        return self._decide("request_refund", args, self.refund_refusal(**args))
+        refusal = self.refund_refusal(**args)
+        guard = None
+        if refusal is None:
+            total = self._order_total(args["order_id"])
+            guard = functools.partial(cap_refusal, self.policy.refunds, args["order_id"], total,
+                                      args["amount"], args["currency"], self.reviewer_approved)
+            if self.history is not None:
+                refusal = guard(self.history(args["order_id"], self.ticket.customer))
+        return self._decide("request_refund", args, refusal, guard)
+
+    def _order_total(self, order_id: str) -> float:
+        try:
+            return float((self.orders.get(order_id) or {}).get("total") or 0)
+        except ValueError:
+            return 0.0
 
     def refund_refusal(self, order_id: str, amount: float, currency: str) -> str | None:
         """Why policy refuses this refund, or None if it may be requested automatically."""
@@ -141,6 +172,44 @@ class ActionDesk:
         if amount > planned.amount + 0.005:
             return f"the approved plan refunds {planned.amount:.2f}, not {amount:.2f}"
         return None
+
+
+def cap_refusal(caps: RefundPolicy, order_id: str, total: float, amount: float, currency: str,
+                reviewer_approved: bool, history: RefundHistory, now: datetime | None = None
+                ) -> str | None:
+    """Why the refunds already recorded (any ticket, any run) leave no room for this one.
+
+    An order is never refunded beyond its total, by anyone. Automatic refunds are capped per
+    order (`max_auto_refunds_per_order`) and per customer in a rolling period
+    (`per_customer`: count, and amount per currency); a person's approval lifts those two.
+    """
+    done = history.on_order()
+    refunded = sum(r["amount"] for r in done)
+    if total and refunded + amount > total + 0.005:
+        return (f"order {order_id} has already been refunded {refunded:.2f} of its "
+                f"{total:.2f} total in {len(done)} earlier request(s); {amount:.2f} more would "
+                "exceed it")
+    if reviewer_approved:
+        return None
+    automatic = [r for r in done if r["automatic"]]
+    if len(automatic) >= caps.max_auto_refunds_per_order:
+        return (f"order {order_id} already had {len(automatic)} automatic refund(s) (policy "
+                f"allows {caps.max_auto_refunds_per_order} per order); a person must approve "
+                "another")
+    cap = caps.per_customer
+    since = ((now or datetime.now(timezone.utc)) - timedelta(days=cap.period_days)
+             ).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    recent = history.of_customer_since(since)
+    if len(recent) >= cap.max_refunds:
+        return (f"this customer already had {len(recent)} automatic refund(s) in the last "
+                f"{cap.period_days} days (policy allows {cap.max_refunds}); a person must "
+                "approve another")
+    spent = sum(r["amount"] for r in recent if r["currency"] == currency.upper())
+    if spent + amount > cap.max_amount + 0.005:
+        return (f"this customer already had {spent:.2f} {currency} refunded automatically in "
+                f"the last {cap.period_days} days; {amount:.2f} more is over the "
+                f"{cap.max_amount:g} {currency} per-customer limit, so a person must approve it")
+    return None
 
 
 # --- the tools the executor agent sees -----------------------------------------------------------
@@ -289,15 +358,24 @@ def perform(decisions: list[Decision], ticket: Ticket, draft: Draft, run_dir: Pa
             outcome_id: int) -> list[str]:
     """Carry out the allowed, staged side effects exactly once; return a line per action.
 
+    Refunds are recorded first, all in one ledger transaction that checks their caps again
+    (`PolicyRefusal` if another ticket used the room meanwhile: then nothing at all is done).
     A reply or refund request is a file: its target is fixed in the ledger before it is written
     (`Ledger.intend_side_effect`) and marked performed after, so a crash between the two makes
-    the next run rewrite that same file, never a second one in its own folder.
+    the next run rewrite that same file, never a second one in its own folder. File names
+    carry the outcome id, so two tickets never share a file whatever their ids.
     """
+    allowed = [d for d in decisions if d.allowed]
+    refusal = ledger.reserve_refunds([
+        RefundRequest(idempotency_key(ticket, d), outcome_id, d.args["order_id"],
+                      ticket.customer, d.args["amount"], d.args["currency"],
+                      automatic=not d.by_reviewer, guard=d.guard)
+        for d in allowed if d.kind == "request_refund" and d.guard is not None])
+    if refusal:
+        raise PolicyRefusal(refusal)
     lines = []
-    name = f"{slug(ticket.key)}-{ticket.content_hash[:8]}"
-    for d in decisions:
-        if not d.allowed:
-            continue
+    name = f"{outcome_id}-{slug(ticket.key)[:60]}"
+    for d in allowed:
         key = idempotency_key(ticket, d)
         if d.kind in ("queue_reply", "request_refund"):
             planned = (run_dir / "outbox" / f"{name}.eml" if d.kind == "queue_reply"

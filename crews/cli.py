@@ -12,7 +12,6 @@ import contextlib
 import json
 import signal
 import sys
-import threading
 from pathlib import Path
 
 import click
@@ -37,9 +36,9 @@ class Context:
     def ledger(self, config):
         from .ledger import Ledger
 
-        if not config.ledger_file.exists():
-            raise click.ClickException(f"{config.ledger_file}: no ledger yet; start a run with "
-                                       "`crewbatch run`")
+        if Ledger.is_empty(config.ledger_file):
+            raise click.ClickException(f"{config.ledger_file}: no ledger yet (or an empty one); "
+                                       "start a run with `crewbatch run`")
         return Ledger(config.ledger_file)
 
 
@@ -53,6 +52,7 @@ class CrewbatchGroup(click.Group):
 
     def invoke(self, ctx):
         from .intake import SourceError
+        from .ledger import LedgerError
         from .lock import LockHeld
 
         try:
@@ -65,10 +65,18 @@ class CrewbatchGroup(click.Group):
             for problem in err.problems:
                 click.echo(f"  - {problem}", err=True)
             sys.exit(EXIT_CANNOT_RUN)
-        except (SourceError, LockHeld) as err:
+        except (SourceError, LockHeld, LedgerError) as err:
             if ctx.obj and ctx.obj.debug:
                 raise
             fail(str(err))
+        except OSError as err:
+            # A folder or file of the project that cannot be written or read (permissions,
+            # a full or read-only disk): one line naming it, exit 2, as for the ledger.
+            if ctx.obj and ctx.obj.debug:
+                raise
+            where = err.filename or "a project file"
+            fail(f"{where}: {err.strerror or err}; check that this user can write there and "
+                 "that the disk has free space, then run again (unfinished tickets stay pending)")
 
 
 @click.group(cls=CrewbatchGroup)
@@ -118,11 +126,14 @@ encoding_option = click.option("--encoding", help="Text encoding of the sources,
               help="Stop starting tickets once the run has cost this much (exit 3).")
 @click.option("--max-minutes", type=click.FloatRange(min=0), metavar="M",
               help="Stop starting tickets after M minutes (exit 3).")
+@click.option("--new-ledger", is_flag=True,
+              help="Start a new ledger although earlier run folders exist (the old runs' "
+                   "tickets will be answered again).")
 @format_option
 @encoding_option
 @click.pass_obj
 def run(obj: Context, sources, offline, model, concurrency, workers, batch_size, revision_limit,
-        limit, reprocess, max_cost, max_minutes, fmt, encoding):
+        limit, reprocess, max_cost, max_minutes, new_ledger, fmt, encoding):
     """Process tickets from SOURCE files (default: `sources` in settings.yaml).
 
     Prints the run id on stdout and writes runs/RUN_ID/results.csv.
@@ -142,20 +153,24 @@ def run(obj: Context, sources, offline, model, concurrency, workers, batch_size,
         "offline": offline, "model": model, "concurrency": concurrency,
         "batch_size": batch_size, "revision_limit": revision_limit, "limit": limit,
         "reprocess": reprocess, "max_cost": max_cost, "max_minutes": max_minutes,
-        "workers": workers})
+        "workers": workers, "new_ledger": new_ledger})
     _run_and_report(pipeline.run, config, options, list(sources), intake_options)
 
 
 def _run_and_report(run_function, config, options, *args, **kwargs) -> None:
     """Run with signal handling and a progress bar; print the run id and the summary; exit."""
-    stop = threading.Event()
+    from .pipeline import Stop
+
+    stop = Stop()
 
     def request_stop(signum, frame):
         if stop.is_set():
+            stop.forced.set()  # a second signal: stop now
             return
         stop.set()
         click.echo("crewbatch: stopping: in-flight tickets finish, the rest stays pending "
-                   "(exit 3)", err=True)
+                   f"(exit 3; at once after {config.settings.stop_grace_s:g}s or a second "
+                   "signal)", err=True)
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -311,7 +326,7 @@ def export(obj: Context, run_id, output):
     config = obj.config(check_files=False)
     with obj.ledger(config) as ledger:
         run_id = _resolve_run(ledger, run_id)
-        path = write_results(ledger, run_id, Path(output))
+        path = write_results(ledger, run_id, Path(output), config.runs_dir)
     click.echo(str(path))
 
 
@@ -383,6 +398,29 @@ def review_apply(obj: Context, file):
     sys.exit(1 if report.problems else 0)
 
 
+def _check_ledger(config) -> None:
+    """The ledger's integrity and schema, read-only; a missing ledger beside earlier runs."""
+    from .ledger import SCHEMA_VERSION, Ledger, LedgerError
+    from .pipeline import RUN_DIR
+
+    problems = Ledger.inspect(config.ledger_file)
+    if not problems and Ledger.is_empty(config.ledger_file):
+        earlier = [p for p in config.runs_dir.glob("*") if RUN_DIR.match(p.name)] \
+            if config.runs_dir.is_dir() else []
+        if earlier:
+            problems.append(f"{config.ledger_file}: missing or empty, but {config.runs_dir} "
+                            f"holds {len(earlier)} earlier run folder(s); restore the ledger "
+                            "from a backup, or start over knowingly with `crewbatch run "
+                            "--new-ledger`")
+        else:
+            click.echo(f"ledger: none yet ({config.ledger_file} is created by the first run)")
+            return
+    if problems:
+        raise LedgerError("; ".join(problems))
+    click.echo(f"ledger: ok (integrity check passed, schema version {SCHEMA_VERSION}) in "
+               f"{config.ledger_file}")
+
+
 @main.command()
 @click.argument("sources", nargs=-1)
 @click.option("--offline", is_flag=True, help="Check as if the run were offline (skip the key check).")
@@ -416,7 +454,21 @@ def check(obj: Context, sources, offline, fmt, encoding):
                                       role_models(config, options.model).items()))
     click.echo(f"knowledge: {len(kb.sections)} sections in {config.knowledge_dir}")
     click.echo(f"orders: {len(orders.frame)} in {config.orders_file}")
-    files = intake.expand_sources(list(sources) or config.settings.sources, config.root)
+    _check_ledger(config)
+    from .gate import CHECKS
+    from .gate.registry import active
+
+    on = active(config.policy.checks)
+    click.echo(f"gate: {len(on)} checks active: " + ", ".join(
+        f"{c.name} ({severity or c.severity}{', escalates' if c.escalates else ''})"
+        for c, severity in on))
+    off = [name for name in CHECKS if config.policy.checks.get(name) == "off"]
+    if off:
+        click.echo(f"gate: switched off in config/policy.yaml: {', '.join(off)}")
+    click.echo(f"escalation: {', '.join(config.policy.escalate_kinds) or 'none'} "
+               f"(phrases in config/escalation.yaml)")
+    files = intake.expand_sources(list(sources) or config.settings.sources, config.root,
+                                  follow_symlinks=config.settings.intake.follow_symlinks)
     intake_options = intake.IntakeOptions.from_config(config, fmt, encoding)
     for path in files:
         how, *details = intake.inspect_source(path, intake_options).describe()

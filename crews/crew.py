@@ -190,6 +190,9 @@ class CrewRunner:
         self.kb = kb
         self.orders = orders
         self.revision_limit = revision_limit
+        # The ledger's refunds across tickets and runs (`Ledger.refund_history`), set by the run
+        # that owns the ledger; the executor's refund tool checks the caps against it.
+        self.refund_history = None
         self.policy_text = policy_summary(config.policy)
         self.gate = gate.Gate.from_config(config, orders, kb, extra_prompts=[self.policy_text])
         self._local = threading.local()
@@ -387,14 +390,17 @@ class CrewRunner:
             if not problems and result.verdict:
                 problems = result.verdict.required_changes
             result.status = Status.NEEDS_HUMAN
+            must_see = gate.escalation_reason(result.findings)
             result.needs_human_reason = (
-                f"the critic did not approve the draft after {result.revisions} revision(s): "
+                (f"escalated: {must_see}; " if must_see else "")
+                + f"the critic did not approve the draft after {result.revisions} revision(s): "
                 + ("; ".join(problems) or (result.verdict.summary if result.verdict else "")))
             result.detail = "revision limit reached"
             return
 
         result.plan = plan_actions(draft, cfg.policy, gate.escalation_reason(result.findings))
-        desk = ActionDesk(ticket, draft, result.plan, cfg.policy, self.orders)
+        desk = ActionDesk(ticket, draft, result.plan, cfg.policy, self.orders,
+                          history=self.refund_history)
         executor = cfg.tasks["execute"].agent
         tools = self._thread_tools("execute", lambda: action_tools(cfg.agents[executor].tools,
                                                                    desk))
@@ -432,8 +438,15 @@ def plan_actions(draft: Draft, policy: Policy, escalate: str = "") -> list[Propo
     for action in draft.actions:
         if action not in plan:
             plan.append(action)
-    if escalate and not any(a.kind == "escalate_to_human" for a in plan):
-        plan.append(ProposedAction(kind="escalate_to_human", reason=escalate))
+    if escalate:
+        # The gate's reason comes first, also when the writer escalated for a reason of its own:
+        # a reviewer must see "legal: ..." rather than only "the customer is unhappy".
+        own = next((a for a in plan if a.kind == "escalate_to_human"), None)
+        if own is None:
+            plan.append(ProposedAction(kind="escalate_to_human", reason=escalate))
+        elif escalate not in (own.reason or ""):
+            plan[plan.index(own)] = own.model_copy(update={
+                "reason": f"{escalate}; {own.reason}" if own.reason else escalate})
     if draft.category in policy.escalate_categories and \
             not any(a.kind == "escalate_to_human" for a in plan):
         plan.append(ProposedAction(kind="escalate_to_human",
@@ -470,8 +483,11 @@ def decide(result: TicketResult) -> None:
                and not _carried_out(a, result.decisions)]
     if refused:
         result.status = Status.NEEDS_HUMAN
-        result.needs_human_reason = "policy refused: " + "; ".join(
-            f"{d.kind}: {d.reason}" for d in refused)
+        # A gate escalation (a threat, a data-protection request) is what a reviewer must read
+        # first; a refund refused on top of it comes second.
+        must_see = [r for r in escalated if r.startswith("a person must see this ticket")]
+        result.needs_human_reason = "".join(f"escalated: {r}; " for r in must_see) + \
+            "policy refused: " + "; ".join(f"{d.kind}: {d.reason}" for d in refused)
         result.detail = "executor refused an action"
     elif escalated:
         result.status = Status.NEEDS_HUMAN

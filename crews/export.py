@@ -1,28 +1,101 @@
 """The review sheet: one row per input record, from the ledger, safe to open in a spreadsheet.
 
-Columns are DESIGN.md's, in its order, with `reason`, `language` and `run_id` added before the two
-reviewer columns (`decision`, `reviewer_note`), which stay last. The file is UTF-8 with a BOM so
-Excel reads accents, multi-line cells are quoted intact, and any cell a spreadsheet would evaluate
-(starting with = + - @, tab or CR) is prefixed with an apostrophe — except plain numbers like -1.5.
+Columns are DESIGN.md's, in its order, with `reason`, `language`, `run_id` and `ref` added before
+the two reviewer columns (`decision`, `reviewer_note`), which stay last in results.csv. The .xlsx
+review sheet puts what a reviewer reads and decides first (`REVIEW_FIRST`) and the rest after.
+The file is UTF-8 with a BOM so Excel reads accents, multi-line cells are quoted intact, and any
+cell a spreadsheet would evaluate (starting with = + - @, tab or CR) is prefixed with an
+apostrophe — except plain numbers like -1.5.
+
+`ref` ties a row to the outcome it was exported for: `<outcome_id>.<HMAC>` over what the reviewer
+decides on (run, outcome, ticket, customer, status, draft reply, actions), keyed with a secret
+kept in `runs/review.key` that never leaves that file. `review apply` acts on a row only if its
+ref still matches the ledger, so a sheet edited to point a decision at another ticket, or at
+another customer's reply, is refused instead of carried out.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import re
+import secrets
 from pathlib import Path
 
 import pandas as pd
+
+from .settings import ConfigError
 
 COLUMNS = [
     "ticket_id", "source", "received_at", "customer", "subject", "category", "priority", "status",
     "draft_reply", "critic_verdict", "critic_notes", "revisions", "actions", "needs_human_reason",
     "model", "prompt_tokens", "completion_tokens", "cost_usd", "duration_ms", "error",
-    "reason", "language", "run_id", "decision", "reviewer_note",
+    "reason", "language", "run_id", "ref", "decision", "reviewer_note",
 ]
+# The .xlsx sheet is what a support lead works in: what they read and decide, left to right, then
+# everything else (ref, run_id and the technical columns) out of the way on the right.
+REVIEW_FIRST = ["ticket_id", "customer", "subject", "status", "needs_human_reason", "draft_reply",
+                "actions", "decision", "reviewer_note"]
+XLSX_COLUMNS = REVIEW_FIRST + [c for c in COLUMNS if c not in REVIEW_FIRST]
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 NUMBER = re.compile(r"^[+-]?(?:\d+(?:[.,]\d+)?|\.\d+)(?:[eE][+-]?\d+)?$")
+
+KEY_FILE = "review.key"
+REF = re.compile(r"(\d+)\.([0-9a-f]{24})")
+_REF_VERSION = "crewbatch review ref v1"  # a new payload layout gets a new tag, never a collision
+
+
+def review_key(runs_dir: Path, create: bool = True) -> bytes | None:
+    """The secret that signs review sheets (`runs/review.key`), made on first use if `create`.
+
+    It is created with mode 0600 under a temporary name and linked into place, so a reader never
+    sees a half-written key and two processes exporting at once cannot replace each other's (the
+    second one's link fails and it uses the first one's key). None if it is missing and not
+    `create`d.
+    """
+    path = Path(runs_dir) / KEY_FILE
+    if not path.exists():
+        if not create:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, secrets.token_bytes(32))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another export made it first: use that one
+        except OSError:  # a filesystem without hard links: still never replace an existing key
+            if not path.exists():
+                os.rename(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    key = path.read_bytes()
+    if len(key) < 16:
+        raise ConfigError([f"{path}: the review key is damaged ({len(key)} bytes, expected 32); "
+                           "move it away and export the sheets again (sheets exported with the "
+                           "old key cannot be verified)"])
+    return key
+
+
+def ref_for(key: bytes, outcome: dict) -> str:
+    """The row's tamper-evident reference to its outcome (a row of `Ledger.outcomes`)."""
+    reply = (outcome.get("draft_reply") or "").encode("utf-8", "surrogatepass")
+    reply_hash = hashlib.sha256(reply).hexdigest()
+    payload = [_REF_VERSION, outcome["run_id"], int(outcome["outcome_id"]), outcome["ticket_id"],
+               outcome.get("ticket_key") or "", outcome.get("content_hash") or "",
+               outcome.get("customer") or "", outcome["status"], reply_hash,
+               outcome.get("actions_json") or "[]"]
+    # ASCII JSON: every value has exactly one encoding, whatever characters it holds.
+    message = json.dumps(payload, separators=(",", ":")).encode("ascii")
+    mac = hmac.new(key, message, hashlib.sha256).hexdigest()[:24]
+    return f"{int(outcome['outcome_id'])}.{mac}"
 
 
 def neutralise(value: object) -> object:
@@ -50,24 +123,26 @@ def describe_actions(actions_json: str) -> str:
     return "\n".join(lines)
 
 
-def rows(ledger, run_id: str) -> pd.DataFrame:
-    frame = pd.DataFrame(ledger.outcomes(run_id))
+def rows(ledger, run_id: str, key: bytes) -> pd.DataFrame:
+    outcomes = ledger.outcomes(run_id)
+    frame = pd.DataFrame(outcomes)
     if frame.empty:
         return pd.DataFrame(columns=COLUMNS)
     frame["actions"] = frame["actions_json"].map(describe_actions)
+    frame["ref"] = [ref_for(key, o) for o in outcomes]
     for col in ("received_at", "customer", "subject"):
         frame[col] = frame[col].fillna("")
     return frame[COLUMNS]
 
 
-def write_results(ledger, run_id: str, path: Path) -> Path:
-    """Write the sheet as .csv or .xlsx (by suffix), atomically."""
-    frame = rows(ledger, run_id).map(neutralise)
+def write_results(ledger, run_id: str, path: Path, runs_dir: Path) -> Path:
+    """Write the sheet as .csv or .xlsx (by suffix), atomically, signed with runs_dir's key."""
+    frame = rows(ledger, run_id, review_key(runs_dir)).map(neutralise)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     if path.suffix.lower() == ".xlsx":
-        _write_xlsx(frame, tmp)
+        _write_xlsx(frame[XLSX_COLUMNS], tmp)
     else:
         frame.to_csv(tmp, index=False, encoding="utf-8-sig", lineterminator="\r\n")
     os.replace(tmp, path)

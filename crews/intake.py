@@ -6,7 +6,9 @@ comes from --format, else the path, else the first bytes. Readers are generators
 size is read in constant memory. Every record read yields exactly one item — a ticket, or a
 rejection with a reason — so a run's counts reconcile; an e-mail thread is one record whose ticket
 says how many messages it merged. Column names differ per helpdesk: `map_columns` matches the
-common ones unless settings.yaml `intake.columns` names them.
+common ones unless settings.yaml `intake.columns` names them. Every field passes
+`ticket.clean_fields` whatever the format, and every file is opened through `files` (regular files
+only), so a hostile export or mail folder yields rejections, never a crash or a hang.
 """
 
 from __future__ import annotations
@@ -15,16 +17,20 @@ import codecs
 import csv
 import difflib
 import glob
+import io
 import itertools
 import json
+import os
 import re
+import stat
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
-from . import mail
-from .ticket import Rejection, Ticket, content_hash
+from . import files, mail
+from .ticket import FieldProblem, Rejection, Ticket, clean_fields, content_hash, escape
 
 FIELDS = ("ticket_id", "received_at", "customer", "customer_name", "subject", "body")
 FORMATS = ("csv", "tsv", "jsonl", "mbox", "maildir", "eml")
@@ -55,6 +61,11 @@ SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".nd
 SAMPLE_BYTES = 1 << 20
 RAGGED_PROBE = 20  # this many ragged records in a row at the top means the file is mis-read
 HTML_BODY = re.compile(r"^\s*<(!doctype|html|body|div|p|br|table|span|font)\b", re.IGNORECASE)
+# What to do about a field clean_fields refuses, by where the record came from
+TABLE_FIX = "fix the export"
+CUSTOMER_FIX = ("fix the export, or name the column that holds the address in config/settings.yaml "
+                "intake.columns.customer")
+MAIL_FIX = "a person must open the message"
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
@@ -109,12 +120,15 @@ def _check_columns(path: Path, headers: list[str], options: IntakeOptions) -> di
     return mapping
 
 
-def expand_sources(patterns: list[str], root: Path, from_settings: bool = False) -> list[Path]:
+def expand_sources(patterns: list[str], root: Path, from_settings: bool = False,
+                   follow_symlinks: bool = False) -> list[Path]:
     """Source arguments (paths or globs) as files and directories; relative ones are tried from
     cwd, then the root (`sources` of settings.yaml: from the root only, as cron starts in $HOME).
     A glob that matches nothing is an empty source (a nightly drop folder may be empty); a plain
-    path that does not exist is an error."""
-    files: list[Path] = []
+    path that does not exist is an error. A path named is read even if it is a symbolic link; a
+    link a glob matched is refused unless `follow_symlinks` (intake.follow_symlinks): a drop
+    folder is written by others, as a mail folder is (see `files`)."""
+    found: list[Path] = []
     for pattern in patterns:
         candidates = []
         if glob.has_magic(pattern) and not any(
@@ -125,15 +139,20 @@ def expand_sources(patterns: list[str], root: Path, from_settings: bool = False)
             p = Path(pattern).expanduser()
             full = p if p.is_absolute() else base / p
             matches = sorted(Path(m) for m in glob.glob(str(full))) if glob.has_magic(pattern) \
-                else ([full] if full.exists() else [])
+                else ([full] if full.exists() or full.is_symlink() else [])
             if matches:
                 candidates = matches
                 break
         if not candidates:
             raise SourceError(f"{pattern}: no such file; check the path (relative paths are read "
                               f"from the working directory, then from the project root {root})")
-        files.extend(candidates)
-    return files
+        links = [c for c in candidates if glob.has_magic(pattern) and c.is_symlink()]
+        if links and not follow_symlinks:
+            raise SourceError(f"{links[0]}: a symbolic link (to {os.readlink(links[0])}) matched "
+                              f"by `{pattern}`, not followed; name the file itself, or "
+                              f"{files.FOLLOW_HINT}")
+        found.extend(candidates)
+    return found
 
 
 @dataclass(frozen=True)
@@ -144,12 +163,14 @@ class IntakeOptions:
     format: str | None = None
     encoding: str | None = None
     columns: dict[str, str] = field(default_factory=dict)
+    follow_symlinks: bool = False      # inside mail folders; a SOURCE named is always followed
 
     @classmethod
     def from_config(cls, config, format: str | None = None, encoding: str | None = None):
         s = config.settings
         return cls(max_body_chars=s.limits.max_body_chars, format=format or s.intake.format,
-                   encoding=encoding or s.intake.encoding, columns=dict(s.intake.columns))
+                   encoding=encoding or s.intake.encoding, columns=dict(s.intake.columns),
+                   follow_symlinks=s.intake.follow_symlinks)
 
 
 # --- which format --------------------------------------------------------------------------------
@@ -158,20 +179,23 @@ class IntakeOptions:
 def detect_format(path: Path, options: IntakeOptions) -> str:
     """--format if given, else a directory's layout, else the suffix, else the first bytes."""
     fmt = options.format
+    if fmt and fmt not in FORMATS:
+        raise SourceError(f"unknown format `{fmt}`; use one of {', '.join(FORMATS)}")
+    is_dir = _is_folder(path)
+    try:
+        maildir = is_dir and mail.is_maildir(path)
+    except OSError as exc:  # a folder without the x bit: even cur/ cannot be looked at
+        raise SourceError(files.read_problem(path, exc)) from exc
     if fmt:
-        if fmt not in FORMATS:
-            raise SourceError(f"unknown format `{fmt}`; use one of {', '.join(FORMATS)}")
-        if path.is_dir() and fmt not in ("maildir", "eml"):
+        if is_dir and fmt not in ("maildir", "eml"):
             raise SourceError(f"{path}: is a directory, but the format is {fmt}; a directory is "
                               "read as a Maildir or a folder of .eml files")
-        if fmt == "maildir" and not mail.is_maildir(path):
+        if fmt == "maildir" and not maildir:
             raise SourceError(f"{path}: not a Maildir (it needs cur/ and new/ subdirectories); "
                               "for a folder of message files use --format eml")
         return fmt
-    if path.is_dir():
-        return "maildir" if mail.is_maildir(path) else "eml"
-    if not path.is_file():
-        raise SourceError(f"{path}: no such file")
+    if is_dir:
+        return "maildir" if maildir else "eml"
     suffix = path.suffix.lower()
     if suffix in SUFFIXES:
         return SUFFIXES[suffix]
@@ -192,17 +216,48 @@ def detect_format(path: Path, options: IntakeOptions) -> str:
     return "csv"
 
 
-def _head(path: Path, n: int = SAMPLE_BYTES) -> bytes:
+def _is_folder(path: Path) -> bool:
+    """Whether a SOURCE is a folder (else a regular file); SourceError for anything else."""
     try:
-        with open(path, "rb") as f:
-            return f.read(n)
+        st = os.stat(path)
     except FileNotFoundError as exc:
-        raise SourceError(f"{path}: no such file") from exc
-    except IsADirectoryError as exc:
-        raise SourceError(f"{path}: is a directory") from exc
+        raise SourceError(_missing(path)) from exc
     except OSError as exc:
-        raise SourceError(f"{path}: cannot be read ({exc.strerror}); check its permissions") \
-            from exc
+        raise SourceError(files.read_problem(path, exc)) from exc
+    if stat.S_ISDIR(st.st_mode):
+        return True
+    if not stat.S_ISREG(st.st_mode):
+        raise SourceError(f"{path}: is {files.kind(st.st_mode)}, not a regular file; crewbatch "
+                          "reads regular files and folders")
+    return False
+
+
+def _missing(path: Path) -> str:
+    if os.path.islink(path):
+        return f"{path}: a symbolic link to {os.readlink(path)}, which does not exist; fix the link"
+    return f"{path}: no such file"
+
+
+def _open_source(path: Path) -> BinaryIO:
+    """A SOURCE file, opened as `files` opens input (a link is followed: the operator named it)."""
+    try:
+        return files.open_regular(path, follow_symlinks=True)
+    except files.NotRegularFile as exc:
+        raise SourceError(_missing(path) if exc.what == "a broken symbolic link" else
+                          f"{path}: is {exc.what}, not a regular file; crewbatch reads regular "
+                          "files and folders") from exc
+    except FileNotFoundError as exc:
+        raise SourceError(_missing(path)) from exc
+    except OSError as exc:
+        raise SourceError(files.read_problem(path, exc)) from exc
+
+
+def _head(path: Path, n: int = SAMPLE_BYTES) -> bytes:
+    with _open_source(path) as f:
+        try:
+            return f.read(n)
+        except OSError as exc:
+            raise SourceError(files.read_problem(path, exc)) from exc
 
 
 def _refuse_binary(path: Path, head: bytes) -> None:
@@ -273,7 +328,7 @@ def _open_text(path: Path, options: IntakeOptions) -> _Text:
         # UTF-16/32 have no sensible byte-wise fallback; 8-bit text takes cp1252 for a stray byte
         strict = codec.startswith(("utf-16", "utf-32"))
     errors = "strict" if strict else "crewbatch-cp1252"
-    handle = open(path, encoding=codec, errors=errors, newline="")
+    handle = io.TextIOWrapper(_open_source(path), encoding=codec, errors=errors, newline="")
     return _Text(handle, codec, why, strict)
 
 
@@ -297,7 +352,7 @@ def _decode_error(path: Path, text: _Text, line: int, exc: UnicodeDecodeError) -
 def _locate_decode_error(path: Path, codec: str) -> tuple[int, str] | None:
     decoder = codecs.getincrementaldecoder(codec)()
     line = 1
-    with open(path, "rb") as f:
+    with _open_source(path) as f:
         while chunk := f.read(1 << 16):
             try:
                 line += decoder.decode(chunk).count("\n")
@@ -389,6 +444,9 @@ class _Csv:
         except UnicodeDecodeError as exc:
             self.close()
             raise _decode_error(path, self.text, self.lines.count, exc) from exc
+        except OSError as exc:
+            self.close()
+            raise SourceError(files.read_problem(path, exc)) from exc
         except csv.Error as exc:
             self.close()
             raise SourceError(f"{path}: cannot read the header row (line {self.lines.count}: "
@@ -430,6 +488,8 @@ class _Csv:
                 break
             except UnicodeDecodeError as exc:
                 raise _decode_error(self.path, self.text, self.lines.count, exc) from exc
+            except OSError as exc:  # EIO half-way through: stop, as for an undecodable file
+                raise SourceError(files.read_problem(self.path, exc)) from exc
             except csv.Error as exc:
                 row, problem = [], f"line {start}: unreadable CSV record ({exc})"
             else:
@@ -514,6 +574,8 @@ def read_csv(path: Path, options: IntakeOptions, start_record: int = 1, fmt: str
                               "rename that column to `body`")
         keys = table.keys
         index = {fld: table.headers.index(col) for fld, col in mapping.items()}
+        extra_names = {i: " ".join(k.split()) for i, k in enumerate(keys)
+                       if i not in index.values()}
         records = table.records()
         probe = list(itertools.islice(records, RAGGED_PROBE))
         if len(probe) == RAGGED_PROBE and all(r.problem for r in probe):
@@ -524,17 +586,18 @@ def read_csv(path: Path, options: IntakeOptions, start_record: int = 1, fmt: str
                 f"{table.delimiter!r} or the quoting is wrong, as after a spreadsheet re-saved "
                 "the file; open it, fix it and export it again as CSV")
         record_no = start_record - 1
+        name = _display(path.name)
         for record in _chain(probe, records):
             record_no += 1
-            source = f"{path.name}:{record.line}"
+            source = f"{name}:{record.line}"
             if record.problem:
                 ticket_id = record.cells[index["ticket_id"]].strip() \
                     if "ticket_id" in index and len(record.cells) > index["ticket_id"] else ""
                 yield Rejection(record_no, source, record.problem, ticket_id, record.raw[:500])
                 continue
             values = {fld: record.cells[i].replace("\x00", "").strip() for fld, i in index.items()}
-            extra = {" ".join(keys[i].split()): cell for i, cell in enumerate(record.cells)
-                     if i not in index.values()}
+            extra = {extra_names[i]: cell for i, cell in enumerate(record.cells)
+                     if i in extra_names}
             yield _ticket(values, record_no, source, extra, options.max_body_chars)
     finally:
         table.close()
@@ -569,6 +632,8 @@ def _json_objects(path: Path, options: IntakeOptions) -> Iterator[tuple[int, dic
                     yield line_no, _flatten(value), line
             except UnicodeDecodeError as exc:
                 raise _decode_error(path, text, line_no + 1, exc) from exc
+            except OSError as exc:
+                raise SourceError(files.read_problem(path, exc)) from exc
     finally:
         text.handle.close()
 
@@ -593,9 +658,10 @@ def read_jsonl(path: Path, options: IntakeOptions, start_record: int = 1
                ) -> Iterator[Ticket | Rejection]:
     record_no = start_record - 1
     mappings: dict[tuple[str, ...], dict[str, str]] = {}
+    name = _display(path.name)
     for line, obj, raw in _json_objects(path, options):
         record_no += 1
-        source = f"{path.name}:{line}"
+        source = f"{name}:{line}"
         if isinstance(obj, str):
             yield Rejection(record_no, source, obj, "", raw[:500])
             continue
@@ -619,6 +685,11 @@ def _ticket(values: dict[str, str], record_no: int, source: str, extra: dict,
     values = {fld: values.get(fld, "") for fld in FIELDS}
     if HTML_BODY.match(values["body"]):
         values["body"] = mail.html_to_text(values["body"])
+    try:
+        values = clean_fields(values, extra)
+    except FieldProblem as problem:
+        fix = CUSTOMER_FIX if problem.kind == "address" else TABLE_FIX
+        return Rejection(record_no, source, f"{problem}; {fix}", values["ticket_id"])
     if not values["body"] and not values["subject"]:
         return Rejection(record_no, source, "no ticket text (subject and body are empty)",
                          values["ticket_id"])
@@ -637,17 +708,18 @@ def _ticket(values: dict[str, str], record_no: int, source: str, extra: dict,
 # --- mailboxes -----------------------------------------------------------------------------------
 
 
-def _envelopes(path: Path, fmt: str) -> Iterator[mail.Envelope]:
+def _envelopes(path: Path, fmt: str, follow_symlinks: bool) -> Iterator[mail.Envelope]:
+    # the SOURCE itself is followed (the operator named it); what is found inside it is not
     if fmt == "mbox":
         yield from mail.scan_mbox(path)
     elif fmt == "maildir":
-        for f in mail.maildir_files(path):
-            yield mail.Envelope(f, 0, 0, -1, *mail.scan_links(f))
+        for f in mail.maildir_files(path, follow_symlinks):
+            yield mail.scan_maildir_file(f, follow_symlinks)
     elif path.is_dir():
-        for f in mail.folder_files(path):
-            yield from mail.scan_file(f, folder=True)
+        for f in mail.folder_files(path, follow_symlinks):
+            yield from mail.scan_file(f, folder=True, follow_symlinks=follow_symlinks)
     else:
-        yield mail.Envelope(path, 0, 0, -1, *mail.scan_links(path))
+        yield mail.Envelope(path, 0, 0, -1, *mail.scan_links(path), follow_symlinks=True)
 
 
 def read_mail(path: Path, fmt: str, options: IntakeOptions, start_record: int = 1
@@ -658,18 +730,30 @@ def read_mail(path: Path, fmt: str, options: IntakeOptions, start_record: int = 
     2 reads one thread at a time when its last message in file order comes up.
     """
     try:
-        envelopes = list(_envelopes(path, fmt))
+        envelopes = list(_envelopes(path, fmt, options.follow_symlinks))
+    except files.NotRegularFile as exc:  # the SOURCE file itself, replaced since detect_format
+        raise SourceError(f"{path}: is {exc.what}, not a regular file; crewbatch reads regular "
+                          "files and folders") from exc
     except OSError as exc:
-        raise SourceError(f"{path}: cannot be read ({exc.strerror or exc}); check the path and "
-                          "its permissions") from exc
+        raise SourceError(files.read_problem(path, exc)) from exc
     base = path if path.is_dir() else None
     counter = iter(range(start_record, sys.maxsize))
     for group in mail.threads(envelopes):
         yield from _thread_items(group, base, counter, options.max_body_chars)
 
 
+def _display(name: str) -> str:
+    """A file name as a record's source: undecodable bytes and control characters escaped (the
+    ledger stores UTF-8; a name is the operator's, so it is shown, not refused)."""
+    try:
+        name = os.fsencode(name).decode("utf-8", "backslashreplace")
+    except UnicodeError:
+        pass
+    return escape(name)
+
+
 def _label(env: mail.Envelope, base: Path | None) -> str:
-    name = env.path.relative_to(base).as_posix() if base else env.path.name
+    name = _display(env.path.relative_to(base).as_posix() if base else env.path.name)
     return f"{name}:{env.number}" if env.number else name
 
 
@@ -692,6 +776,9 @@ def _thread_items(group: list[mail.Envelope], base: Path | None, counter: Iterat
             continue
         try:
             parsed = mail.parse(env.read())
+        except files.NotRegularFile as exc:  # replaced by a link or a FIFO since pass 1
+            yield Rejection(next(counter), label, exc.reason)
+            continue
         except Exception as exc:  # noqa: BLE001 — the email package fails in many ways on broken input
             yield Rejection(next(counter), label, f"unreadable message ({type(exc).__name__}: "
                             f"{exc})"[:300])
@@ -729,11 +816,22 @@ def _thread_items(group: list[mail.Envelope], base: Path | None, counter: Iterat
         "thread": ", ".join(r.label for r in earlier)}.items() if v}
     if latest.copies > 1:
         extra["copies"] = str(latest.copies)
-    yield Ticket(key=key, ticket_id=key, source=latest.label, received_at=m.date,
-                 customer=m.sender, customer_name=m.sender_name,
-                 subject=m.subject or next((r.mail.subject for r in read if r.mail.subject), ""),
-                 body=body, record_no=next(counter), extra=extra, history=history,
-                 attachments=tuple(m.attachments), messages=sum(r.copies for r in read))
+    try:
+        fields = clean_fields({
+            "ticket_id": key, "received_at": m.date, "customer": m.sender,
+            "customer_name": m.sender_name,
+            "subject": m.subject or next((r.mail.subject for r in read if r.mail.subject), ""),
+            "body": body, "history": history}, extra)
+        attachments = tuple(clean_fields({"attachment": a})["attachment"] for a in m.attachments)
+    except FieldProblem as problem:
+        # the thread cannot become a ticket, so each of its messages is rejected, for the count
+        for r in read:
+            for _ in range(r.copies):
+                yield Rejection(next(counter), r.label, f"{problem}; {MAIL_FIX}",
+                                r.mail.message_id)
+        return
+    yield Ticket(key=key, source=latest.label, record_no=next(counter), extra=extra,
+                 attachments=attachments, messages=sum(r.copies for r in read), **fields)
 
 
 def _mail_problem(m: mail.Mail, body: str, max_body_chars: int) -> str:
@@ -822,7 +920,11 @@ def inspect_source(path: Path, options: IntakeOptions) -> SourceInfo:
                 info.mapping = _check_columns(path, info.headers, options)
                 break
     elif fmt == "maildir":
-        loose = sum(1 for _ in mail.folder_files(path)) - sum(1 for _ in mail.maildir_files(path))
+        try:
+            loose = sum(1 for _ in mail.folder_files(path, options.follow_symlinks)) - \
+                sum(1 for _ in mail.maildir_files(path, options.follow_symlinks))
+        except OSError as exc:
+            raise SourceError(files.read_problem(path, exc)) from exc
         if loose:
             info.notes.append(f"{loose} file(s) outside cur/ and new/ are not read as a Maildir; "
                               "--format eml reads every file in the folder")

@@ -4,6 +4,12 @@ Both are loaded once per run and shared read-only by every ticket. Knowledge sea
 BM25 ranking over the Markdown sections of data/knowledge/: deterministic, instant, needs no
 embedding model, so offline runs and tests are reproducible. Orders are a pandas table keyed by
 order id; lookups never reveal an order to a ticket whose customer does not own it.
+
+Guidance written for the support team, not for customers, is marked so it never reaches a reply:
+a whole file with front matter `audience: agents` (a `---` block at its top), or one section
+with a heading ending in `(agents only)`. The researcher still reads it (it says how to handle
+a case); search results carry `"audience": "agents"`, the offline writer never quotes it and
+the gate blocks a reply that repeats eight or more of its words in a row (`internal_leak`).
 """
 
 from __future__ import annotations
@@ -26,11 +32,21 @@ def words(text: str) -> list[str]:
     return [w for w in (m.lower() for m in WORD.findall(text)) if w not in STOPWORDS]
 
 
+AGENTS, CUSTOMERS = "agents", "customers"
+AGENTS_ONLY = re.compile(r"\s*[(\[]\s*agents?[ -]only\s*[)\]]\s*$", re.IGNORECASE)
+FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)\n---[ \t]*(?:\n|\Z)", re.DOTALL)
+
+
 @dataclass(frozen=True)
 class Section:
     source: str      # file name
     title: str
     text: str
+    audience: str = CUSTOMERS   # `agents`: guidance for the support team, never for a reply
+
+    @property
+    def internal(self) -> bool:
+        return self.audience == AGENTS
 
 
 class KnowledgeBase:
@@ -63,25 +79,49 @@ class KnowledgeBase:
         return [self.sections[i] for _, i in scored[:k]]
 
 
+def _audience(name: str, text: str) -> tuple[str, str]:
+    """The file's audience from its front matter, and the text without it."""
+    m = FRONT_MATTER.match(text)
+    if not m:
+        return CUSTOMERS, text
+    import yaml
+
+    try:
+        meta = yaml.safe_load(m.group(1)) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{name}: the front matter is not valid YAML ({exc})") from exc
+    audience = str(meta.get("audience", CUSTOMERS)).strip().lower() if isinstance(meta, dict) \
+        else CUSTOMERS
+    if audience not in (AGENTS, CUSTOMERS):
+        raise ValueError(f"{name}: front matter `audience: {audience}` must be `agents` or "
+                         "`customers`")
+    return audience, text[m.end():]
+
+
 def _split(name: str, text: str) -> list[Section]:
     """Split a Markdown file into sections at its headings (a file without headings is one)."""
+    file_audience, text = _audience(name, text)
     sections, title, lines = [], name, []
     doc_title = name
+    audience = file_audience
     for line in text.splitlines():
         heading = re.match(r"^(#{1,4})\s+(.*)", line)
         if heading:
             if any(ln.strip() for ln in lines):
-                sections.append(Section(name, title, "\n".join(lines).strip()))
+                sections.append(Section(name, title, "\n".join(lines).strip(), audience))
+            words_ = heading.group(2).strip()
+            audience = AGENTS if AGENTS_ONLY.search(words_) else file_audience
+            words_ = AGENTS_ONLY.sub("", words_)
             if heading.group(1) == "#":
-                doc_title = heading.group(2).strip()
+                doc_title = words_
                 title = doc_title
             else:
-                title = f"{doc_title} — {heading.group(2).strip()}"
+                title = f"{doc_title} — {words_}"
             lines = []
         else:
             lines.append(line)
     if any(ln.strip() for ln in lines):
-        sections.append(Section(name, title, "\n".join(lines).strip()))
+        sections.append(Section(name, title, "\n".join(lines).strip(), audience))
     return sections
 
 

@@ -11,11 +11,14 @@ same methods, not a rewrite.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+import types
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -162,7 +165,60 @@ ALTER TABLE tickets ADD COLUMN history TEXT NOT NULL DEFAULT '';
 ALTER TABLE tickets ADD COLUMN attachments_json TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE tickets ADD COLUMN messages INTEGER NOT NULL DEFAULT 1
 """),
+    (4, """
+-- Every refund requested, automatically or by a reviewer, across tickets and runs: what the
+-- per-order and per-customer caps of config/policy.yaml are checked against, in the same
+-- transaction that adds a new one (so two tickets racing for one order cannot both pass).
+CREATE TABLE refunds (
+    idempotency_key  TEXT PRIMARY KEY,
+    outcome_id       INTEGER NOT NULL,
+    order_id         TEXT NOT NULL,
+    customer         TEXT NOT NULL,
+    amount           REAL NOT NULL,
+    currency         TEXT NOT NULL,
+    automatic        INTEGER NOT NULL,      -- 1: no person approved it
+    requested_utc    TEXT NOT NULL
+);
+CREATE INDEX refunds_by_order ON refunds (order_id);
+CREATE INDEX refunds_by_customer ON refunds (customer, requested_utc);
+INSERT INTO refunds (idempotency_key, outcome_id, order_id, customer, amount, currency, automatic,
+                     requested_utc)
+    SELECT 'before-migration-4:' || a.action_id, a.outcome_id,
+           UPPER(json_extract(a.args_json, '$.order_id')), t.customer,
+           json_extract(a.args_json, '$.amount'),
+           UPPER(COALESCE(json_extract(a.args_json, '$.currency'), '')), 1, a.created_utc
+    FROM actions a JOIN outcomes o ON o.outcome_id = a.outcome_id
+    JOIN tickets t ON t.ticket_key = o.ticket_key AND t.content_hash = o.content_hash
+    WHERE a.kind = 'request_refund' AND a.decision = 'performed'
+"""),
 ]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class LedgerError(Exception):
+    """The ledger cannot be opened, read or written; the message names the file and the fix."""
+
+
+def _explain(path: Path, exc: BaseException) -> str:
+    """One line for an SQLite or OS error on the ledger: what is wrong and what to do."""
+    text = str(exc)
+    lowered = text.lower()
+    if "disk is full" in lowered or getattr(exc, "errno", None) == 28:
+        return (f"{path}: the disk is full ({text}); free space on {path.parent} and run again — "
+                "tickets in flight stay pending")
+    if "readonly" in lowered or "read-only" in lowered or "permission" in lowered or \
+            "unable to open" in lowered or getattr(exc, "errno", None) in (1, 13, 30):
+        return (f"{path}: cannot write the ledger ({text}); the file or its folder is read-only "
+                f"— check the permissions of {path} and {path.parent} for this user")
+    if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
+        return (f"{path}: the ledger is damaged ({text}); restore it from a backup, or move it "
+                "away and start a new one with `crewbatch run --new-ledger` (earlier runs will "
+                "not be known to it)")
+    if "locked" in lowered or "busy" in lowered:
+        return (f"{path}: the ledger is locked by another process ({text}); wait for it or stop "
+                "it, then run again")
+    return f"{path}: ledger error ({type(exc).__name__}: {text}); run `crewbatch check`"
 
 RESULT_FIELDS = ("category", "priority", "language", "draft_reply", "critic_verdict",
                  "critic_notes", "revisions", "actions_json", "needs_human_reason", "model",
@@ -185,6 +241,38 @@ def _ticket_from_row(r) -> Ticket:
                   messages=r["messages"])
 
 
+@dataclass
+class RefundHistory:
+    """The refunds already recorded on one order or for one customer (rows of `refunds`)."""
+
+    order_id: str
+    customer: str
+    rows: list[dict]
+
+    def on_order(self) -> list[dict]:
+        return [r for r in self.rows if r["order_id"] == self.order_id]
+
+    def of_customer_since(self, since_utc: str, automatic_only: bool = True) -> list[dict]:
+        return [r for r in self.rows if r["customer"] == self.customer
+                and r["requested_utc"] >= since_utc and (r["automatic"] or not automatic_only)]
+
+
+@dataclass
+class RefundRequest:
+    key: str
+    outcome_id: int
+    order_id: str
+    customer: str
+    amount: float
+    currency: str
+    automatic: bool
+    guard: Callable[[RefundHistory], str | None]
+
+
+class _Refused(Exception):
+    pass
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -194,16 +282,76 @@ class Ledger:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False,
-                                   isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        self._migrate()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "ab+") as f:  # fails now, with the file's name, if unwritable
+                f.seek(0)
+                head = f.read(len(SQLITE_MAGIC))
+        except OSError as exc:
+            raise LedgerError(_explain(self.path, exc)) from exc
+        if head and head != SQLITE_MAGIC:
+            raise LedgerError(_explain(self.path, sqlite3.DatabaseError(
+                f"file is not a database: it starts with {head[:8]!r}")))
+        try:
+            self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False,
+                                       isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise LedgerError(_explain(self.path, exc)) from exc
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise LedgerError(f"{self.path}: the ledger has schema version {version}, newer than "
+                              f"this crewbatch knows ({SCHEMA_VERSION}); upgrade crewbatch")
+
+    @staticmethod
+    def is_empty(path: Path) -> bool:
+        """No ledger at `path`, or one without any run (a 0-byte or freshly created file)."""
+        path = Path(path)
+        if not path.exists() or path.stat().st_size == 0:
+            return True
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                return db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return False  # damaged, not empty: opening it says so
+
+    @staticmethod
+    def inspect(path: Path) -> list[str]:
+        """What is wrong with the ledger at `path`, read-only (for `crewbatch check`): the file,
+        SQLite's integrity check and the schema version. Empty when it is sound or absent."""
+        path = Path(path)
+        if not path.exists() or path.stat().st_size == 0:
+            return []
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(SQLITE_MAGIC))
+            if head != SQLITE_MAGIC:
+                return [_explain(path, sqlite3.DatabaseError(
+                    f"file is not a database: it starts with {head[:8]!r}"))]
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                rows = db.execute("PRAGMA integrity_check").fetchall()
+                problems = [_explain(path, sqlite3.DatabaseError(f"malformed: {r[0]}"))
+                            for r in rows if r[0] != "ok"][:5]
+                if not problems:
+                    version = db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0]
+                    if version > SCHEMA_VERSION:
+                        problems.append(f"{path}: schema version {version} is newer than this "
+                                        f"crewbatch knows ({SCHEMA_VERSION}); upgrade crewbatch")
+                return problems
+            finally:
+                db.close()
+        except (sqlite3.Error, OSError) as exc:
+            return [_explain(path, exc)]
 
     def close(self) -> None:
         with self._lock:
@@ -499,6 +647,39 @@ class Ledger:
                              "idempotency_key = ?", (key,)).fetchone()
             return row["detail"], row["performed_utc"] != ""
 
+    def refund_history(self, order_id: str, customer: str) -> RefundHistory:
+        """Every refund recorded so far on this order or for this customer, across runs."""
+        with self._lock:
+            return self._refund_history(self._db, order_id, customer)
+
+    @staticmethod
+    def _refund_history(db, order_id: str, customer: str) -> RefundHistory:
+        rows = db.execute("SELECT * FROM refunds WHERE order_id = ? OR customer = ? ORDER BY "
+                          "requested_utc", (order_id.upper(), customer.lower())).fetchall()
+        return RefundHistory(order_id.upper(), customer.lower(), [dict(r) for r in rows])
+
+    def reserve_refunds(self, requests: list[RefundRequest]) -> str | None:
+        """Record these refunds in one transaction, unless a request's `guard` refuses it given
+        the history at that moment; then none is recorded and the refusal is returned. A request
+        already recorded (a redo of the same action) passes again without a second row."""
+        try:
+            with self._tx() as db:
+                for r in requests:
+                    if db.execute("SELECT 1 FROM refunds WHERE idempotency_key = ?",
+                                  (r.key,)).fetchone():
+                        continue
+                    refusal = r.guard(self._refund_history(db, r.order_id, r.customer))
+                    if refusal:
+                        raise _Refused(refusal)
+                    db.execute("INSERT INTO refunds (idempotency_key, outcome_id, order_id, "
+                               "customer, amount, currency, automatic, requested_utc) VALUES "
+                               "(?, ?, ?, ?, ?, ?, ?, ?)",
+                               (r.key, r.outcome_id, r.order_id.upper(), r.customer.lower(),
+                                r.amount, r.currency.upper(), int(r.automatic), utc_now()))
+        except _Refused as refused:
+            return str(refused)
+        return None
+
     def side_effect_performed(self, key: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE side_effects SET performed_utc = ? WHERE idempotency_key = ? AND "
@@ -532,23 +713,10 @@ class Ledger:
         """One ticket's full trail in a run: outcome, every agent output, actions and events."""
         with self._lock:
             row = self._db.execute(
-                "SELECT * FROM outcomes WHERE run_id = ? AND (ticket_id = ? OR ticket_key = ?) "
-                "ORDER BY outcome_id LIMIT 1", (run_id, ticket_id, ticket_id)).fetchone()
-            if row is None:
-                return None
-            oid = row["outcome_id"]
-            q = self._db.execute
-            return {
-                "outcome": dict(row),
-                "ticket": self.ticket(row["ticket_key"], row["content_hash"])
-                if row["ticket_key"] else None,
-                "steps": [dict(r) for r in q("SELECT * FROM steps WHERE outcome_id = ? ORDER BY "
-                                             "step_id", (oid,))],
-                "actions": [dict(r) for r in q("SELECT * FROM actions WHERE outcome_id = ? ORDER BY "
-                                               "action_id", (oid,))],
-                "events": [dict(r) for r in q("SELECT * FROM events WHERE outcome_id = ? ORDER BY "
-                                              "event_id", (oid,))],
-            }
+                "SELECT outcome_id FROM outcomes WHERE run_id = ? AND (ticket_id = ? OR "
+                "ticket_key = ?) ORDER BY outcome_id LIMIT 1", (run_id, ticket_id, ticket_id)
+            ).fetchone()
+        return self.outcome_trail(row["outcome_id"]) if row else None
 
     def run_ids_like(self, prefix: str) -> list[str]:
         with self._lock:
@@ -581,3 +749,56 @@ class Ledger:
                 f"WHERE o.run_id = ? AND s.step IN ({marks}) ORDER BY s.step_id",
                 (run_id, *names)).fetchall()
             return [dict(r) for r in rows]
+
+    def review_outcome(self, outcome_id: int) -> dict | None:
+        """One outcome as `outcomes` lists it (with its ticket's customer): what a review sheet's
+        `ref` signs, read back by `review apply` to check the row against."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT o.*, t.received_at, t.customer, t.subject FROM outcomes o "
+                "LEFT JOIN tickets t ON t.ticket_key = o.ticket_key AND t.content_hash = "
+                "o.content_hash WHERE o.outcome_id = ?", (outcome_id,)).fetchone()
+            return dict(row) if row else None
+
+    def outcome_trail(self, outcome_id: int) -> dict | None:
+        """`trail` of one outcome named by its id (a run may hold the same ticket id twice)."""
+        outcome = self.review_outcome(outcome_id)
+        if outcome is None:
+            return None
+        with self._lock:
+            q = self._db.execute
+            return {
+                "outcome": outcome,
+                "ticket": self.ticket(outcome["ticket_key"], outcome["content_hash"])
+                if outcome["ticket_key"] else None,
+                "steps": [dict(r) for r in q("SELECT * FROM steps WHERE outcome_id = ? ORDER BY "
+                                             "step_id", (outcome_id,))],
+                "actions": [dict(r) for r in q("SELECT * FROM actions WHERE outcome_id = ? ORDER BY "
+                                               "action_id", (outcome_id,))],
+                "events": [dict(r) for r in q("SELECT * FROM events WHERE outcome_id = ? ORDER BY "
+                                              "event_id", (outcome_id,))],
+            }
+
+    def side_effects(self, outcome_id: int) -> list[dict]:
+        """The side effects recorded for one outcome (kind, detail: a file or the arguments)."""
+        with self._lock:
+            rows = self._db.execute("SELECT kind, detail, performed_utc FROM side_effects WHERE "
+                                    "outcome_id = ? ORDER BY rowid", (outcome_id,)).fetchall()
+            return [dict(r) for r in rows]
+
+
+def _guard(method):
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise LedgerError(_explain(self.path, exc)) from exc
+    return guarded
+
+
+# Every public method turns an SQLite error (disk full, read-only, damaged file) into a
+# LedgerError naming the file and the fix: the CLI prints it as one line and exits 2.
+for _name, _member in list(vars(Ledger).items()):
+    if isinstance(_member, types.FunctionType) and not _name.startswith("_"):
+        setattr(Ledger, _name, _guard(_member))

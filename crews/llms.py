@@ -40,6 +40,10 @@ def preflight(config: Config, default_model: str, environ=os.environ) -> None:
         if not model.strip():
             raise ConfigError([f"{AGENTS_FILE}: agent `{role}` has an empty `llm`; name a model "
                                "or remove the key to use the default"])
+    if OFFLINE in models.values():
+        from .replies import load_replies
+
+        load_replies(config)  # the offline model's replies file: its problems before any ticket
 
 
 def build_llms(config: Config, default_model: str, environ=os.environ,
@@ -76,8 +80,9 @@ def _share(limit: int | None, processes: int) -> int | None:
 def _build(config: Config, model: str, environ) -> Any:
     if model == OFFLINE:
         from .offline import MODEL_NAME, OfflineLLM
+        from .replies import load_replies
 
-        return OfflineLLM(model=MODEL_NAME, temperature=0)
+        return OfflineLLM(model=MODEL_NAME, temperature=0, replies=load_replies(config))
     from crewai import LLM
 
     s = config.settings.llm

@@ -39,18 +39,28 @@ class RunLock:
             raise LockHeld(f"another crewbatch run is active ({who}); it holds {self.path}. "
                            "Wait for it to finish, or stop it (SIGTERM) and run again") from None
         self._fd = fd
-        self.describe(None)
+        try:
+            self.describe(None)
+        except OSError:
+            self.__exit__()
+            raise
         return self
 
     def describe(self, run_id: str | None) -> None:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "run_id": run_id,
                 "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, json.dumps(info).encode(), 0)
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, json.dumps(info).encode(), 0)
+        except OSError as exc:  # a full disk: say which file could not be written
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
+            try:
+                os.ftruncate(self._fd, 0)
+            except OSError:
+                pass  # truncating only tidies the holder's description; the unlock matters
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

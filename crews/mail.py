@@ -6,6 +6,9 @@ References), so memory grows with the number of messages, never with their size;
 one message (or one thread) at a time. `parse` never trusts the MIME structure: real mailboxes have
 undeclared or unknown charsets, containers without boundaries and invented transfer encodings, so
 every body is decoded from the raw payload with fallbacks instead of `get_content()`, which raises.
+Walking a folder never skips what it cannot list (a folder it cannot read is an OSError for intake
+to report), and every entry that is not a regular message file (a symbolic link, a FIFO) becomes an
+Envelope with a `problem`, opened never (`files` holds that rule).
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from email.header import decode_header
 from email.utils import getaddresses, parsedate_to_datetime
 from html.parser import HTMLParser
 from pathlib import Path
+
+from . import files
+from .ticket import PLAIN_ADDRESS
 
 # The charsets mail clients declare, read as the supersets they actually send (WHATWG's choice).
 CHARSET_SUPERSETS = {
@@ -378,9 +384,17 @@ def _sender(value: str, hint: str | None = None) -> tuple[str, str]:
         pairs = getaddresses([value])
     except Exception:  # getaddresses raises on some malformed groups
         pairs = []
-    for name, addr in pairs:
-        if "@" in addr:
-            return addr.strip().lower(), decode_header_value(name)
+    found = next(((name, addr.strip()) for name, addr in pairs if "@" in addr), None)
+    if found and PLAIN_ADDRESS.fullmatch(found[1]):
+        return found[1].lower(), decode_header_value(found[0])
+    words = value.split()
+    at = [w for w in words if "@" in w]
+    if len(at) == 1 and not re.search(r'["<>]', value) and PLAIN_ADDRESS.fullmatch(at[0]):
+        # "Big Bug bb@bug.com": no angle brackets, but a person sees one address and a name
+        return at[0].lower(), decode_header_value(" ".join(w for w in words if w != at[0]))
+    if found or at:
+        # two addresses, or none that parses: kept as written, so the rejection shows it
+        return " ".join(words).lower(), ""
     return "", decode_header_value(value)
 
 
@@ -564,10 +578,11 @@ class Envelope:
     length: int          # -1: the whole file
     message_id: str
     parents: tuple[str, ...]
-    problem: str = ""    # why this file is not a message (a stray file in a mail folder)
+    problem: str = ""    # why this file is not read (a stray file or a link in a mail folder)
+    follow_symlinks: bool = False   # a link found in a folder, read as intake.follow_symlinks says
 
     def read(self) -> bytes:
-        with open(self.path, "rb") as f:
+        with files.open_regular(self.path, self.follow_symlinks) as f:
             if self.length < 0:
                 return f.read()
             f.seek(self.start)
@@ -602,18 +617,19 @@ def _links(header_lines: Iterable[bytes]) -> tuple[str, tuple[str, ...]]:
     return mid, tuple(p for p in parents if p != mid)
 
 
-def scan_mbox(path: Path) -> Iterator[Envelope]:
+def scan_mbox(path: Path, follow_symlinks: bool = True) -> Iterator[Envelope]:
     """Split an mbox at its "From " lines (as Python's mailbox does) in one streaming pass."""
     number = start = 0
     headers: list[bytes] | None = None     # header lines of the current message while reading them
     links: tuple[str, tuple[str, ...]] | None = None
     in_message = False
     offset = 0
-    with open(path, "rb") as f:
+    with files.open_regular(path, follow_symlinks) as f, files.named(path):
         for line in f:
             if line.startswith(b"From "):
                 if in_message:
-                    yield Envelope(path, number, start, offset - start, *(links or _links(headers)))
+                    yield Envelope(path, number, start, offset - start, *(links or _links(headers)),
+                                   follow_symlinks=follow_symlinks)
                 number, start, headers, links, in_message = number + 1, offset + len(line), [], None, True
             elif not in_message and line.strip():
                 # text before the first "From " line is a message too: nothing is dropped
@@ -626,7 +642,8 @@ def scan_mbox(path: Path) -> Iterator[Envelope]:
                     links, headers = _links(headers), None
             offset += len(line)
     if in_message:
-        yield Envelope(path, number, start, offset - start, *(links or _links(headers or [])))
+        yield Envelope(path, number, start, offset - start, *(links or _links(headers or [])),
+                       follow_symlinks=follow_symlinks)
 
 
 def looks_like_mbox(head: bytes) -> bool:
@@ -640,27 +657,47 @@ def looks_like_message(head: bytes) -> bool:
     return head.startswith(b"From ") or bool(HEADER_LINE.match(head))
 
 
-def scan_links(path: Path) -> tuple[str, tuple[str, ...]]:
+HEAD_BYTES = 256 * 1024
+
+
+def scan_links(path: Path, follow_symlinks: bool = True) -> tuple[str, tuple[str, ...]]:
     """Message-ID and parents of a one-message file, from its header block only."""
-    with open(path, "rb") as f:
-        head = f.read(256 * 1024)
+    return _head_links(files.read_head(path, HEAD_BYTES, follow_symlinks))
+
+
+def _head_links(head: bytes) -> tuple[str, tuple[str, ...]]:
     head = head.lstrip(b"\r\n")
     end = re.search(rb"\r?\n\r?\n", head)
     return _links((head[: end.start()] if end else head).splitlines())
 
 
-def scan_file(path: Path, folder: bool = False) -> Iterator[Envelope]:
+def scan_file(path: Path, folder: bool = False, follow_symlinks: bool = True
+              ) -> Iterator[Envelope]:
     """One message file, or an mbox saved under another name. In a `folder`, a file that does not
-    start like a message (and is not named .eml) is reported, not read as a ticket."""
-    with open(path, "rb") as f:
-        head = f.read(4096)
+    start like a message (and is not named .eml), a link or a FIFO is reported, not read."""
+    try:
+        head = files.read_head(path, HEAD_BYTES, follow_symlinks)
+    except files.NotRegularFile as exc:
+        if not folder:
+            raise
+        yield Envelope(path, 0, 0, -1, "", (), exc.reason)
+        return
     if looks_like_mbox(head):
-        yield from scan_mbox(path)
+        yield from scan_mbox(path, follow_symlinks)
     elif folder and path.suffix.lower() != ".eml" and not looks_like_message(head):
         yield Envelope(path, 0, 0, -1, "", (), "not an e-mail message (the file does not start "
                        "with header lines); keep only messages in a mail folder")
     else:
-        yield Envelope(path, 0, 0, -1, *scan_links(path))
+        yield Envelope(path, 0, 0, -1, *_head_links(head), follow_symlinks=follow_symlinks)
+
+
+def scan_maildir_file(path: Path, follow_symlinks: bool = False) -> Envelope:
+    """One entry of a Maildir's cur/ or new/: a message, or why it is not read (a link, a FIFO)."""
+    try:
+        return Envelope(path, 0, 0, -1, *scan_links(path, follow_symlinks),
+                        follow_symlinks=follow_symlinks)
+    except files.NotRegularFile as exc:
+        return Envelope(path, 0, 0, -1, "", (), exc.reason)
 
 
 def _visible(names: Iterable[str]) -> list[str]:
@@ -671,26 +708,51 @@ def is_maildir(path: Path) -> bool:
     return (path / "cur").is_dir() and (path / "new").is_dir()
 
 
-def maildir_files(root: Path) -> Iterator[Path]:
-    """The messages of a Maildir and of every Maildir nested in it (cur/ and new/; tmp/ is in flight)."""
-    for dirpath, dirnames, _ in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in ("cur", "new", "tmp"))
+def _raise(exc: OSError) -> None:
+    raise exc  # os.walk skips a folder it cannot list unless told otherwise: that mail is lost
+
+
+def _walk(root: Path, follow_symlinks: bool, keep) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """os.walk that raises, with the subfolders `keep` accepts; a link to a folder is entered
+    only if `follow_symlinks` (each folder once, so a link to a parent is no loop), else it comes
+    back among the files, for the scan to report."""
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_raise, followlinks=follow_symlinks):
         here = Path(dirpath)
+        if follow_symlinks:
+            st = os.stat(here)
+            if (st.st_dev, st.st_ino) in seen:
+                dirnames[:] = []
+                continue
+            seen.add((st.st_dev, st.st_ino))
+        subdirs = sorted(d for d in dirnames if keep(here, d))
+        links = [] if follow_symlinks else [d for d in subdirs if (here / d).is_symlink()]
+        dirnames[:] = [d for d in subdirs if d not in links]
+        yield here, links, filenames
+
+
+def maildir_files(root: Path, follow_symlinks: bool = False) -> Iterator[Path]:
+    """The entries of the cur/ and new/ of a Maildir and of every Maildir nested in it (tmp/ is
+    in flight); `scan_maildir_file` reads the messages among them and reports the rest."""
+    for here, links, _ in _walk(root, follow_symlinks, lambda _, d: d not in ("cur", "new", "tmp")):
         if is_maildir(here):
             for sub in ("new", "cur"):
+                if not follow_symlinks and (here / sub).is_symlink():
+                    yield here / sub
+                    continue
                 for name in _visible(os.listdir(here / sub)):
-                    if (here / sub / name).is_file():
-                        yield here / sub / name
+                    yield here / sub / name
+        for name in links:
+            yield here / name
 
 
-def folder_files(root: Path) -> Iterator[Path]:
-    """Every file under a folder, in a stable order (hidden files and Maildir tmp/ left out)."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        maildir = is_maildir(here)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and not (maildir and d == "tmp"))
-        for name in _visible(filenames):
+def folder_files(root: Path, follow_symlinks: bool = False) -> Iterator[Path]:
+    """Every entry under a folder that is not a folder, in a stable order (hidden files and Maildir
+    tmp/ left out); links to folders among them unless `follow_symlinks`."""
+    def keep(here: Path, d: str) -> bool:
+        return not d.startswith(".") and not (d == "tmp" and is_maildir(here))
+    for here, links, filenames in _walk(root, follow_symlinks, keep):
+        for name in _visible(filenames + links):
             yield here / name
 
 

@@ -3,27 +3,32 @@
 `OfflineLLM` is a CrewAI `BaseLLM`, so the very same agents, tasks and tools run with it as with a
 real model. Its `respond` function plays each role from what the prompt carries: the researcher
 summarises the lookups crewbatch made for it (and calls the tools itself when there are none);
-the writer classifies the ticket and writes a reply grounded in the evidence, quoting the
-knowledge files and order data, with the actions policy suggests; the critic approves unless the
-deterministic checks found a blocking problem; the executor calls `carry_out_actions` once with
-the whole plan (one tool per action when only the individual tools are offered). The role is
-recognised from the tools offered and the structured output requested, never from the ticket
-text. The fake OpenAI-compatible server in the tests answers with this same `respond`, so the
-HTTP path is exercised with realistic traffic.
+the writer classifies the ticket and picks the replies that fit it from the shop's replies file
+(replies.py: the sentences are data), filled in from the order data and the facts of the
+knowledge files, with the actions policy suggests; it quotes the knowledge base itself only when
+one topic clearly answers the ticket, never agents-only guidance, and otherwise escalates. The
+critic approves unless the deterministic checks found a blocking problem; the executor calls
+`carry_out_actions` once with the whole plan (one tool per action when only the individual tools
+are offered). The role is recognised from the tools offered and the structured output requested,
+never from the ticket text. The fake OpenAI-compatible server in the tests answers with this same
+`respond` (with the generic replies), so the HTTP path is exercised with realistic traffic.
 """
-
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
-from typing import Any
+from collections import Counter
+from typing import Any, NamedTuple
 
 from crewai.events.types.llm_events import LLMCallType
 from crewai.llms.base_llm import BaseLLM, llm_call_context
+from pydantic import Field
 
 from .gate import INJECTION
-from .knowledge import words
+from .knowledge import AGENTS, CUSTOMERS, words
+from .replies import Replies, generic_replies
 from .settings import BATCH_TOOL, EXECUTOR_TOOLS
 
 MODEL_NAME = "offline"
@@ -35,8 +40,9 @@ AMOUNT = re.compile(r"(?:(?P<sym>[$€£])\s?(?P<a>\d[\d.,]*\d|\d))|(?:(?P<b>\d[
 SYMBOLS = {"$": "USD", "€": "EUR", "£": "GBP", "euro": "EUR", "euros": "EUR", "dollar": "USD",
            "dollars": "USD", "pound": "GBP", "pounds": "GBP"}
 
+ABOUT_SHIPPING = r"do you ship|ship(?:ping)? to (?!my)|customs"  # a question, not about one order
 CATEGORIES = [  # first match wins
-    ("shipping", r"do you ship|ship(?:ping)? to (?!my)|customs"),
+    ("shipping", ABOUT_SHIPPING),
     ("complaint", r"\bmanager\b|unacceptable|complain|worst|terrible service|chargeback|lawyer|"
                   r"legal action|ridiculous|supervisor"),
     ("account", r"password|log ?in\b|sign ?in|locked|2fa|two[- ]factor|authenticator|account access|"
@@ -54,8 +60,11 @@ CATEGORIES = [  # first match wins
     ("shipping", r"where is|not (?:yet )?(?:arrived|received)|hasn'?t arrived|tracking|delivery|"
                  r"processing|not here|parcel|lost|"
                  r"shipped|shipping|late|delay|still waiting|lieferung|angekommen|envío|pedido|"
-                 r"livraison|colis|ship to|deliver"),
+                 r"livraison|colis|ship to|deliver|"
+                 r"(?:order|parcel|package) (?:is |has been |was )?(?:still )?missing"),
 ]
+SHIPPING_QUESTION = re.compile(ABOUT_SHIPPING + r"|how long does (?:shipping|delivery) take|"
+                               r"(?:shipping|delivery) costs?", re.IGNORECASE)
 QUEUES = {"shipping": "shipping", "cancellation": "returns", "damaged_item": "returns", "refund": "returns",
           "return": "returns", "account": "accounts", "billing": "billing",
           "complaint": "escalations", "general": "general"}
@@ -73,6 +82,14 @@ SEARCH_TERMS = {
 INTERNAL = re.compile(r"\bthe customer\b|\bcustomers?\b.*\bshould\b|^(?:Report|Tell|Ask|Check|Do not|"
                       r"Escalate|Offer|Use)\b|support (?:can|cannot|sends|requests)", re.IGNORECASE)
 SAFETY = re.compile(r"spark|smok|fire|burn|melt|electric shock|overheat", re.IGNORECASE)
+DISCOUNT = re.compile(r"\b(?:discount|code|coupon|voucher)\b", re.IGNORECASE)
+TWO_FACTOR = re.compile(r"2fa|two[- ]factor|authenticator|backup code", re.IGNORECASE)
+WRONG_INVOICE = re.compile(r"(?:wrong|incorrect|mistake|error)\b[^.?!\n]{0,40}\binvoice|"
+                           r"\binvoice\b[^.?!\n]{0,60}\b(?:wrong|incorrect|mistake|error)",
+                           re.IGNORECASE)
+# The order record's fields a reply may quote.
+ORDER_FIELDS = ("order_id", "item", "status", "carrier", "tracking_number", "shipped_at",
+                "estimated_delivery", "currency")
 ANGRY = re.compile(r"unacceptable|ridiculous|third time|still (?:no|nothing|waiting)|angry|furious|"
                    r"worst|!!", re.IGNORECASE)
 
@@ -174,62 +191,134 @@ def research(messages: list[dict], tools: list[str]) -> str | list[dict]:
         if r.get("found") is False:
             lines.append(f"Order {r.get('order_id')}: {r.get('note')}")
         for s in r.get("sections", []):
-            lines.append(f"Knowledge [{s['source']}] {s['title']}")
+            lines.append(f"Knowledge [{s['source']}] {s['title']}"
+                         + (" (guidance for agents, not for the reply)"
+                            if s.get("audience") == AGENTS else ""))
         if "customer" in r and not r.get("orders"):
             lines.append("The customer has no orders on record.")
     return "Research notes:\n" + "\n".join(f"- {ln}" for ln in dict.fromkeys(lines))
 
 
-def _evidence(blocks: dict) -> tuple[dict[str, dict], list[dict], set[str], set[str]]:
-    orders, sections, foreign, missing = {}, [], set(), set()
+class _Evidence(NamedTuple):
+    orders: dict[str, dict]     # the customer's own orders the tools returned, by id
+    sections: list[dict]        # knowledge sections, in retrieval order, without repeats
+    foreign: set[str]           # order numbers that are another customer's
+    missing: set[str]           # order numbers not on record at all
+
+
+def _evidence(blocks: dict) -> _Evidence:
+    orders, sections, foreign, missing = {}, {}, set(), set()
     for item in blocks.get("evidence") or []:
         result = item.get("result", {})
         for o in result.get("orders", []):
             orders[o["order_id"]] = o
-        sections.extend(result.get("sections", []))
+        for s in result.get("sections", []):
+            sections.setdefault((s.get("source"), s.get("title")), s)
         if result.get("belongs_to_other_customer"):
             foreign.add(result.get("order_id", "").upper())
         elif result.get("found") is False:
             missing.add(result.get("order_id", "").upper())
-    return orders, sections, foreign, missing
+    return _Evidence(orders, list(sections.values()), foreign, missing)
 
 
-def _quote(sections: list[dict], *needles: str) -> str:
-    """The first knowledge bullet or sentence containing every needle, cleaned for a reply."""
-    for s in sections:
-        for line in s["text"].splitlines():
-            clean = re.sub(r"^\s*(?:[-*]|\d+\.)\s*", "", line).replace("**", "").replace("`", "")
-            if clean and not clean.startswith("|") and \
-                    all(n.lower() in clean.lower() for n in needles):
-                return clean.strip()
-    return ""
+def _for_customers(sections: list[dict]) -> list[dict]:
+    return [s for s in sections if s.get("audience", CUSTOMERS) != AGENTS]
 
 
-def _fact(sections: list[dict], pattern: str) -> str:
-    """The first capture of `pattern` in the retrieved knowledge, or '' (then the reply omits it)."""
-    for sec in sections:
-        m = re.search(pattern, sec["text"].replace("**", ""))
-        if m:
-            return m.group(1)
-    return ""
+# --- answering from the knowledge base -----------------------------------------------------------
+
+# A ticket is answered with knowledge-base text only when one topic clearly wins: its retrieved
+# sections' BM25 scores against the ticket, summed, are at least MARGIN times the next topic's,
+# and one of its lines (with its heading) shares MIN_SHARED content words with the ticket. On the
+# sample tickets the topics answered score 2.5-3.8 times the runner-up; the off-topic matches
+# this rule exists for (a billing question nearest a shipping section, "my order is still
+# missing" nearest a damaged-parts section) scored 1.1-1.6 times.
+MARGIN = 2.0
+MIN_SHARED = 2
+NO_ANSWER = "no confident answer in the knowledge base"
 
 
-def _best_lines(sections: list[dict], text: str, n: int = 2) -> list[str]:
-    """The knowledge bullets sharing the most content words with the ticket (at least two)."""
-    wanted = set(words(text))
+def _bm25(query: set[str], docs: list[list[str]]) -> list[float]:
+    """BM25 of each doc for the query, with idf over these docs only.
+
+    The writer sees the retrieved sections, not the whole knowledge base, so it ranks them among
+    themselves (knowledge.py's ranking picked them; its scores are not in the evidence).
+    """
+    counts = [Counter(d) for d in docs]
+    avg = sum(len(d) for d in docs) / max(1, len(docs))
+    df = Counter(w for c in counts for w in c)
+    scores = []
+    for c, d in zip(counts, docs, strict=True):
+        score = 0.0
+        for w in query:
+            tf = c.get(w, 0)
+            if tf:
+                idf = math.log(1 + (len(docs) - df[w] + 0.5) / (df[w] + 0.5))
+                score += idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * len(d) / max(avg, 1)))
+        scores.append(score)
+    return scores
+
+
+def _topic(section: dict, replies: Replies) -> tuple[str, ...]:
+    """What a section is about: agents' guidance, the categories `topics` gives its file, or
+    (a file `topics` does not list) the file itself."""
+    if section.get("audience", CUSTOMERS) == AGENTS:
+        return (AGENTS,)
+    return replies.topics_of(section.get("source", "")) or (f"file:{section.get('source', '')}",)
+
+
+def _lines(section: dict, wanted: set[str], n: int = 2) -> list[str]:
+    """The section's bullets sharing the most content words with the ticket (MIN_SHARED or more,
+    counting the section's heading), written for customers."""
     scored = []
-    for sec in sections:
-        for line in sec["text"].splitlines():
-            clean = re.sub(r"^\s*(?:[-*]|\d+\.)\s*", "", line).replace("**", "").replace("`", "")
-            if not clean or clean.startswith("|"):
-                continue
-            if INTERNAL.search(clean):
-                continue  # guidance for the support team, not a sentence for the customer
-            in_line = len(wanted & set(words(clean)))
-            overlap = in_line + len(wanted & set(words(sec["title"])))
-            if in_line and overlap >= 2:
-                scored.append((-overlap, len(scored), clean.strip()))
+    in_title = len(wanted & set(words(section.get("title", ""))))
+    for line in section.get("text", "").splitlines():
+        clean = re.sub(r"^\s*(?:[-*]|\d+\.)\s*", "", line).replace("**", "").replace("`", "")
+        if not clean.strip() or clean.startswith("|") or INTERNAL.search(clean):
+            continue  # a table row, or guidance for the support team
+        in_line = len(wanted & set(words(clean)))
+        if in_line and in_line + in_title >= MIN_SHARED:
+            scored.append((-(in_line + in_title), len(scored), clean.strip()))
     return [line for _, _, line in sorted(scored)[:n]]
+
+
+def knowledge_answer(sections: list[dict], text: str, category: str, replies: Replies
+                     ) -> tuple[list[str], str]:
+    """The lines of the one knowledge topic that clearly answers the ticket, and why (or why not).
+
+    A `general` ticket (the classifier found no topic) may be answered by any topic; any other
+    only by a file whose `topics` include its category. Agents-only sections take part in the
+    ranking (a ticket nearest to them is one for a person) but are never quoted.
+    """
+    wanted = set(words(text))
+    if not sections or not wanted:
+        return [], "nothing was retrieved"
+    scores = _bm25(wanted, [words(f"{s.get('title', '')} {s.get('text', '')}") for s in sections])
+    topics = [_topic(s, replies) for s in sections]
+    totals: dict[tuple[str, ...], float] = {}
+    for t, score in zip(topics, scores, strict=True):
+        totals[t] = totals.get(t, 0.0) + score
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])
+    topic, best = ranked[0]
+    runner_up = ranked[1][1] if len(ranked) > 1 else 0.0
+    label = ", ".join(t.removeprefix("file:") for t in topic)
+    if best <= 0:
+        return [], "no retrieved section shares a word with the ticket"
+    if topic == (AGENTS,):
+        return [], "the nearest knowledge is guidance for agents"
+    if best < MARGIN * runner_up:
+        return [], (f"the best topic ({label}, {best:.2f}) is not {MARGIN:g}x the next "
+                    f"({', '.join(t.removeprefix('file:') for t in ranked[1][0])}, "
+                    f"{runner_up:.2f})")
+    if category != "general" and category not in topic:
+        return [], f"the best topic ({label}) is not the ticket's category ({category})"
+    # Quoted: the best section of that topic with lines for the ticket (one section, one answer).
+    ours = sorted((-score, i) for i, (t, score) in enumerate(zip(topics, scores, strict=True))
+                  if t == topic)
+    lines = next((found for found in (_lines(sections[i], wanted) for _, i in ours) if found), [])
+    if not lines:
+        return [], f"no line of {label} shares {MIN_SHARED} words with the ticket"
+    return lines, f"answered from {label} ({best:.2f} against {runner_up:.2f})"
 
 
 def policy_limit(messages: list[dict]) -> float:
@@ -245,224 +334,150 @@ def policy_limit(messages: list[dict]) -> float:
     return 0.0  # unknown: treat every refund as one for a person
 
 
-def write(messages: list[dict]) -> str:
+# --- the writer: which replies fit the ticket (their sentences are in replies.yaml) ------------
+
+
+def _sentence(s: str) -> str:
+    return s if not s or s.endswith((".", "!", "?", ":")) else s + "."
+
+
+def write(messages: list[dict], replies: Replies | None = None) -> str:
+    r = replies or generic_replies()
     blocks = _blocks(messages)
     ticket = blocks.get("ticket") or {}
     subject, body = ticket.get("subject", ""), ticket.get("body", "")
     text = f"{subject}\n{body}"
-    orders, sections, foreign, missing = _evidence(blocks)
+    ev = _evidence(blocks)
     category = classify(subject, body)
-    mentioned = list(dict.fromkeys(ORDER_ID.findall(text.upper())))
-    own = [orders[o] for o in mentioned if o in orders] or \
-        (list(orders.values())[-1:] if not mentioned else [])
+    # An order number given earlier in the thread counts as given.
+    mentioned = list(dict.fromkeys(ORDER_ID.findall(f"{text}\n{ticket.get('history', '')}".upper())))
+    question = category == "shipping" and bool(SHIPPING_QUESTION.search(text))
+    own = [ev.orders[o] for o in mentioned if o in ev.orders] or \
+        (list(ev.orders.values())[-1:] if not mentioned and not question else [])
     order = own[0] if own else None
-    name = (ticket.get("customer_name") or "").split(" ")[0]
+    fields: dict[str, Any] = {
+        "first_name": (ticket.get("customer_name") or "").split(" ")[0],
+        **r.find_facts([s.get("text", "") for s in _for_customers(ev.sections)]),
+        **({k: order.get(k, "") for k in ORDER_FIELDS} if order else {})}
     paragraphs: list[str] = []
     actions: list[dict] = []
-    note = []
+    notes: list[str] = []
     injected = INJECTION.search(text)
 
-    def para(*sentences: str) -> None:
-        joined = " ".join(s.strip() for s in sentences if s and s.strip())
-        if joined:
-            paragraphs.append(joined)
+    def say(key: str, **extra: Any) -> None:
+        paragraph = r.render(key, **{**fields, **extra})
+        if paragraph:
+            paragraphs.append(paragraph)
 
-    def sentence(s: str) -> str:
-        return s if not s or s.endswith((".", "!", "?", ":")) else s + "."
+    def escalate(reason: str) -> None:
+        actions.append({"kind": "escalate_to_human", "reason": reason})
 
-    def tag() -> None:
-        actions.append({"kind": "tag_ticket", "queue": QUEUES[category],
-                        "reason": f"{category.replace('_', ' ')} ticket"})
+    def from_knowledge() -> None:
+        lines, why = knowledge_answer(ev.sections, text, category, r)
+        if lines:
+            say("knowledge_answer", answer=" ".join(_sentence(line) for line in lines))
+        else:
+            say("no_answer")
+            escalate(NO_ANSWER)
+        notes.append(f"Knowledge: {why}.")
 
-    if foreign:
-        para("For your privacy and that of our other customers, I can only discuss orders placed "
-             "with the e-mail address you are writing from, so I can't share details about the "
-             "order number you mentioned.",
-             "If the order was placed by someone else, they are welcome to contact us directly.")
-    if missing:
-        para(f"I couldn't find an order with the number {', '.join(sorted(missing))} in our system.",
-             "Could you double-check the order number from your confirmation e-mail?"
-             + (" I can see the orders on your account, listed below." if orders else ""))
+    if ev.foreign:
+        say("order_not_yours")
+    if ev.missing:
+        say("order_not_found", order_ids=", ".join(sorted(ev.missing)),
+            own_orders=", ".join(f"{o['order_id']} ({o['item']})" for o in ev.orders.values()))
 
     received = (ticket.get("received_at") or "")[:10]
+    status = order["status"] if order else ""
     if injected:
-        para("Thank you for your message. I have passed it to a member of our support team, who "
-             "will review it and get back to you.")
-        actions.append({"kind": "escalate_to_human",
-                        "reason": "the ticket contains instructions aimed at the support system"})
-        note.append(f"Suspicious instruction in the ticket: {injected.group(0)!r}")
+        say("injected")
+        escalate("the ticket contains instructions aimed at the support system")
+        notes.append(f"Suspicious instruction in the ticket: {injected.group(0)!r}")
     elif category == "shipping":
-        if order and order["status"] == "shipped":
-            para(f"Your order {order['order_id']} ({order['item']}) shipped on "
-                 f"{order['shipped_at']} with {order['carrier']}, tracking number "
-                 f"{order['tracking_number']}, and was estimated to arrive on "
-                 f"{order['estimated_delivery']}.")
+        if status == "shipped":
+            say("shipping_shipped")
             if order.get("estimated_delivery") and received > order["estimated_delivery"]:
-                days = _fact(sections, r"resolves it within \**(\d+ business days)")
-                para("As your parcel is now past its estimated delivery date, we are asking "
-                     f"{order['carrier']} to investigate"
-                     + (f"; the carrier resolves this within {days}." if days else "."),
-                     "If the parcel turns out to be lost, we will reship your order at no cost or "
-                     "refund it, whichever you prefer.")
+                say("shipping_late")
                 actions.append({"kind": "tag_ticket", "queue": "shipping",
                                 "reason": "late parcel: carrier investigation"})
             else:
-                para("It is still within its delivery window. Tracking can take up to a day to "
-                     "show the latest scan, so please check the link again tomorrow.")
-        elif order and order["status"] == "processing":
-            window = _fact(sections, r"within \**(\d+[–-]\d+ business days)\**")
-            para(f"Your order {order['order_id']} ({order['item']}) is still being prepared in our "
-                 "warehouse"
-                 + (f"; orders are normally handed to the carrier within {window}." if window
-                    else "."),
-                 f"Its estimated delivery date is {order['estimated_delivery']}, and you will "
-                 "receive the tracking number by e-mail as soon as it ships."
-                 if order.get("estimated_delivery") else "")
-        elif order and order["status"] == "delivered":
-            para(f"Our records show that order {order['order_id']} ({order['item']}) was "
-                 f"delivered by {order['carrier']} (tracking number {order['tracking_number']}).",
-                 "Could you check with your neighbours and any safe place the carrier may have "
-                 "used? If it hasn't turned up by tomorrow, we will open an investigation with "
-                 "the carrier.")
+                say("shipping_on_time")
+        elif status == "processing":
+            say("shipping_processing")
+        elif status == "delivered":
+            say("shipping_delivered")
         elif order:
-            para(f"Your order {order['order_id']} ({order['item']}) is currently marked as "
-                 f"{order['status']}.")
-        elif not mentioned and _best_lines(sections, text):
-            para("Thank you for your message.", *[sentence(b) for b in _best_lines(sections, text)])
-        elif not missing and not foreign:
-            para("I'd be glad to check on your delivery. Could you send us your order number? "
-                 "You'll find it in your order confirmation e-mail.")
-        if not any(a["kind"] == "tag_ticket" for a in actions):
-            tag()
+            say("shipping_status")
+        elif question:
+            from_knowledge()
+        elif not mentioned:
+            say("shipping_ask_order")
     elif category == "damaged_item":
-        item = f" {order['item']} from order {order['order_id']}" if order else " order"
-        para(f"I'm very sorry that your{item} arrived damaged.")
+        say("damaged_sorry")
         if SAFETY.search(text):
-            para("For your safety, please stop using it and unplug it straight away, and don't "
-                 "test it again.", "A member of our team will contact you within 1 business day, "
-                 "and the item will be replaced or refunded in full.")
-            actions.append({"kind": "escalate_to_human",
-                            "reason": "safety issue with an electrical item"})
+            say("damaged_safety")
+            escalate("safety issue with an electrical item")
         else:
-            para("Could you reply with a photo of the damage and of the outer box? Once we have "
-                 "it, you can choose a replacement or a refund to your original payment method"
-                 + (", and we will e-mail you a free prepaid return label."
-                    if _fact(sections, r"(free prepaid return label)") else "."))
-            tag()
+            say("damaged_photo")
     elif category == "cancellation":
-        if order and order["status"] == "processing":
-            days = _fact(sections, r"refunded within \**(\d+[–-]\d+ business days)")
-            para(f"Your order {order['order_id']} ({order['item']}) has not shipped yet, so it can "
-                 "be cancelled free of charge. I have passed your request to our order team"
-                 + (f"; the full amount is refunded within {days} once it is cancelled."
-                    if days else "."))
+        if status == "processing":
+            say("cancel_processing")
         elif order:
-            para(f"Your order {order['order_id']} has already {order['status']}, so it can no "
-                 "longer be cancelled, but you are welcome to return it after delivery.")
-        else:
-            para("Could you send us the order number you would like to cancel?")
-        tag()
-    elif category == "refund" and re.search(r"\b(?:discount|code|coupon|voucher)\b", text, re.IGNORECASE):
-        rule = _fact(sections, r"(cannot be added to an order after it has been placed[^.]*)")
-        para("Thank you for asking. Unfortunately a discount code "
-             + (rule if rule else "can only be used at checkout") + ".",
-             "You're welcome to use it on your next order.")
-        tag()
+            say("cancel_too_late")
+        elif not mentioned:
+            say("cancel_ask_order")
+    elif category == "refund" and DISCOUNT.search(text):
+        say("discount_code")
     elif category == "refund":
-        asked = requested_amount(text)
         if order:
-            currency = order["currency"]
-            amount = float(order["total"])
-            if asked and asked[0] > 0:
-                amount = asked[0]
+            asked = requested_amount(text)
+            amount = asked[0] if asked and asked[0] > 0 else float(order["total"])
             actions.append({"kind": "request_refund", "order_id": order["order_id"],
-                            "amount": round(amount, 2), "currency": currency,
+                            "amount": round(amount, 2), "currency": order["currency"],
                             "reason": "the customer asked for a refund"})
-            window = _fact(sections, r"within \**(\d+[–-]\d+ business days) after approval")
-            para(f"Thank you for getting in touch about order {order['order_id']} "
-                 f"({order['item']}).")
-            if amount <= policy_limit(messages):
-                para(f"I have requested a refund of {amount:.2f} {currency} to your original "
-                     "payment method"
-                     + (f"; it is paid within {window} after approval." if window else "."))
-            else:
-                decision = _fact(sections, r"decision within \**(\d+ business days)")
-                para(f"Refunds of this size are approved by a supervisor, so I have passed your "
-                     f"request for {amount:.2f} {currency} on"
-                     + (f"; you will hear from us within {decision}." if decision else "."),
-                     "Once approved, the refund goes to your original payment method"
-                     + (f" within {window}." if window else "."))
-        elif not missing and not foreign:
-            para("I'd be glad to look into a refund for you. Could you send us the order number "
-                 "from your confirmation e-mail?")
-        tag()
+            say("refund_thanks")
+            say("refund_requested" if amount <= policy_limit(messages) else "refund_supervisor",
+                amount=f"{amount:.2f}")
+        elif not mentioned:
+            say("refund_ask_order")
     elif category == "return":
-        days = _fact(sections, r"within \**(\d+ days) of delivery")
-        para("You're welcome to return or exchange unused items"
-             + (f" within {days} of delivery." if days else "."),
-             "Please reply with the item you'd like to send back and, for an exchange, the size "
-             "or colour you'd like instead, and we'll send you the return instructions.")
-        tag()
+        say("return_exchange")
     elif category == "account":
-        url = _fact(sections, r"(northwind\.example/reset)")
-        valid = _fact(sections, r"valid for (\d+ hours?)")
-        lock = _fact(sections, r"locked for (\d+ minutes after \d+ failed login attempts)")
-        if re.search(r"2fa|two[- ]factor|authenticator|backup code", text, re.IGNORECASE):
-            para("To protect your account, two-factor authentication can only be reset after we "
-                 "verify your identity. We will e-mail a secure verification form to the address "
-                 "on your account; please never send us codes or backup codes.")
+        if TWO_FACTOR.search(text):
+            say("account_2fa")
         else:
-            para(f"You can reset your password at {url}" if url else "You can reset your password "
-                 "from the login page", f"(the link is valid for {valid})." if valid else ".")
-            if lock:
-                para(f"For your security an account is locked for {lock}; it unlocks by itself.")
-        para("We will never ask for your password.")
-        tag()
+            say("account_reset")
+            say("account_locked")
+        say("account_no_password")
     elif category == "billing":
         if re.search(r"twice|double|duplicate", text, re.IGNORECASE):
-            days = _fact(sections, r"drop off within \**(\d+[–-]\d+ business days)")
-            para("The second entry on your statement is almost always a temporary hold "
-                 "(pre-authorisation) rather than a second payment"
-                 + (f"; it drops off by itself within {days}." if days else "."),
-                 "If two completed payments still show after that, please send us a screenshot "
-                 "of your statement (with the card number hidden) and we'll take it from there.")
+            say("billing_twice")
         elif re.search(r"declin", text, re.IGNORECASE):
-            para("We can't see why a bank declined a payment. The most common reasons are an "
-                 "unfinished 3-D Secure check or a billing address that doesn't match the card.",
-                 "Please try again, check with your bank, or pay with PayPal or another card.")
+            say("billing_declined")
+        elif WRONG_INVOICE.search(text):
+            say("billing_wrong_invoice")
+        elif re.search(r"invoice|\bvat\b|receipt", text, re.IGNORECASE):
+            say("billing_invoice")
         else:
-            para("You can download every invoice from Account > Orders > select the order > "
-                 "Download invoice. To add a company name and VAT ID, enter them under Account > "
-                 "Orders > Invoice details and download the invoice again.")
-        tag()
+            from_knowledge()
     elif category == "complaint":
-        para("I'm sorry that we have let you down, and I understand your frustration.",
-             "I have passed your message to a team lead, who will contact you personally within "
-             "1 business day.")
-        actions.append({"kind": "escalate_to_human", "reason": "complaint: the customer asks for "
-                                                               "a manager or is very unhappy"})
+        say("complaint")
+        escalate("complaint: the customer asks for a manager or is very unhappy")
     else:
-        best = _best_lines(sections, text)
-        if best:
-            para("Thank you for your message.", *[sentence(b) for b in best])
-            tag()
-        else:
-            para("Thank you for your message. I have passed it to a colleague who can answer it "
-                 "properly, and we will get back to you within 1 business day.")
-            actions.append({"kind": "escalate_to_human",
-                            "reason": "no answer to this question in the knowledge base"})
+        from_knowledge()
 
+    if not any(a["kind"] in ("tag_ticket", "escalate_to_human") for a in actions):
+        actions.append({"kind": "tag_ticket", "queue": QUEUES[category],
+                        "reason": f"{category.replace('_', ' ')} ticket"})
     if not paragraphs:
-        para("Thank you for contacting Northwind Goods. A member of our team will look into this "
-             "and get back to you.")
-    greeting = f"Hi {name}," if name else "Hello,"
-    reply = "\n\n".join([greeting, *paragraphs, "Kind regards,\nNorthwind Goods Support"])
+        say("fallback")
+    reply = "\n\n".join([r.render("greeting", **fields), *paragraphs, r.render("sign_off")])
     priority = ("urgent" if SAFETY.search(text) or re.search(r"chargeback|lawyer|legal", text, re.IGNORECASE)
                 else "high" if category == "complaint" or injected or ANGRY.search(text)
                 else "low" if category == "general" else "normal")
     return json.dumps({"category": category, "priority": priority, "language": "en",
-                       "reply": reply, "actions": actions,
-                       "internal_note": " ".join(note) or f"offline draft ({category})"},
+                       "reply": reply.strip(), "actions": actions,
+                       "internal_note": " ".join(notes) or f"offline draft ({category})"},
                       ensure_ascii=False)
 
 
@@ -523,10 +538,14 @@ def execute(messages: list[dict], tools: list[str]) -> str | list[dict]:
             + (f" Refused by policy: {'; '.join(refused)}." if refused else ""))
 
 
-def respond(messages: list[dict], tools: list[str], schema: str | None) -> str | list[dict]:
-    """One model turn: text, JSON for a structured output, or a list of tool calls."""
+def respond(messages: list[dict], tools: list[str], schema: str | None,
+            replies: Replies | None = None) -> str | list[dict]:
+    """One model turn: text, JSON for a structured output, or a list of tool calls.
+
+    `replies` are the shop's (replies.load_replies); without them, the generic ones.
+    """
     if schema == "Draft":
-        return write(messages)
+        return write(messages, replies)
     if schema == "Verdict":
         return review(messages)
     if any(t in tools for t in EXECUTOR_TOOLS):
@@ -551,9 +570,14 @@ def _estimate_tokens(payload: Any) -> int:
 
 
 class OfflineLLM(BaseLLM):
-    """Deterministic stand-in for a model; labelled `offline` wherever a model name is recorded."""
+    """Deterministic stand-in for a model; labelled `offline` wherever a model name is recorded.
+
+    The writer's sentences come from `replies` (the project's replies.yaml, parsed by
+    llms.build_llms); without them, from the generic built-in ones.
+    """
 
     llm_type: str = "offline"
+    replies: Replies | None = Field(default=None, exclude=True)
 
     def call(self, messages, tools=None, callbacks=None, available_functions=None,
              from_task=None, from_agent=None, response_model=None):
@@ -575,7 +599,7 @@ class OfflineLLM(BaseLLM):
     def respond(self, messages: list[dict], tools: list[str], schema: str | None
                 ) -> str | list[dict]:
         """One turn; a subclass may play a role differently (the gate benchmark's faulty writer)."""
-        return respond(messages, tools, schema)
+        return respond(messages, tools, schema, self.replies)
 
     def supports_function_calling(self) -> bool:
         return True

@@ -9,6 +9,7 @@ lets in-flight tickets finish, leaves the rest pending for the next run and exit
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from . import export, framework, intake, report
 from .knowledge import KnowledgeBase, Orders
-from .ledger import Ledger
+from .ledger import Ledger, LedgerError
 from .llms import build_llms, preflight, role_models
 from .lock import RunLock
 from .runlog import RunLog
@@ -118,6 +119,45 @@ class Budget:
         return None
 
 
+class Stop(threading.Event):
+    """A stop request. `set()` (the first SIGTERM or Ctrl-C): no new ticket starts, in-flight
+    ones finish. `forced` (a second signal, or `stop_grace_s` passing first): the run is recorded
+    as interrupted and the process exits 3 at once, whatever it is blocked on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forced = threading.Event()
+
+
+def _stop_watchdog(config: Config, run_id: str, stop: threading.Event,
+                   finished: threading.Event) -> None:
+    while not finished.is_set():
+        if stop.wait(0.5):
+            break
+    else:
+        return
+    forced = getattr(stop, "forced", None) or threading.Event()
+    deadline = time.monotonic() + config.settings.stop_grace_s
+    while not finished.is_set() and not forced.is_set() and time.monotonic() < deadline:
+        forced.wait(0.2)
+    if finished.is_set():
+        return
+    why = ("a second stop signal" if forced.is_set() else
+           f"in-flight work did not finish within stop_grace_s={config.settings.stop_grace_s:g}s")
+    try:
+        # A connection of its own: the run's may be held by the very call that is stuck.
+        with Ledger(config.ledger_file) as ledger:
+            ledger.release_unfinished(run_id, f"run interrupted ({why}) before this ticket "
+                                              "finished")
+            ledger.finish_run(run_id, "interrupted", EXIT_STOPPED, f"forced stop: {why}")
+            export.write_results(ledger, run_id, config.runs_dir / run_id / "results.csv",
+                                 config.runs_dir)
+    finally:
+        os.write(2, f"crewbatch: stopped at once ({why}); run {run_id} is interrupted, its "
+                    "unfinished tickets stay pending for the next run\n".encode())
+        os._exit(EXIT_STOPPED)
+
+
 def run(config: Config, options: RunOptions, sources: list[str],
         intake_options: intake.IntakeOptions | None = None,
         stop: threading.Event | None = None,
@@ -125,7 +165,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
         retry_of: str | None = None) -> RunSummary:
     """Process the sources (or a run's failed tickets); raises ConfigError/SourceError/LockHeld
     before any work."""
-    stop = stop or threading.Event()
+    stop = stop or Stop()
     intake_options = intake_options or intake.IntakeOptions.from_config(config)
     started = time.monotonic()
     files: list[Path] = []
@@ -135,7 +175,8 @@ def run(config: Config, options: RunOptions, sources: list[str],
                                      "empty; name a ticket file, e.g. `crewbatch run "
                                      "data/tickets.csv`")
         files = intake.expand_sources(sources or config.settings.sources, config.root,
-                                      from_settings=not sources)
+                                      from_settings=not sources,
+                                      follow_symlinks=config.settings.intake.follow_symlinks)
     preflight(config, options.model)
     warnings = [f"no price for model `{m}` in config/settings.yaml `pricing`; its cost_usd is 0"
                 for m in sorted(set(role_models(config, options.model).values()))
@@ -144,7 +185,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
     orders = Orders(config.orders_file)
 
     with RunLock(config.runs_dir / "crewbatch.lock") as lock:
-        ledger = Ledger(config.ledger_file)
+        ledger = open_ledger(config, options.new_ledger)
         recovered = ledger.recover_crashed_runs("the process running it died; its unfinished "
                                                 "tickets go back to pending")
         if retry_of is not None:
@@ -166,6 +207,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
                                                    pauses=workers.pauses if workers else None),
                                 kb, orders, options.revision_limit)
             runner.warm(share(options))
+            runner.refund_history = ledger.refund_history
         except BaseException:
             if workers is not None:
                 workers.abort()
@@ -174,6 +216,9 @@ def run(config: Config, options: RunOptions, sources: list[str],
         log = RunLog(run_dir / "run.log", json_lines=config.settings.log_json)
         status, stop_reason = "crashed", ""
         budget = Budget(options.max_cost, options.max_minutes)
+        finished = threading.Event()
+        threading.Thread(target=_stop_watchdog, args=(config, run_id, stop, finished),
+                         name="crewbatch-stop", daemon=True).start()
         try:
             ledger.start_run(run_id, options.model, {
                 "concurrency": options.concurrency, "batch_size": options.batch_size,
@@ -201,8 +246,8 @@ def run(config: Config, options: RunOptions, sources: list[str],
                     return None
                 if not ledger.claim(outcome_id, "main"):
                     return None  # a worker process took it
-                status_value, cost = _process(config, ledger, runner, run_dir, outcome_id,
-                                              ticket)
+                status_value, cost = process_safely(config, ledger, runner, run_dir, outcome_id,
+                                                    ticket)
                 budget.add(cost)
                 log.info("ticket finished", ticket_id=ticket.ticket_id, status=status_value,
                          cost_usd=round(cost, 6))
@@ -225,29 +270,53 @@ def run(config: Config, options: RunOptions, sources: list[str],
             else:
                 status = "completed"
         finally:
-            if workers is not None and status != "completed":
-                workers.abort()  # they finish their tickets in flight; the rest stays pending
-            runner.close()
-            if status != "completed":
-                ledger.release_unfinished(run_id, f"run {status} before this ticket finished")
-            counts = ledger.counts(run_id)
-            exit_code = (EXIT_STOPPED if status in ("interrupted", "stopped") else
-                         EXIT_CANNOT_RUN if status == "crashed" else
-                         EXIT_FAILED if counts.get(Status.FAILED.value) else EXIT_OK)
-            ledger.finish_run(run_id, status, exit_code,
-                              "; ".join(filter(None, [stop_reason, json.dumps(counts)])))
-            results = export.write_results(ledger, run_id, run_dir / "results.csv")
-            report.write_report(ledger, run_id, run_dir / "report.html",
-                                config.settings.pricing)
-            cost = sum(o["cost_usd"] for o in ledger.outcomes(run_id))
-            log.info("run finished", run_id=run_id, status=status, exit_code=exit_code,
-                     counts=counts, cost_usd=round(cost, 6), reason=stop_reason)
-            log.close()
-            ledger.close()
-            if workers is not None:
-                workers.join()
+            try:
+                if workers is not None and status != "completed":
+                    workers.abort()  # they finish their tickets in flight; the rest stays pending
+                runner.close()
+                if status != "completed":
+                    ledger.release_unfinished(run_id, f"run {status} before this ticket finished")
+                counts = ledger.counts(run_id)
+                exit_code = (EXIT_STOPPED if status in ("interrupted", "stopped") else
+                             EXIT_CANNOT_RUN if status == "crashed" else
+                             EXIT_FAILED if counts.get(Status.FAILED.value) else EXIT_OK)
+                ledger.finish_run(run_id, status, exit_code,
+                                  "; ".join(filter(None, [stop_reason, json.dumps(counts)])))
+                results = export.write_results(ledger, run_id, run_dir / "results.csv",
+                                               config.runs_dir)
+                report.write_report(ledger, run_id, run_dir / "report.html",
+                                    config.settings.pricing)
+                cost = sum(o["cost_usd"] for o in ledger.outcomes(run_id))
+                log.info("run finished", run_id=run_id, status=status, exit_code=exit_code,
+                         counts=counts, cost_usd=round(cost, 6), reason=stop_reason)
+                log.close()
+                ledger.close()
+                if workers is not None:
+                    workers.join()
+            finally:
+                finished.set()
     return RunSummary(run_id, status, exit_code, counts, results, cost,
                       time.monotonic() - started, warnings, stop_reason)
+
+
+RUN_DIR = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{4}$")
+
+
+def open_ledger(config: Config, new_ledger: bool = False) -> Ledger:
+    """The project's ledger for a run. A missing or empty ledger beside earlier run folders is
+    refused: it would forget which tickets were answered and answer them again."""
+    path = config.ledger_file
+    if Ledger.is_empty(path) and not new_ledger:
+        earlier = sorted(p.name for p in config.runs_dir.glob("*") if RUN_DIR.match(p.name)
+                         and p.is_dir()) if config.runs_dir.is_dir() else []
+        if earlier:
+            state = "is empty (0 bytes or no runs)" if path.exists() else "is missing"
+            raise LedgerError(
+                f"{path}: the ledger {state}, but {config.runs_dir} holds {len(earlier)} earlier "
+                f"run folder(s) (latest {earlier[-1]}); without the ledger those tickets would be "
+                "answered and refunded again. Restore the ledger from a backup, or run with "
+                "`--new-ledger` to start over knowingly")
+    return Ledger(path)
 
 
 def _drive(ledger: Ledger, run_id: str, records: Iterator, options: RunOptions, work,
@@ -279,11 +348,37 @@ def _collect(done, progress) -> None:
 
 
 RELEASED = "released"  # not a status: the ticket was taken back from this process
+# OS errors that are about the machine, not the record: the run stops (exit 2), the ticket stays
+# pending for the next run instead of failing every ticket after it the same way.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT,
+                      errno.EIO}
+
+
+def process_safely(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: int,
+                   ticket: Ticket) -> tuple[str, float]:
+    """`_process`, with the one broad catch of a run: a ticket that breaks something (a header
+    the mail library refuses, text SQLite cannot store) ends `failed` with the error and the
+    night goes on. A broken ledger or disk is not the ticket's fault and stops the run."""
+    try:
+        return _process(config, ledger, runner, run_dir, outcome_id, ticket)
+    except (LedgerError, KeyboardInterrupt):
+        raise
+    except OSError as exc:
+        if exc.errno in ENVIRONMENT_ERRNOS:
+            raise
+        error = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 — the per-ticket boundary
+        error = f"{type(exc).__name__}: {exc}"
+    error = redact(error).encode("utf-8", "backslashreplace").decode("utf-8")[:2000]
+    if not ledger.record_result(outcome_id, Status.FAILED, {"error": error}, [], [],
+                                f"failed while recording: {error}"):
+        return RELEASED, 0.0
+    return Status.FAILED.value, 0.0
 
 
 def _process(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: int,
              ticket: Ticket) -> tuple[str, float]:
-    from .actions import perform
+    from .actions import PolicyRefusal, perform
 
     started = time.monotonic()
     result = runner.run(ticket)
@@ -295,8 +390,13 @@ def _process(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: 
     if status == Status.APPROVED:
         try:
             perform(result.decisions, ticket, result.draft, run_dir, ledger, outcome_id)
-        except OSError as exc:  # the outbox is unwritable: a failure, retried by the next run
-            status, error = Status.FAILED, redact(f"{type(exc).__name__}: {exc}")
+        except PolicyRefusal as refusal:
+            # Another ticket used the order's or customer's refund room while this one ran.
+            status = Status.NEEDS_HUMAN
+            result.needs_human_reason = f"policy refused the refund when carrying it out: {refusal}"
+            for d in result.decisions:
+                if d.kind == "request_refund" and d.allowed:
+                    d.allowed, d.reason = False, str(refusal)
     draft, verdict = result.draft, result.verdict
     agents = {step: spec.agent for step, spec in config.tasks.items()}
     calls = []

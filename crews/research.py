@@ -85,7 +85,8 @@ class SearchKnowledge(_TicketTool):
     def _run(self, query: str) -> str:
         hits = self._kb.search(query, k=3)
         return self._evidence.add(self.name, {"query": query}, {
-            "sections": [{"source": h.source, "title": h.title, "text": h.text} for h in hits]})
+            "sections": [{"source": h.source, "title": h.title, "text": h.text,
+                          "audience": h.audience} for h in hits]})
 
 
 class OrderArgs(CachedSchema):

@@ -25,6 +25,7 @@ SETTINGS_FILE = "config/settings.yaml"
 AGENTS_FILE = "config/agents.yaml"
 TASKS_FILE = "config/tasks.yaml"
 POLICY_FILE = "config/policy.yaml"
+ESCALATION_FILE = "config/escalation.yaml"
 
 ROLES = ("researcher", "writer", "critic", "executor")
 # The pipeline's four steps, in order, and the placeholders each task description may use.
@@ -102,6 +103,9 @@ class IntakeSettings(_Strict):
     format: str | None = None          # csv, tsv, jsonl, mbox, maildir, eml; None = by suffix/content
     encoding: str | None = None        # None = detect
     columns: dict[str, str] = {}       # crewbatch field -> the export's column name
+    # A symlink inside a mail folder or matched by a glob is rejected unless this is true (a link
+    # to .env or /etc/shadow must never become a ticket body); FIFOs and devices are never opened.
+    follow_symlinks: bool = False
 
 
 class Settings(_Strict):
@@ -118,6 +122,9 @@ class Settings(_Strict):
     retry: RetrySettings = RetrySettings()
     rate_limits: dict[str, RateLimit] = {}
     ticket_timeout_s: float = Field(600.0, gt=0)
+    # After SIGTERM/Ctrl-C, in-flight tickets get this long to finish; then the run is recorded
+    # as interrupted and the process exits 3 whatever it is blocked on (a second signal: at once).
+    stop_grace_s: float = Field(60.0, gt=0)
     log_json: bool = False
     research_lookups: bool = True
 
@@ -149,9 +156,36 @@ class TaskSpec(_Strict):
     output_pydantic: str | None = None
 
 
+class CustomerRefundCap(_Strict):
+    """Automatic refunds one customer may get in a rolling period, across tickets and runs."""
+
+    period_days: int = Field(30, ge=1)
+    max_refunds: int = Field(2, ge=0)
+    max_amount: float = Field(100.0, ge=0)   # per currency
+
+
 class RefundPolicy(_Strict):
     auto_approve_limit: float = Field(50.0, ge=0)
     max_refunds_per_ticket: int = Field(1, ge=0)
+    # Across tickets and runs, checked against the ledger: an order is never refunded beyond its
+    # total, and gets at most this many automatic refunds (a person may approve more).
+    max_auto_refunds_per_order: int = Field(1, ge=0)
+    per_customer: CustomerRefundCap = CustomerRefundCap()
+
+
+class EscalationKind(_Strict):
+    """One kind of ticket a person must see: why, and the phrases (regexes) that show it."""
+
+    reason: str
+    phrases: dict[str, list[str]]   # language -> case-insensitive regular expressions
+
+    def pattern(self) -> re.Pattern:
+        return re.compile("|".join(f"(?:{ph})" for phs in self.phrases.values() for ph in phs),
+                          re.IGNORECASE)
+
+
+ESCALATE_KINDS = ["threat", "legal", "data_protection", "chargeback", "fraud",
+                  "account_takeover", "safety", "self_harm"]
 
 
 class Policy(_Strict):
@@ -160,6 +194,10 @@ class Policy(_Strict):
     allowed_actions: list[str] = list(ACTION_TOOLS)
     queues: list[str] = ["general"]
     escalate_categories: list[str] = []
+    # Kinds of config/escalation.yaml that always go to a person (nothing sent automatically).
+    escalate_kinds: list[str] = list(ESCALATE_KINDS)
+    # A gate check's severity (critical | major | minor | info) or `off`, by check name.
+    checks: dict[str, str] = {}
 
     @field_validator("allowed_actions")
     @classmethod
@@ -180,6 +218,7 @@ class Config:
     tasks: dict[str, TaskSpec]
     policy: Policy
     warnings: list[str] = field(default_factory=list)
+    escalation: dict[str, EscalationKind] = field(default_factory=dict)
 
     def path(self, relative: str) -> Path:
         """A configured path, resolved from the project root (never the working directory)."""
@@ -358,13 +397,39 @@ def load_config(root: Path, check_files: bool = True) -> Config:
 
     _check_agents(agents, agent_names, problems)
     _check_tasks(tasks, task_names, agent_names, agents, problems)
+    escalation = _load_escalation(root, policy, problems)
+    from .gate.registry import override_problems
 
-    config = Config(root, settings, agents, tasks, policy, warnings)
+    problems.extend(override_problems(policy.checks, POLICY_FILE))
+
+    config = Config(root, settings, agents, tasks, policy, warnings, escalation)
     if check_files:
         _check_files(config, problems)
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _load_escalation(root: Path, policy: Policy, problems: list[str]
+                     ) -> dict[str, EscalationKind]:
+    """config/escalation.yaml: every kind policy.yaml escalates must be defined, and every
+    phrase must compile."""
+    kinds, defined = _load_mapping(ESCALATION_FILE, _read_yaml(root, ESCALATION_FILE, problems),
+                                   EscalationKind, problems, "escalation kind")
+    for kind, spec in kinds.items():
+        for lang, phrases in spec.phrases.items():
+            for phrase in phrases:
+                try:
+                    re.compile(phrase)
+                except re.error as exc:
+                    problems.append(f"{ESCALATION_FILE}: `{kind}.phrases.{lang}`: {phrase!r} is "
+                                    f"not a valid regular expression ({exc}); fix it")
+    for kind in policy.escalate_kinds:
+        if defined and kind not in defined:
+            problems.append(f"{POLICY_FILE}: `escalate_kinds` names `{kind}`, which "
+                            f"{ESCALATION_FILE} does not define{_suggest(kind, defined)}; the "
+                            f"kinds are {', '.join(sorted(defined))}")
+    return kinds
 
 
 def _check_agents(agents: dict[str, AgentSpec], names: set[str], problems: list[str]) -> None:
@@ -474,6 +539,7 @@ class RunOptions:
     max_cost: float | None = None
     max_minutes: float | None = None
     workers: int = 1
+    new_ledger: bool = False  # start a new ledger although earlier run folders exist
 
 
 def resolve_options(config: Config, cli: dict[str, Any], environ=os.environ) -> RunOptions:
@@ -504,7 +570,8 @@ def resolve_options(config: Config, cli: dict[str, Any], environ=os.environ) -> 
     if cli.get("offline"):
         base["model"] = OFFLINE
     return RunOptions(limit=cli.get("limit"), reprocess=bool(cli.get("reprocess")),
-                      max_cost=cli.get("max_cost"), max_minutes=cli.get("max_minutes"), **base)
+                      max_cost=cli.get("max_cost"), max_minutes=cli.get("max_minutes"),
+                      new_ledger=bool(cli.get("new_ledger")), **base)
 
 
 def slug(text: str) -> str:

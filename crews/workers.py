@@ -109,7 +109,7 @@ def worker_main(root: str, options: dict, run_id: str, index: int, stop, input_d
     from .knowledge import KnowledgeBase, Orders
     from .ledger import Ledger
     from .llms import build_llms
-    from .pipeline import _process
+    from .pipeline import process_safely
     from .runlog import RunLog
     from .settings import load_config
 
@@ -131,6 +131,7 @@ def worker_main(root: str, options: dict, run_id: str, index: int, stop, input_d
     with Ledger(config.ledger_file) as ledger, \
             ThreadPoolExecutor(share(opts), thread_name_prefix="ticket") as pool:
         in_flight: set = set()
+        runner.refund_history = ledger.refund_history
 
         def done(future) -> None:
             status, cost = future.result()
@@ -158,8 +159,8 @@ def worker_main(root: str, options: dict, run_id: str, index: int, stop, input_d
                 time.sleep(0.05)
                 continue
             outcome_id, ticket = claimed
-            in_flight.add(pool.submit(_process, config, ledger, runner, run_dir, outcome_id,
-                                      ticket))
+            in_flight.add(pool.submit(process_safely, config, ledger, runner, run_dir,
+                                      outcome_id, ticket))
         for f in wait(in_flight).done:
             done(f)
     finished.set()

@@ -140,7 +140,8 @@ def test_export_xlsx_is_a_real_workbook(project, cli, sample_run, tmp_path):
     assert cli("export", run_id, "-o", str(out)).exit_code == 0
     ws = load_workbook(out).active
     header = [c.value for c in ws[1]]
-    assert header[-2:] == ["decision", "reviewer_note"] and ws.max_row == len(rows) + 1
+    # A reviewer's columns come first in the workbook; results.csv keeps DESIGN's order.
+    assert header[7:9] == ["decision", "reviewer_note"] and ws.max_row == len(rows) + 1
     assert ws.freeze_panes == "B2" and ws.auto_filter.ref
     assert any(dv.formula1 == '"approve,reject,edit"' for dv in ws.data_validations.dataValidation)
     assert all(c.data_type != "f" for row in ws.iter_rows(min_row=2) for c in row)

@@ -375,7 +375,9 @@ def test_pasted_ticket_text_and_code_are_findings(kit):
 def test_injected_instructions_are_reported_but_do_not_block_the_draft(kit, text):
     from crews.gate import escalation_reason
 
-    findings = check(kit, GOOD, make_ticket(f"Order NW-10335. {text}"))
+    # A mostly English ticket, so the (English) reply is in its language whatever the injection's.
+    findings = check(kit, GOOD, make_ticket(f"Hello, could you tell me about my order NW-10335? "
+                                            f"I ordered it two weeks ago. {text}"))
     assert names(findings) == set()
     assert "suspicious_instructions" in names(findings, blocking_only=False)
     assert escalation_reason(findings).startswith("the ticket contains instructions")

@@ -34,19 +34,25 @@ def fast_retries(project):
     settings.write_text(settings.read_text().replace("base_delay_s: 1", "base_delay_s: 0.01"))
 
 
-def test_transient_errors_are_retried_within_the_bound(project, cli, results):
+def test_transient_errors_are_retried_within_the_bound(project, cli, results, tmp_path):
+    import shutil
+
     from fake_openai import Faults
 
     fast_retries(project)
     env = {"OPENAI_API_KEY": "sk-test-key-abcdef"}
+    # The clean baseline runs in a copy of the project: in the same ledger the second run's
+    # refund would be refused (the order was refunded already), which changes its requests.
+    twin = tmp_path / "twin"
+    shutil.copytree(project, twin)
     with FakeOpenAI() as server:
-        clean = cli("run", "--model", "fake-model", "--limit", "2", "--concurrency", "1",
-                    env={**env, "OPENAI_BASE_URL": server.base_url})
+        clean = cli("--root", str(twin), "run", "--model", "fake-model", "--limit", "2",
+                    "--concurrency", "1", env={**env, "OPENAI_BASE_URL": server.base_url})
         baseline = len(server.requests)
     assert clean.exit_code == 0
     with FakeOpenAI(Faults(errors=[429, 500, 503], retry_after_s=0)) as server:
         result = cli("run", "--model", "fake-model", "--limit", "2", "--concurrency", "1",
-                     "--reprocess", env={**env, "OPENAI_BASE_URL": server.base_url})
+                     env={**env, "OPENAI_BASE_URL": server.base_url})
         calls = len(server.requests)
     assert result.exit_code == 0, result.output
     rows = results(project / "runs" / result.stdout.strip() / "results.csv")

@@ -222,10 +222,11 @@ def reconcile(got) -> tuple[int, int, int]:
 
 
 # corpus -> (tickets, messages merged into them, rejections); rejections include the corpus's
-# UPSTREAM license/readme files, which sit in the folder and are not messages.
+# UPSTREAM license/readme files, which sit in the folder and are not messages, and the ruby
+# raw_email_multiple_from.eml, whose "From: a@x b@y" is two addresses (no one customer to answer).
 CORPUS_FIGURES = {
     "email-cpython-test_email": (42, 47, 5),
-    "email-ruby-mail-fixtures": (70, 104, 1),
+    "email-ruby-mail-fixtures": (69, 103, 2),
     "email-notmuch-corpora": (34, 70, 7),
     "email-perceval-mbox": (14, 30, 1),
 }

@@ -19,12 +19,12 @@ def t(key: str, body: str = "hello") -> Ticket:
 def test_migrations_are_applied_once_and_wal_is_on(tmp_path):
     path = tmp_path / "ledger.db"
     with Ledger(path) as ledger:
-        assert ledger.schema_version() == 3
+        assert ledger.schema_version() == 4
     with Ledger(path) as ledger:
-        assert ledger.schema_version() == 3
+        assert ledger.schema_version() == 4
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == 3
+    assert db.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == 4
 
 
 def test_a_version_1_ledger_is_migrated_in_place(tmp_path):
@@ -40,7 +40,7 @@ def test_a_version_1_ledger_is_migrated_in_place(tmp_path):
     db.commit()
     db.close()
     with Ledger(path) as ledger:
-        assert ledger.schema_version() == 3
+        assert ledger.schema_version() == 4
         assert ledger.run("old")["detail"] == ""
 
 
@@ -130,3 +130,32 @@ def test_a_side_effect_target_is_fixed_before_the_write(tmp_path):
         assert ledger.side_effect_done("k")
         assert ledger.intend_side_effect("k", 3, "queue_reply", "runs/c/outbox/x.eml") == \
             ("runs/a/outbox/x.eml", True)
+
+
+def test_refunds_made_before_migration_4_count_against_the_caps(tmp_path):
+    """An upgraded ledger knows the refunds performed before the `refunds` table existed."""
+    from crews.ledger import MIGRATIONS
+
+    path = tmp_path / "v3.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_utc TEXT)")
+    for version, sql in MIGRATIONS[:3]:
+        db.executescript(sql)
+        db.execute("INSERT INTO schema_migrations VALUES (?, 'then')", (version,))
+    db.execute("INSERT INTO runs (run_id, started_utc, status, model, options_json, sources_json) "
+               "VALUES ('old', 'then', 'completed', 'offline', '{}', '[]')")
+    db.execute("INSERT INTO tickets (ticket_key, content_hash, ticket_id, received_at, customer, "
+               "customer_name, subject, body, extra_json, first_seen_utc) VALUES ('T', 'h', 'T', "
+               "'', 'jess@x.example', '', 's', 'b', '{}', 'then')")
+    db.execute("INSERT INTO outcomes (outcome_id, run_id, record_no, source, ticket_id, ticket_key,"
+               " content_hash, status, updated_utc) VALUES (7, 'old', 1, 's', 'T', 'T', 'h', "
+               "'approved', 'then')")
+    db.execute("INSERT INTO actions (outcome_id, kind, args_json, decision, created_utc) VALUES "
+               "(7, 'request_refund', '{\"order_id\": \"nw-1\", \"amount\": 24.0, \"currency\": "
+               "\"usd\"}', 'performed', '2026-11-20T00:00:00.000000Z')")
+    db.commit()
+    db.close()
+    with Ledger(path) as ledger:
+        history = ledger.refund_history("NW-1", "jess@x.example")
+    assert [(r["order_id"], r["amount"], r["currency"], r["outcome_id"]) for r in history.rows] \
+        == [("NW-1", 24.0, "USD", 7)]

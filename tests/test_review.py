@@ -64,16 +64,18 @@ def test_apply_executes_approved_actions_once(project, cli, reviewed_run, tmp_pa
     path = write_sheet(tmp_path / "review.csv", sheet, delimiter=";")
     first = cli("review", "apply", str(path))
     assert first.exit_code == 1  # the unknown ticket is a problem
-    assert f"crewbatch: T-9999: no such ticket in run {run_id}; row ignored" in first.stderr
+    # The copied row still carries T-1024's ref: a retyped id, refused rather than looked up.
+    assert ("crewbatch: T-9999: refused: ticket_id was changed in the sheet (the row was exported "
+            "for T-1024); nothing was done") in first.stderr
     assert "T-1024: approve: queue_reply: " in first.stdout
     assert "request_refund: " in first.stdout
     assert "T-1018: reject: closed" in first.stdout
     assert "T-1001: approve: confirmed (already carried out)" in first.stdout
     outbox = project / "runs" / run_id / "outbox"
     files_after_first = sorted(p.name for p in outbox.iterdir())
-    edited = [p for p in outbox.iterdir() if p.name.startswith("T-1014")]
+    edited = [p for p in outbox.iterdir() if p.stem.endswith("-T-1014")]
     assert len(edited) == 1 and "Your refund of 89.99 GBP is approved." in edited[0].read_text()
-    assert len(list((project / "runs" / run_id / "refund_requests").glob("T-1024-*.json"))) == 1
+    assert len(list((project / "runs" / run_id / "refund_requests").glob("*-T-1024.json"))) == 1
 
     second = cli("review", "apply", str(path))
     assert "T-1024: already decided `approve`" in second.stdout
@@ -91,14 +93,13 @@ def test_apply_executes_approved_actions_once(project, cli, reviewed_run, tmp_pa
 def test_xlsx_sheet_edited_in_a_spreadsheet_is_accepted(project, cli, reviewed_run, tmp_path):
     run_id, rows = reviewed_run
     path = export_and_edit(cli, run_id, tmp_path / "review.xlsx",
-                           {"T-1024": {"decision": "Approve", "status": "approved"}})  # tampered
+                           {"T-1024": {"decision": "Approve"}})
     result = cli("review", "apply", str(path))
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("T-1024: approve: queue_reply: ")
-    assert ("crewbatch: warning: T-1024: `status` was changed in the sheet ('approved', ledger: "
-            "'needs_human'); the ledger's value is used") in result.stderr
     assert "1 applied, 0 already applied, 0 problem(s), 23 row(s) without a decision" \
         in result.stderr
+    # A tampered `status` cell refuses the row now (tests/test_review_tamper.py).
 
 
 def test_sheet_from_another_run_or_without_columns_is_refused(project, cli, reviewed_run,
@@ -126,7 +127,7 @@ def test_policy_still_binds_a_reviewer(project, cli, reviewed_run, tmp_path):
     assert result.exit_code == 1
     assert ("crewbatch: T-1024: policy still refuses: request_refund: request_refund is not an "
             "allowed action in config/policy.yaml; nothing was done") in result.stderr
-    assert not list((project / "runs" / run_id / "outbox").glob("T-1024-*"))
+    assert not list((project / "runs" / run_id / "outbox").glob("*-T-1024*"))
 
 
 @pytest.mark.skipif(__import__("shutil").which("soffice") is None,
@@ -154,7 +155,7 @@ def test_sheet_resaved_by_libreoffice_is_accepted_and_applied_once(project, cli,
     assert "0 applied, 2 already applied" in second.stderr
     outbox = project / "runs" / run_id / "outbox"
     for ticket_id in approved:
-        assert len(list(outbox.glob(f"{ticket_id}-*.eml"))) == 1
+        assert len(list(outbox.glob(f"*-{ticket_id}.eml"))) == 1
 
 
 def test_approval_carries_out_the_drafts_plan_never_what_the_executor_tried_beyond_it(
@@ -180,7 +181,7 @@ def test_approval_carries_out_the_drafts_plan_never_what_the_executor_tried_beyo
                        decide(rows, {"T-1024": ("approve", "supervisor approved")}))
     applied = cli("review", "apply", str(path))
     assert applied.exit_code == 0, applied.output
-    refunds = list((project / "runs" / run_id / "refund_requests").glob("T-1024-*.json"))
+    refunds = list((project / "runs" / run_id / "refund_requests").glob("*-T-1024.json"))
     assert len(refunds) == 1
     assert json.loads(refunds[0].read_text())["amount"] == 249.0
     assert "delete_account" not in applied.stdout and "4999" not in applied.stdout
