@@ -326,7 +326,7 @@ def export(obj: Context, run_id, output):
     config = obj.config(check_files=False)
     with obj.ledger(config) as ledger:
         run_id = _resolve_run(ledger, run_id)
-        path = write_results(ledger, run_id, Path(output), config.runs_dir)
+        path = write_results(ledger, run_id, Path(output), config.runs_dir, config.taxonomy)
     click.echo(str(path))
 
 
@@ -467,6 +467,9 @@ def check(obj: Context, sources, offline, fmt, encoding):
         click.echo(f"gate: switched off in config/policy.yaml: {', '.join(off)}")
     click.echo(f"escalation: {', '.join(config.policy.escalate_kinds) or 'none'} "
                f"(phrases in config/escalation.yaml)")
+    t = config.taxonomy
+    click.echo(f"taxonomy: {len(t.categories)} categories, {len(t.priorities)} priorities, "
+               f"{len(t.queues)} queues (config/taxonomy.yaml)")
     files = intake.expand_sources(list(sources) or config.settings.sources, config.root,
                                   follow_symlinks=config.settings.intake.follow_symlinks)
     intake_options = intake.IntakeOptions.from_config(config, fmt, encoding)

@@ -35,7 +35,7 @@ from . import gate
 from .actions import ActionDesk, Decision, action_tools
 from .calls import request_done, share_generic_cache, ticket_deadline
 from .knowledge import KnowledgeBase, Orders
-from .outputs import MODELS, Draft, Finding, ProposedAction, Verdict
+from .outputs import Draft, Finding, ProposedAction, Verdict, models
 from .research import Evidence, look_up, research_tools
 from .settings import Config, Policy
 from .ticket import Status, Ticket
@@ -194,6 +194,8 @@ class CrewRunner:
         # that owns the ledger; the executor's refund tool checks the caps against it.
         self.refund_history = None
         self.policy_text = policy_summary(config.policy)
+        self.taxonomy_text = config.taxonomy.prompt()
+        self.models = models(config.taxonomy)
         self.gate = gate.Gate.from_config(config, orders, kb, extra_prompts=[self.policy_text])
         self._local = threading.local()
         self._idle: dict[str, list[Agent]] = {role: [] for role in config.agents}
@@ -289,7 +291,7 @@ class CrewRunner:
         agent = self._checkout(role)
         task = Task(description=render(task_spec.description, values),
                     expected_output=render(task_spec.expected_output, values), agent=agent,
-                    output_pydantic=MODELS.get(task_spec.output_pydantic or ""))
+                    output_pydantic=self.models.get(task_spec.output_pydantic or ""))
         key = f"{round_no}:{step}"
         token = _metering.set((meter, key))
         observer = request_done.set(lambda: meter.expect(key))
@@ -319,7 +321,7 @@ class CrewRunner:
 
     def run(self, ticket: Ticket) -> TicketResult:
         """Run the crew over one ticket. The per-ticket boundary: any error becomes `failed`."""
-        share_generic_cache(MODELS.values())  # in this thread's context, before CrewAI copies it
+        share_generic_cache(self.models.values())  # in this thread's context, before CrewAI copies it
         set_suppress_console_output(True)  # a ContextVar: each worker thread needs its own
         meter = Meter()
         result = TicketResult(status=Status.FAILED, detail="")
@@ -339,7 +341,8 @@ class CrewRunner:
     def _run(self, ticket: Ticket, meter: Meter, result: TicketResult) -> None:
         cfg = self.config
         evidence = Evidence()
-        base = {"ticket": data_block("ticket", ticket.as_prompt_data()), "policy": self.policy_text}
+        base = {"ticket": data_block("ticket", ticket.as_prompt_data()), "policy": self.policy_text,
+                "taxonomy": self.taxonomy_text}
 
         research_agent = cfg.tasks["research"].agent
         tools = self._thread_tools("research", lambda: research_tools(

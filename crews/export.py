@@ -135,14 +135,20 @@ def rows(ledger, run_id: str, key: bytes) -> pd.DataFrame:
     return frame[COLUMNS]
 
 
-def write_results(ledger, run_id: str, path: Path, runs_dir: Path) -> Path:
-    """Write the sheet as .csv or .xlsx (by suffix), atomically, signed with runs_dir's key."""
+def write_results(ledger, run_id: str, path: Path, runs_dir: Path, taxonomy=None) -> Path:
+    """Write the sheet as .csv or .xlsx (by suffix), atomically, signed with runs_dir's key.
+
+    The .xlsx sheet offers drop-downs for `decision` and, given the project's `taxonomy`, for
+    `category` and `priority` (a reviewer's correction is then a valid label, e.g. for
+    `crewbatch eval`; `review apply` does not act on them)."""
     frame = rows(ledger, run_id, review_key(runs_dir)).map(neutralise)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     if path.suffix.lower() == ".xlsx":
-        _write_xlsx(frame[XLSX_COLUMNS], tmp)
+        choices = {} if taxonomy is None else {"category": list(taxonomy.categories),
+                                               "priority": list(taxonomy.priorities)}
+        _write_xlsx(frame[XLSX_COLUMNS], tmp, choices)
     else:
         frame.to_csv(tmp, index=False, encoding="utf-8-sig", lineterminator="\r\n")
     os.replace(tmp, path)
@@ -155,7 +161,7 @@ WIDTHS = {"draft_reply": 70, "critic_notes": 50, "actions": 45, "needs_human_rea
           "subject": 35, "error": 35, "reason": 35, "reviewer_note": 40, "customer": 28}
 
 
-def _write_xlsx(frame: pd.DataFrame, path: Path) -> None:
+def _write_xlsx(frame: pd.DataFrame, path: Path, choices: dict[str, list[str]]) -> None:
     from openpyxl import Workbook
     from openpyxl.styles import Alignment, Font, PatternFill
     from openpyxl.utils import get_column_letter
@@ -184,7 +190,21 @@ def _write_xlsx(frame: pd.DataFrame, path: Path) -> None:
     ws.freeze_panes = "B2"
     ws.auto_filter.ref = ws.dimensions
     decision_col = get_column_letter(list(frame.columns).index("decision") + 1)
-    choices = DataValidation(type="list", formula1='"approve,reject,edit"', allow_blank=True)
-    ws.add_data_validation(choices)
-    choices.add(f"{decision_col}2:{decision_col}{max(2, ws.max_row)}")
+    decisions = DataValidation(type="list", formula1='"approve,reject,edit"', allow_blank=True)
+    ws.add_data_validation(decisions)
+    decisions.add(f"{decision_col}2:{decision_col}{max(2, ws.max_row)}")
+    if choices:
+        # The taxonomy's names on a hidden sheet: a list there has no length limit and no
+        # quoting rules, whatever the names hold.
+        lists = wb.create_sheet("lists")
+        lists.sheet_state = "hidden"
+        for i, (column, values) in enumerate(choices.items(), start=1):
+            letter = get_column_letter(i)
+            for row, value in enumerate(values, start=1):
+                lists.cell(row=row, column=i, value=value).data_type = "s"
+            col = get_column_letter(list(frame.columns).index(column) + 1)
+            check = DataValidation(type="list", allow_blank=True,
+                                   formula1=f"lists!${letter}$1:${letter}${max(1, len(values))}")
+            ws.add_data_validation(check)
+            check.add(f"{col}2:{col}{max(2, ws.max_row)}")
     wb.save(path)

@@ -20,6 +20,7 @@ import math
 import re
 import uuid
 from collections import Counter
+from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 from crewai.events.types.llm_events import LLMCallType
@@ -30,6 +31,7 @@ from .gate import INJECTION
 from .knowledge import AGENTS, CUSTOMERS, words
 from .replies import Replies, generic_replies
 from .settings import BATCH_TOOL, EXECUTOR_TOOLS
+from .taxonomy import Taxonomy
 
 MODEL_NAME = "offline"
 BLOCK = re.compile(r"<(ticket|lookups|research_notes|evidence|draft|feedback|checks|actions)>\n(.*?)\n</\1>",
@@ -40,45 +42,11 @@ AMOUNT = re.compile(r"(?:(?P<sym>[$€£])\s?(?P<a>\d[\d.,]*\d|\d))|(?:(?P<b>\d[
 SYMBOLS = {"$": "USD", "€": "EUR", "£": "GBP", "euro": "EUR", "euros": "EUR", "dollar": "USD",
            "dollars": "USD", "pound": "GBP", "pounds": "GBP"}
 
-ABOUT_SHIPPING = r"do you ship|ship(?:ping)? to (?!my)|customs"  # a question, not about one order
-CATEGORIES = [  # first match wins
-    ("shipping", ABOUT_SHIPPING),
-    ("complaint", r"\bmanager\b|unacceptable|complain|worst|terrible service|chargeback|lawyer|"
-                  r"legal action|ridiculous|supervisor"),
-    ("account", r"password|log ?in\b|sign ?in|locked|2fa|two[- ]factor|authenticator|account access|"
-                r"passwort|contraseña|mot de passe"),
-    ("billing", r"charged twice|double charge|charged me twice|invoice|\bvat\b|declined|billing|"
-                r"payment (?:failed|error)|rechnung|factura|facture"),
-    ("cancellation", r"\bcancel"),
-    ("damaged_item", r"(?<!not )damaged|broken|cracked|defective|shattered|sparked|smok|"
-                     r"doesn'?t work|"
-                     r"does not work|stopped working|beschädigt|kaputt|roto|dañado|cassé|abîmé"),
-    ("refund", r"refund|money back|reimburse|rückerstattung|erstattung|reembolso|devolución del dinero|"
-               r"rembours"),
-    ("return", r"\breturn|exchange|wrong size|too (?:small|big|large)|send (?:it )?back|umtausch|"
-               r"rücksend|devolver|cambiar|échange|retour"),
-    ("shipping", r"where is|not (?:yet )?(?:arrived|received)|hasn'?t arrived|tracking|delivery|"
-                 r"processing|not here|parcel|lost|"
-                 r"shipped|shipping|late|delay|still waiting|lieferung|angekommen|envío|pedido|"
-                 r"livraison|colis|ship to|deliver|"
-                 r"(?:order|parcel|package) (?:is |has been |was )?(?:still )?missing"),
-]
-SHIPPING_QUESTION = re.compile(ABOUT_SHIPPING + r"|how long does (?:shipping|delivery) take|"
-                               r"(?:shipping|delivery) costs?", re.IGNORECASE)
-QUEUES = {"shipping": "shipping", "cancellation": "returns", "damaged_item": "returns", "refund": "returns",
-          "return": "returns", "account": "accounts", "billing": "billing",
-          "complaint": "escalations", "general": "general"}
-SEARCH_TERMS = {
-    "shipping": "late stuck parcel tracking carrier investigation delivery times",
-    "damaged_item": "damaged defective item photo replacement refund return label",
-    "refund": "refund approval original payment method business days",
-    "return": "return window exchange unused items",
-    "cancellation": "cancel order processing cancelled free of charge",
-    "account": "password reset locked account two-factor",
-    "billing": "duplicate charge pre-authorisation invoice VAT card declined",
-    "complaint": "escalate manager complaint tone",
-    "general": "shipping countries warranty discount codes contact hours",
-}
+# The writer answers a question about shipping in general from the knowledge base, not from an
+# order (which categories exist, and their cue words, are config/taxonomy.yaml's).
+SHIPPING_QUESTION = re.compile(r"do you ship|ship(?:ping)? to (?!my)|customs|how long does "
+                               r"(?:shipping|delivery) take|(?:shipping|delivery) costs?",
+                               re.IGNORECASE)
 INTERNAL = re.compile(r"\bthe customer\b|\bcustomers?\b.*\bshould\b|^(?:Report|Tell|Ask|Check|Do not|"
                       r"Escalate|Offer|Use)\b|support (?:can|cannot|sends|requests)", re.IGNORECASE)
 SAFETY = re.compile(r"spark|smok|fire|burn|melt|electric shock|overheat", re.IGNORECASE)
@@ -90,8 +58,6 @@ WRONG_INVOICE = re.compile(r"(?:wrong|incorrect|mistake|error)\b[^.?!\n]{0,40}\b
 # The order record's fields a reply may quote.
 ORDER_FIELDS = ("order_id", "item", "status", "carrier", "tracking_number", "shipped_at",
                 "estimated_delivery", "currency")
-ANGRY = re.compile(r"unacceptable|ridiculous|third time|still (?:no|nothing|waiting)|angry|furious|"
-                   r"worst|!!", re.IGNORECASE)
 
 
 # --- reading the prompt --------------------------------------------------------------------------
@@ -121,12 +87,42 @@ def _tool_results(messages: list[dict]) -> list[dict]:
     return out
 
 
-def classify(subject: str, body: str) -> str:
+# The taxonomy of the model call in progress: OfflineLLM.call sets it from the Draft model it is
+# asked to fill (a real model gets the same names as the schema's enums), so the roles played
+# inside the call — also by a subclass that calls `respond` itself — classify with it.
+_call_taxonomy: ContextVar[Taxonomy | None] = ContextVar("crewbatch_offline_taxonomy",
+                                                         default=None)
+
+
+def taxonomy_for(replies: Replies | None) -> Taxonomy | None:
+    """The taxonomy to classify with: the call's, else the one the replies were loaded with."""
+    return _call_taxonomy.get() or (replies.taxonomy if replies is not None else None)
+
+
+def _first(rules, text: str) -> str | None:
+    return next((name for name, pattern in rules if pattern.search(text)), None)
+
+
+def classify(subject: str, body: str, taxonomy: Taxonomy) -> str:
+    """The category of the first cue rule that matches, else the taxonomy's fallback."""
     text = f"{subject}\n{body}".lower()
-    for name, pattern in CATEGORIES:
-        if re.search(pattern, text):
-            return name
-    return "general"
+    return _first(taxonomy.matchers().categories, text) or taxonomy.fallback_category
+
+
+def route(text: str, category: str, taxonomy: Taxonomy) -> str | None:
+    """The queue of the first queue rule that matches, else the category's queue."""
+    return _first(taxonomy.matchers().queues, text.lower()) or taxonomy.queue_of(category)
+
+
+def triage_priority(text: str, category: str, instructed: bool, taxonomy: Taxonomy) -> str:
+    """The highest of the category's priority, every priority whose cues match, and (for a
+    ticket that tries to instruct the agents) the taxonomy's `instructions_priority`."""
+    o = taxonomy.offline
+    found = [o.category_priority.get(category, taxonomy.default_priority)]
+    found += [name for name, pattern in taxonomy.matchers().priorities if pattern.search(text)]
+    if instructed and o.instructions_priority:
+        found.append(o.instructions_priority)
+    return max(found, key=taxonomy.rank)
 
 
 def requested_amount(text: str) -> tuple[float, str] | None:
@@ -155,7 +151,8 @@ def _call(name: str, args: dict) -> dict:
             "function": {"name": name, "arguments": json.dumps(args)}}
 
 
-def research(messages: list[dict], tools: list[str]) -> str | list[dict]:
+def research(messages: list[dict], tools: list[str], replies: Replies | None = None
+             ) -> str | list[dict]:
     blocks = _blocks(messages)
     ticket = blocks.get("ticket") or {}
     lookups = blocks.get("lookups")
@@ -172,10 +169,11 @@ def research(messages: list[dict], tools: list[str]) -> str | list[dict]:
             for order_id in list(dict.fromkeys(ORDER_ID.findall(text.upper())))[:3]:
                 calls.append(_call("lookup_order", {"order_id": order_id}))
         if "search_knowledge" in tools:
-            category = classify(ticket.get("subject", ""), ticket.get("body", ""))
-            query = f"{SEARCH_TERMS[category]} {ticket.get('subject', '')}"
-            if category == "general":  # no topic known: search with the customer's own words
-                query = " ".join(words(text)[:30])
+            taxonomy = taxonomy_for(replies)
+            terms = taxonomy.offline.search.get(classify(
+                ticket.get("subject", ""), ticket.get("body", ""), taxonomy)) if taxonomy else None
+            # Without terms for the topic: search with the customer's own words.
+            query = f"{terms} {ticket.get('subject', '')}" if terms else " ".join(words(text)[:30])
             calls.append(_call("search_knowledge", {"query": query}))
         if calls:
             return calls
@@ -286,8 +284,8 @@ def knowledge_answer(sections: list[dict], text: str, category: str, replies: Re
                      ) -> tuple[list[str], str]:
     """The lines of the one knowledge topic that clearly answers the ticket, and why (or why not).
 
-    A `general` ticket (the classifier found no topic) may be answered by any topic; any other
-    only by a file whose `topics` include its category. Agents-only sections take part in the
+    A ticket of the taxonomy's fallback category (the classifier found no topic) may be answered
+    by any topic; any other only by a file whose `topics` include its category. Agents-only sections take part in the
     ranking (a ticket nearest to them is one for a person) but are never quoted.
     """
     wanted = set(words(text))
@@ -310,7 +308,9 @@ def knowledge_answer(sections: list[dict], text: str, category: str, replies: Re
         return [], (f"the best topic ({label}, {best:.2f}) is not {MARGIN:g}x the next "
                     f"({', '.join(t.removeprefix('file:') for t in ranked[1][0])}, "
                     f"{runner_up:.2f})")
-    if category != "general" and category not in topic:
+    taxonomy = taxonomy_for(replies)
+    fallback = taxonomy.fallback_category if taxonomy else None
+    if category != fallback and category not in topic:
         return [], f"the best topic ({label}) is not the ticket's category ({category})"
     # Quoted: the best section of that topic with lines for the ticket (one section, one answer).
     ours = sorted((-score, i) for i, (t, score) in enumerate(zip(topics, scores, strict=True))
@@ -341,14 +341,21 @@ def _sentence(s: str) -> str:
     return s if not s or s.endswith((".", "!", "?", ":")) else s + "."
 
 
-def write(messages: list[dict], replies: Replies | None = None) -> str:
+def write(messages: list[dict], replies: Replies | None = None,
+          taxonomy: Taxonomy | None = None) -> str:
     r = replies or generic_replies()
+    taxonomy = taxonomy or taxonomy_for(r)
+    if taxonomy is None:
+        raise ValueError("the offline writer needs a taxonomy: pass config.taxonomy, load the "
+                         "replies with replies.load_replies(config), or ask for "
+                         "outputs.draft_model(taxonomy)")
     blocks = _blocks(messages)
     ticket = blocks.get("ticket") or {}
     subject, body = ticket.get("subject", ""), ticket.get("body", "")
     text = f"{subject}\n{body}"
     ev = _evidence(blocks)
-    category = classify(subject, body)
+    category = classify(subject, body, taxonomy)
+    queue = route(text, category, taxonomy)
     # An order number given earlier in the thread counts as given.
     mentioned = list(dict.fromkeys(ORDER_ID.findall(f"{text}\n{ticket.get('history', '')}".upper())))
     question = category == "shipping" and bool(SHIPPING_QUESTION.search(text))
@@ -398,7 +405,7 @@ def write(messages: list[dict], replies: Replies | None = None) -> str:
             say("shipping_shipped")
             if order.get("estimated_delivery") and received > order["estimated_delivery"]:
                 say("shipping_late")
-                actions.append({"kind": "tag_ticket", "queue": "shipping",
+                actions.append({"kind": "tag_ticket", "queue": queue,
                                 "reason": "late parcel: carrier investigation"})
             else:
                 say("shipping_on_time")
@@ -466,15 +473,14 @@ def write(messages: list[dict], replies: Replies | None = None) -> str:
     else:
         from_knowledge()
 
-    if not any(a["kind"] in ("tag_ticket", "escalate_to_human") for a in actions):
-        actions.append({"kind": "tag_ticket", "queue": QUEUES[category],
+    # Every ticket is routed, also one that goes to a person: the queue is where that person works.
+    if queue and not any(a["kind"] == "tag_ticket" for a in actions):
+        actions.append({"kind": "tag_ticket", "queue": queue,
                         "reason": f"{category.replace('_', ' ')} ticket"})
     if not paragraphs:
         say("fallback")
     reply = "\n\n".join([r.render("greeting", **fields), *paragraphs, r.render("sign_off")])
-    priority = ("urgent" if SAFETY.search(text) or re.search(r"chargeback|lawyer|legal", text, re.IGNORECASE)
-                else "high" if category == "complaint" or injected or ANGRY.search(text)
-                else "low" if category == "general" else "normal")
+    priority = triage_priority(text, category, bool(injected), taxonomy)
     return json.dumps({"category": category, "priority": priority, "language": "en",
                        "reply": reply.strip(), "actions": actions,
                        "internal_note": " ".join(notes) or f"offline draft ({category})"},
@@ -551,7 +557,7 @@ def respond(messages: list[dict], tools: list[str], schema: str | None,
     if any(t in tools for t in EXECUTOR_TOOLS):
         return execute(messages, tools)
     if tools or _tool_results(messages):
-        return research(messages, tools)
+        return research(messages, tools, replies)
     return "No task recognised."
 
 
@@ -588,7 +594,12 @@ class OfflineLLM(BaseLLM):
                                           available_functions=available_functions,
                                           from_task=from_task, from_agent=from_agent)
             schema = response_model.__name__ if response_model is not None else None
-            answer = self.respond(messages, _tool_names(tools), schema)
+            taxonomy = _call_taxonomy.set(getattr(response_model, "taxonomy", None)
+                                          or taxonomy_for(self.replies))
+            try:
+                answer = self.respond(messages, _tool_names(tools), schema)
+            finally:
+                _call_taxonomy.reset(taxonomy)
             usage = {"prompt_tokens": _estimate_tokens(messages),
                      "completion_tokens": _estimate_tokens(answer)}
             self._emit_call_completed_event(response=answer, call_type=LLMCallType.LLM_CALL,

@@ -2,15 +2,21 @@
 
 tasks.yaml names them (`output_pydantic: Draft`, `output_pydantic: Verdict`); CrewAI asks the model
 for JSON of this shape and validates it. Everything downstream — the gate, the executor's plan, the
-ledger, results.csv — reads these fields, never free text.
+ledger, results.csv — reads these fields, never free text. `Draft` itself takes any category and
+priority (a draft read back from the ledger keeps what was recorded); the crew asks for
+`draft_model(taxonomy)`, the same model with both fields restricted to config/taxonomy.yaml's
+names, so the strict json_schema response_format carries them as enums and an answer outside the
+taxonomy fails validation like any other malformed answer.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
+
+from .taxonomy import Taxonomy
 
 _schemas: dict[tuple, str] = {}
 
@@ -54,9 +60,9 @@ class ProposedAction(CachedSchema):
 
 
 class Draft(CachedSchema):
-    category: str = Field(description="shipping, damaged_item, refund, return, account, billing, "
-                                      "complaint, general")
-    priority: Literal["low", "normal", "high", "urgent"]
+    taxonomy: ClassVar[Taxonomy | None] = None  # set on draft_model's classes
+    category: str = Field(description="one of the taxonomy's categories")
+    priority: str = Field(description="one of the taxonomy's priorities")
     language: str = Field(description="ISO 639-1 code of the language of the reply, e.g. en, de")
     reply: str = Field(description="the complete reply to the customer, ready to send")
     actions: list[ProposedAction] = Field(default_factory=list)
@@ -76,4 +82,32 @@ class Verdict(CachedSchema):
     summary: str = ""
 
 
-MODELS = {"Draft": Draft, "Verdict": Verdict}
+_drafts: dict[str, type[Draft]] = {}
+
+
+def draft_model(taxonomy: Taxonomy) -> type[Draft]:
+    """`Draft` with category and priority restricted to the taxonomy (one class per taxonomy).
+
+    The class keeps the name `Draft` (the schema name a model and the offline model see) and
+    carries the taxonomy, so the offline model classifies with the same names.
+    """
+    key = taxonomy.model_dump_json()
+    model = _drafts.get(key)
+    if model is None:
+        model = create_model(
+            "Draft", __base__=Draft,
+            category=(Literal[tuple(taxonomy.categories)],
+                      Field(description="the ticket's category: "
+                                        + ", ".join(taxonomy.categories))),
+            priority=(Literal[tuple(taxonomy.priorities)],
+                      Field(description="the ticket's priority, lowest first: "
+                                        + ", ".join(taxonomy.priorities))))
+        model.taxonomy = taxonomy
+        model.__doc__ = "The writer's draft, triaged into config/taxonomy.yaml."
+        _drafts[key] = model
+    return model
+
+
+def models(taxonomy: Taxonomy) -> dict[str, type[CachedSchema]]:
+    """The structured outputs tasks.yaml may name, for this project's taxonomy."""
+    return {"Draft": draft_model(taxonomy), "Verdict": Verdict}

@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
-from typing import Literal
 
 from pydantic import ValidationError
 
 from .settings import Config, ConfigError, _describe, _read_yaml, _Strict, _suggest
+from .taxonomy import TAXONOMY_FILE, Taxonomy
 
 REPLIES_FILE = "replies.yaml"  # in the knowledge directory (knowledge.py reads only .md/.txt)
 GENERIC = Path(__file__).with_name("generic_replies.yaml")
 
-Category = Literal["shipping", "damaged_item", "refund", "return", "cancellation", "account",
-                   "billing", "complaint", "general"]
 # What the picker fills in; facts (named in the file) come on top.
 FIELDS = ("first_name", "shop", "order_id", "item", "status", "carrier", "tracking_number",
           "shipped_at", "estimated_delivery", "amount", "currency", "order_ids", "own_orders",
@@ -43,7 +41,7 @@ Paragraph = str | list[Sentence]
 class _RepliesFile(_Strict):
     shop: str = ""
     facts: dict[str, str] = {}
-    topics: dict[str, list[Category]] = {}
+    topics: dict[str, list[str]] = {}   # categories of config/taxonomy.yaml
     replies: dict[str, Paragraph] = {}
 
 
@@ -56,6 +54,8 @@ class Replies:
     texts: dict[str, tuple[tuple[str, ...], ...]]  # key -> sentences -> alternatives
     facts: dict[str, re.Pattern] = field(default_factory=dict)
     topics: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # The project's taxonomy (the offline model classifies into it); None for the generic replies.
+    taxonomy: Taxonomy | None = field(default=None, compare=False)
 
     def render(self, key: str, **fields: object) -> str:
         """The paragraph `key`, each sentence in its first alternative whose fields are known."""
@@ -172,7 +172,8 @@ def _build(name: str, parsed: _RepliesFile, base: Replies | None, problems: list
         raise ConfigError(problems)
     return Replies(source=name, shop=parsed.shop.strip(), texts=texts,
                    facts={k: re.compile(p) for k, p in patterns.items()},
-                   topics={f: tuple(c) for f, c in parsed.topics.items()})
+                   topics={f: tuple(c) for f, c in parsed.topics.items()},
+                   taxonomy=base.taxonomy if base else None)
 
 
 def replies_path(config: Config) -> Path:
@@ -184,7 +185,7 @@ def load_replies(config: Config) -> Replies:
 
     Raises ConfigError listing every problem of the file, each naming it.
     """
-    base = generic_replies()
+    base = replace(generic_replies(), taxonomy=config.taxonomy)
     path = replies_path(config)
     if not path.is_file():
         return base
@@ -196,11 +197,18 @@ def load_replies(config: Config) -> Replies:
     data = _read_yaml(config.root, name, problems)
     parsed = _parse(name, data, problems, set(base.texts))
     if parsed is not None:
-        for source in parsed.topics:
+        categories = list(config.taxonomy.categories) if config.taxonomy else []
+        for source, topic in parsed.topics.items():
             if not (config.knowledge_dir / source).is_file():
                 problems.append(f"{name}: `topics` lists `{source}`, which is not a file in "
                                 f"{config.knowledge_dir}; name a knowledge file (as `shipping.md`) "
                                 "or remove the entry")
+            for category in topic:
+                if categories and category not in categories:
+                    problems.append(f"{name}: `topics.{source}` names category `{category}`, "
+                                    f"which {TAXONOMY_FILE} does not define"
+                                    f"{_suggest(category, categories)}; its categories are "
+                                    f"{', '.join(categories)}")
     if parsed is None or problems:
         raise ConfigError(problems)
     return _build(name, parsed, base, problems)

@@ -311,7 +311,9 @@ class _DeskFactory:
         for action in proposed:
             if action.kind not in ("queue_reply", "escalate_to_human") and action not in plan:
                 plan.append(action)
-        return Draft(category=o["category"] or "general", priority=o["priority"] or "normal",
+        taxonomy = self.config.taxonomy
+        return Draft(category=o["category"] or taxonomy.fallback_category,
+                     priority=o["priority"] or taxonomy.default_priority,
                      language=o["language"] or "en", reply=reply, actions=plan)
 
     def blocking_findings(self, ledger, trail, draft) -> list:

@@ -1,8 +1,9 @@
-"""Configuration: find the project root, load the four YAML files, validate them all at once.
+"""Configuration: find the project root, load the YAML files of config/, validate them all at once.
 
-Everything a user tunes lives in config/ (settings, agents, tasks, policy). Each file is loaded into
-pydantic models that refuse unknown keys, then cross-checked (tasks name real agents, placeholders
-exist, tools exist, knowledge files exist). Every problem is collected and reported together, each
+Everything a user tunes lives in config/ (settings, agents, tasks, policy, escalation, taxonomy).
+Each file is loaded into pydantic models that refuse unknown keys, then cross-checked (tasks name
+real agents, placeholders exist, tools exist, knowledge files exist, the policy's queues are the
+taxonomy's). Every problem is collected and reported together, each
 naming the file, the key and the fix, so one `crewbatch check` shows the whole list and no model is
 ever called with a broken configuration. Command-line options, environment variables and
 settings.yaml are merged in exactly one place: `resolve_options`.
@@ -21,6 +22,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .taxonomy import TAXONOMY_FILE, Taxonomy
+from .taxonomy import problems as taxonomy_problems
+
 SETTINGS_FILE = "config/settings.yaml"
 AGENTS_FILE = "config/agents.yaml"
 TASKS_FILE = "config/tasks.yaml"
@@ -32,8 +36,8 @@ ROLES = ("researcher", "writer", "critic", "executor")
 STEPS = ("research", "draft", "review", "execute")
 STEP_PLACEHOLDERS = {
     "research": {"ticket", "policy", "lookups"},
-    "draft": {"ticket", "policy", "research", "evidence", "feedback"},
-    "review": {"ticket", "policy", "research", "evidence", "draft", "checks"},
+    "draft": {"ticket", "policy", "research", "evidence", "feedback", "taxonomy"},
+    "review": {"ticket", "policy", "research", "evidence", "draft", "checks", "taxonomy"},
     "execute": {"ticket", "policy", "draft", "actions"},
 }
 # Placeholders that carry an earlier task's output, so the task must list that task in `context`.
@@ -219,6 +223,7 @@ class Config:
     policy: Policy
     warnings: list[str] = field(default_factory=list)
     escalation: dict[str, EscalationKind] = field(default_factory=dict)
+    taxonomy: Taxonomy | None = None
 
     def path(self, relative: str) -> Path:
         """A configured path, resolved from the project root (never the working directory)."""
@@ -398,11 +403,12 @@ def load_config(root: Path, check_files: bool = True) -> Config:
     _check_agents(agents, agent_names, problems)
     _check_tasks(tasks, task_names, agent_names, agents, problems)
     escalation = _load_escalation(root, policy, problems)
+    taxonomy = _load_taxonomy(root, policy, problems)
     from .gate.registry import override_problems
 
     problems.extend(override_problems(policy.checks, POLICY_FILE))
 
-    config = Config(root, settings, agents, tasks, policy, warnings, escalation)
+    config = Config(root, settings, agents, tasks, policy, warnings, escalation, taxonomy)
     if check_files:
         _check_files(config, problems)
     if problems:
@@ -430,6 +436,40 @@ def _load_escalation(root: Path, policy: Policy, problems: list[str]
                             f"{ESCALATION_FILE} does not define{_suggest(kind, defined)}; the "
                             f"kinds are {', '.join(sorted(defined))}")
     return kinds
+
+
+def _load_taxonomy(root: Path, policy: Policy, problems: list[str]) -> Taxonomy | None:
+    """config/taxonomy.yaml, and the policy's queues and escalated categories checked against it."""
+    data = _read_yaml(root, TAXONOMY_FILE, problems)
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        problems.append(f"{TAXONOMY_FILE}: must be a mapping with the keys categories, "
+                        "priorities, queues and offline")
+        return None
+    try:
+        taxonomy = Taxonomy.model_validate(data)
+    except ValidationError as err:
+        problems.extend(_describe(TAXONOMY_FILE, "", Taxonomy, err))
+        return None
+    found = taxonomy_problems(taxonomy)
+    for queue in policy.queues:
+        if queue not in taxonomy.queues:
+            found.append(f"{POLICY_FILE}: `queues` names `{queue}`, which {TAXONOMY_FILE} does not "
+                         f"define{_suggest(queue, taxonomy.queues)}; its queues are "
+                         f"{', '.join(taxonomy.queues)}")
+    for category in policy.escalate_categories:
+        if category not in taxonomy.categories:
+            found.append(f"{POLICY_FILE}: `escalate_categories` names `{category}`, which "
+                         f"{TAXONOMY_FILE} does not define{_suggest(category, taxonomy.categories)}"
+                         f"; its categories are {', '.join(taxonomy.categories)}")
+    for name, spec in taxonomy.categories.items():
+        if spec.queue in taxonomy.queues and spec.queue not in policy.queues:
+            found.append(f"{TAXONOMY_FILE}: category `{name}` goes to queue `{spec.queue}`, which "
+                         f"{POLICY_FILE} `queues` does not allow; add it there (tag_ticket would "
+                         "refuse it)")
+    problems.extend(found)
+    return None if found else taxonomy
 
 
 def _check_agents(agents: dict[str, AgentSpec], names: set[str], problems: list[str]) -> None:

@@ -425,7 +425,7 @@ def test_the_offline_writer_trips_no_check_on_the_sample_tickets(kit, project):
             messages = [{"role": "user", "content": "\n".join([
                 data_block("ticket", ticket.as_prompt_data()),
                 data_block("evidence", evidence.items), policy])}]
-            draft = Draft(**json.loads(offline.write(messages)))
+            draft = Draft(**json.loads(offline.write(messages, taxonomy=kit.config.taxonomy)))
             found = names(kit.gate.check(draft, ticket, evidence))
             if found:
                 blocked[ticket.ticket_id] = (found, detect_language(ticket.body))

@@ -291,7 +291,9 @@ def test_the_replies_file_is_not_knowledge():
      "data/knowledge/replies.yaml: `facts.reset_valid` has no group"),
     ("topics:\n  shiping.md: [shipping]\n",
      "data/knowledge/replies.yaml: `topics` lists `shiping.md`, which is not a file in"),
-    ("topics:\n  shipping.md: [shiping]\n", "data/knowledge/replies.yaml: `topics.shipping.md.0`"),
+    ("topics:\n  shipping.md: [shiping]\n",
+     "data/knowledge/replies.yaml: `topics.shipping.md` names category `shiping`, which "
+     "config/taxonomy.yaml does not define (did you mean `shipping`?)"),
     ("shop: Acme\nsignature: Bye\n",
      "data/knowledge/replies.yaml: unknown key `signature`"),
 ])

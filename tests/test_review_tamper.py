@@ -295,7 +295,7 @@ def test_sheet_layouts(project, cli, sheet_run, tmp_path):
                                           "decision", "reviewer_note"]
     assert header[9:] == [c for c in COLUMNS if c not in REVIEW_FIRST]
     assert ws.freeze_panes == "B2" and ws.auto_filter.ref == ws.dimensions
-    (validation,) = ws.data_validations.dataValidation
+    validation = next(v for v in ws.data_validations.dataValidation if "approve" in v.formula1)
     assert str(validation.sqref) == "H2:H25" and header[7] == "decision"
     status = {ws.cell(row=r, column=1).value: ws.cell(row=r, column=4) for r in range(2, 26)}
     assert status["T-1001"].value == "approved" and status["T-1001"].fill.fgColor.rgb.endswith(
