@@ -47,8 +47,11 @@ SYMBOLS = {"$": "USD", "€": "EUR", "£": "GBP", "euro": "EUR", "euros": "EUR",
 SHIPPING_QUESTION = re.compile(r"do you ship|ship(?:ping)? to (?!my)|customs|how long does "
                                r"(?:shipping|delivery) take|(?:shipping|delivery) costs?",
                                re.IGNORECASE)
+# Lines written to the support team, not the customer: about "the customer", instructions, and
+# the order table's field names (`estimated_delivery`, "the order record").
 INTERNAL = re.compile(r"\bthe customer\b|\bcustomers?\b.*\bshould\b|^(?:Report|Tell|Ask|Check|Do not|"
-                      r"Escalate|Offer|Use)\b|support (?:can|cannot|sends|requests)", re.IGNORECASE)
+                      r"Escalate|Offer|Use)\b|support (?:can|cannot|sends|requests)|"
+                      r"\border record\b|\b[a-z]+_[a-z_]+\b", re.IGNORECASE)
 SAFETY = re.compile(r"spark|smok|fire|burn|melt|electric shock|overheat", re.IGNORECASE)
 DISCOUNT = re.compile(r"\b(?:discount|code|coupon|voucher)\b", re.IGNORECASE)
 TWO_FACTOR = re.compile(r"2fa|two[- ]factor|authenticator|backup code", re.IGNORECASE)
@@ -315,9 +318,23 @@ def knowledge_answer(sections: list[dict], text: str, category: str, replies: Re
     # Quoted: the best section of that topic with lines for the ticket (one section, one answer).
     ours = sorted((-score, i) for i, (t, score) in enumerate(zip(topics, scores, strict=True))
                   if t == topic)
-    lines = next((found for found in (_lines(sections[i], wanted) for _, i in ours) if found), [])
-    if not lines:
+    found = next(((i, lines) for i, lines in ((i, _lines(sections[i], wanted)) for _, i in ours)
+                  if lines), None)
+    if found is None:
         return [], f"no line of {label} shares {MIN_SHARED} words with the ticket"
+    i, lines = found
+    specific = {w for w in wanted if len(w) >= 4 and w.isalpha()} - replies.generic_words
+    # The section's own heading, not its file's title: "Billing and payments" names the file's
+    # subject, which the ticket's category already matched.
+    heading = sections[i].get("title", "").rsplit(" — ", 1)[-1]
+    in_title = specific & set(words(heading))
+    in_lines = specific & set(words(" ".join(lines)))
+    # A relative margin among three retrieved sections says which one is nearest, not that it is
+    # near: the answer must share a telling word with the section's heading, or two with its lines
+    # (tickets about products the shop does not sell shared only "been", "support" or "hours").
+    if not in_title and len(in_lines) < MIN_SHARED:
+        return [], (f"{label} shares no telling word with the ticket (only "
+                    f"{', '.join(sorted(in_lines)) or 'common words'})")
     return lines, f"answered from {label} ({best:.2f} against {runner_up:.2f})"
 
 
@@ -359,6 +376,9 @@ def write(messages: list[dict], replies: Replies | None = None,
     # An order number given earlier in the thread counts as given.
     mentioned = list(dict.fromkeys(ORDER_ID.findall(f"{text}\n{ticket.get('history', '')}".upper())))
     question = category == "shipping" and bool(SHIPPING_QUESTION.search(text))
+    # Asking for an order number only makes sense for a ticket about one of the customer's orders;
+    # any other question ("how long do refunds take?") is answered from the knowledge or escalated.
+    about_an_order = bool(r.order_cues and r.order_cues.search(text))
     own = [ev.orders[o] for o in mentioned if o in ev.orders] or \
         (list(ev.orders.values())[-1:] if not mentioned and not question else [])
     order = own[0] if own else None
@@ -415,10 +435,12 @@ def write(messages: list[dict], replies: Replies | None = None,
             say("shipping_delivered")
         elif order:
             say("shipping_status")
-        elif question:
+        elif question or not mentioned and not about_an_order:
             from_knowledge()
         elif not mentioned:
             say("shipping_ask_order")
+    elif category in ("damaged_item", "return") and not (order or mentioned or about_an_order):
+        from_knowledge()  # "the app is broken", "return $product;": not about anything we sold
     elif category == "damaged_item":
         say("damaged_sorry")
         if SAFETY.search(text):
@@ -431,8 +453,10 @@ def write(messages: list[dict], replies: Replies | None = None,
             say("cancel_processing")
         elif order:
             say("cancel_too_late")
-        elif not mentioned:
+        elif not mentioned and about_an_order:
             say("cancel_ask_order")
+        elif not mentioned:
+            from_knowledge()
     elif category == "refund" and DISCOUNT.search(text):
         say("discount_code")
     elif category == "refund":
@@ -445,8 +469,10 @@ def write(messages: list[dict], replies: Replies | None = None,
             say("refund_thanks")
             say("refund_requested" if amount <= policy_limit(messages) else "refund_supervisor",
                 amount=f"{amount:.2f}")
-        elif not mentioned:
+        elif not mentioned and about_an_order:
             say("refund_ask_order")
+        elif not mentioned:
+            from_knowledge()
     elif category == "return":
         say("return_exchange")
     elif category == "account":

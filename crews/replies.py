@@ -42,6 +42,12 @@ class _RepliesFile(_Strict):
     shop: str = ""
     facts: dict[str, str] = {}
     topics: dict[str, list[str]] = {}   # categories of config/taxonomy.yaml
+    # Words that say nothing about what a ticket is about ("support", "issue", "been"): a
+    # knowledge answer needs words in common with the ticket beyond these (offline.relevant).
+    generic_words: list[str] = []
+    # Regexes that show a ticket is about one of the customer's own orders ("my parcel", "I
+    # ordered"): only then does the offline writer ask for an order number it was not given.
+    order_cues: list[str] = []
     replies: dict[str, Paragraph] = {}
 
 
@@ -54,6 +60,8 @@ class Replies:
     texts: dict[str, tuple[tuple[str, ...], ...]]  # key -> sentences -> alternatives
     facts: dict[str, re.Pattern] = field(default_factory=dict)
     topics: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    generic_words: frozenset[str] = frozenset()
+    order_cues: re.Pattern | None = None
     # The project's taxonomy (the offline model classifies into it); None for the generic replies.
     taxonomy: Taxonomy | None = field(default=None, compare=False)
 
@@ -173,7 +181,17 @@ def _build(name: str, parsed: _RepliesFile, base: Replies | None, problems: list
     return Replies(source=name, shop=parsed.shop.strip(), texts=texts,
                    facts={k: re.compile(p) for k, p in patterns.items()},
                    topics={f: tuple(c) for f, c in parsed.topics.items()},
+                   generic_words=(base.generic_words if base else frozenset())
+                   | {w.lower() for w in parsed.generic_words},
+                   order_cues=_cues(parsed.order_cues, base.order_cues if base else None),
                    taxonomy=base.taxonomy if base else None)
+
+
+def _cues(cues: list[str], base: re.Pattern | None) -> re.Pattern | None:
+    """The shop's order cues (or, without any, the generic ones), compiled case-insensitively."""
+    if not cues:
+        return base
+    return re.compile("|".join(f"(?:{c})" for c in cues), re.IGNORECASE)
 
 
 def replies_path(config: Config) -> Path:
