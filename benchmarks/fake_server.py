@@ -1,5 +1,8 @@
 """A fake OpenAI-compatible chat-completions server on 127.0.0.1, for tests and the benchmark.
 
+It also answers /v1/embeddings, deterministically (hashed character trigrams), so the knowledge
+base's embedding search is tested over HTTP without a network.
+
 It answers with the offline model's `respond`, so a client talking to it through CrewAI's `LLM`,
 the openai SDK or LangChain gets realistic tool calls and structured JSON. Faults can be injected
 two ways: scripted (a queue of HTTP errors to return first, one hang, the next N answers broken)
@@ -183,6 +186,8 @@ class FakeOpenAI:
         if error is not None:
             extra = {"Retry-After": str(self.faults.retry_after_s)} if error == 429 else {}
             return error, {"error": {"message": f"injected {error}", "type": "server_error"}}, extra
+        if path.rstrip("/").endswith("/embeddings"):
+            return 200, embeddings(body), {}
         if not path.rstrip("/").endswith("/chat/completions"):
             return 404, {"error": {"message": f"no route {path}"}}, {}
         messages = body.get("messages", [])
@@ -205,6 +210,41 @@ class FakeOpenAI:
                       "total_tokens": prompt_tokens + completion_tokens,
                       "prompt_tokens_details": {"cached_tokens": 0}},
         }, {}
+
+
+EMBEDDING_DIM = 256
+
+
+def hashed_embedding(text: str, dim: int = EMBEDDING_DIM) -> list[float]:
+    """A deterministic unit vector from the text's character trigrams, each hashed to a signed
+    dimension: texts sharing words (or word parts, in any language) point the same way."""
+    import zlib
+
+    vector = [0.0] * dim
+    padded = f"  {' '.join(str(text).lower().split())}  "
+    for i in range(len(padded) - 2):
+        h = zlib.crc32(padded[i:i + 3].encode("utf-8", "surrogatepass"))
+        vector[h % dim] += 1.0 if h & 0x80000000 else -1.0
+    norm = sum(x * x for x in vector) ** 0.5 or 1.0
+    return [x / norm for x in vector]
+
+
+def embeddings(body: dict) -> dict:
+    """The /v1/embeddings answer: a hashed-trigram vector per input, floats or base64."""
+    import base64
+    import struct
+
+    inputs = body.get("input", [])
+    inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+    data = []
+    for i, text in enumerate(inputs):
+        vector = hashed_embedding(text if isinstance(text, str) else " ".join(map(str, text)))
+        if body.get("encoding_format") == "base64":
+            vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": i, "embedding": vector})
+    tokens = sum(len(str(t)) // 4 + 1 for t in inputs)
+    return {"object": "list", "data": data, "model": body.get("model", "fake-embedding"),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -355,6 +355,9 @@ class CrewRunner:
         research, _ = self._kickoff("research", 0, tools,
                                     {**base, "lookups": data_block("lookups", lookups)}, meter,
                                     result)
+        if evidence.searches:  # how each knowledge search ranked its sections, for `show`
+            result.steps[-1]["output_json"] = json.dumps(
+                {"knowledge_searches": evidence.searches}, ensure_ascii=False)
         base["research"] = data_block("research_notes", research)
         base["evidence"] = data_block("evidence", evidence.items)
 

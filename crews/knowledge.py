@@ -1,9 +1,11 @@
 """What the researcher can know: the knowledge base (policies, FAQ) and the order table.
 
-Both are loaded once per run and shared read-only by every ticket. Knowledge search is a small
-BM25 ranking over the Markdown sections of data/knowledge/: deterministic, instant, needs no
-embedding model, so offline runs and tests are reproducible. Orders are a pandas table keyed by
-order id; lookups never reveal an order to a ticket whose customer does not own it.
+Both are loaded once per run and shared read-only by every ticket. Knowledge search ranks the
+Markdown sections of data/knowledge/ by BM25 (bm25s, over our own tokens): deterministic, instant,
+needs no embedding model, so offline runs and tests are reproducible. With
+`knowledge.embedding_model` set, retrieval.py adds an embedding ranking and fuses the two
+(`KnowledgeBase.semantic`). Orders are a pandas table keyed by order id; lookups never reveal an
+order to a ticket whose customer does not own it.
 
 Guidance written for the support team, not for customers, is marked so it never reaches a reply:
 a whole file with front matter `audience: agents` (a `---` block at its top), or one section
@@ -14,11 +16,10 @@ the gate blocks a reply that repeats eight or more of its words in a row (`inter
 
 from __future__ import annotations
 
-import math
 import re
-from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -49,34 +50,68 @@ class Section:
         return self.audience == AGENTS
 
 
+@dataclass
+class Hit:
+    """One retrieved section with its fused score and what each ranking said about it."""
+
+    section: Section
+    score: float
+    ranks: dict[str, Any] = field(default_factory=dict)  # {"bm25": [rank, score], ...}
+
+    def as_dict(self) -> dict:
+        s = self.section
+        return {"source": s.source, "title": s.title, "text": s.text, "audience": s.audience,
+                "score": round(self.score, 4), "ranks": self.ranks}
+
+
+@dataclass
+class Found:
+    """A search's hits, how they were ranked, and what the query's embedding cost."""
+
+    hits: list[Hit]
+    method: str = "bm25"
+    embedding_tokens: int = 0
+    error: str = ""   # an embedding call that failed: this search fell back to BM25
+
+
 class KnowledgeBase:
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, sections: list[Section] | None = None):
+        """The sections of the .md and .txt files under `directory` (or the `sections` given)."""
+        import bm25s
+
         self.directory = directory
-        self.sections: list[Section] = []
-        for path in sorted(directory.rglob("*")):
+        self.sections: list[Section] = list(sections or [])
+        for path in sorted(directory.rglob("*")) if sections is None else ():
             if path.suffix.lower() in (".md", ".txt") and path.is_file():
                 self.sections.extend(_split(path.relative_to(directory).as_posix(),
                                             path.read_text(encoding="utf-8", errors="replace")))
-        self._docs = [Counter(words(s.title + " " + s.text)) for s in self.sections]
-        self._avg = sum(sum(d.values()) for d in self._docs) / max(1, len(self._docs))
-        df = Counter(w for d in self._docs for w in d)
-        n = len(self._docs)
-        self._idf = {w: math.log(1 + (n - c + 0.5) / (c + 0.5)) for w, c in df.items()}
+        tokens = [words(s.title + " " + s.text) for s in self.sections]
+        self._vocab = {w for doc in tokens for w in doc}
+        # Lucene's BM25 (k1 1.2, b 0.75) is the formula the hand-written scorer it replaced
+        # used; float64 keeps its ties, and so the offline model's choices, exactly as they were.
+        self._bm25 = bm25s.BM25(k1=1.2, b=0.75, method="lucene", dtype="float64")
+        if self.sections:
+            self._bm25.index(tokens, show_progress=False)
+        self.semantic = None  # retrieval.Semantic, when an embedding model is configured
+
+    def keyword(self, query: str) -> list[tuple[int, float]]:
+        """(section index, BM25 score) of every section sharing a word with the query, best first."""
+        q = list(dict.fromkeys(w for w in words(query) if w in self._vocab))
+        if not q:
+            return []
+        scores = self._bm25.get_scores(q)
+        ranked = [(i, float(x)) for i, x in enumerate(scores) if x > 0]
+        ranked.sort(key=lambda t: (-t[1], t[0]))
+        return ranked
+
+    def find(self, query: str, k: int = 3) -> Found:
+        if self.semantic is not None:
+            return self.semantic.find(self, query, k)
+        return Found([Hit(self.sections[i], score, {"bm25": [r, round(score, 4)]})
+                      for r, (i, score) in enumerate(self.keyword(query)[:k], 1)])
 
     def search(self, query: str, k: int = 3) -> list[Section]:
-        q = set(words(query))
-        scored = []
-        for i, doc in enumerate(self._docs):
-            length = sum(doc.values())
-            score = 0.0
-            for w in q:
-                tf = doc.get(w, 0)
-                if tf:
-                    score += self._idf[w] * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * length / self._avg))
-            if score > 0:
-                scored.append((score, i))
-        scored.sort(key=lambda t: (-t[0], t[1]))
-        return [self.sections[i] for _, i in scored[:k]]
+        return [h.section for h in self.find(query, k).hits]
 
 
 def _audience(name: str, text: str) -> tuple[str, str]:

@@ -24,10 +24,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import export, framework, intake, report
-from .knowledge import KnowledgeBase, Orders
+from .knowledge import Orders
 from .ledger import Ledger, LedgerError
 from .llms import build_llms, preflight, role_models
 from .lock import RunLock
+from .retrieval import knowledge_for_run
 from .runlog import RunLog
 from .settings import Config, RunOptions
 from .ticket import PENDING, Rejection, Status, Ticket
@@ -181,7 +182,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
     warnings = [f"no price for model `{m}` in config/settings.yaml `pricing`; its cost_usd is 0"
                 for m in sorted(set(role_models(config, options.model).values()))
                 if m != "offline" and m not in config.settings.pricing]
-    kb = KnowledgeBase(config.knowledge_dir)
+    kb = knowledge_for_run(config)
     orders = Orders(config.orders_file)
 
     with RunLock(config.runs_dir / "crewbatch.lock") as lock:

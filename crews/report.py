@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -90,6 +90,7 @@ class ReportData:
     pricing: dict | None
     ledger_path: str
     generated_utc: str
+    searches: list[dict] = field(default_factory=list)  # research steps' knowledge searches
 
 
 def collect(ledger, run_id: str, pricing: dict | None = None) -> ReportData:
@@ -112,9 +113,15 @@ def collect(ledger, run_id: str, pricing: dict | None = None) -> ReportData:
                 findings.append(Finding(source, str(f.get("check") or "unnamed"),
                                         str(f.get("severity") or "info"),
                                         str(f.get("detail") or ""), row["ticket_id"]))
+    searches = []
+    for row in ledger.step_outputs(run_id, ("research",)):
+        output = _json(row["output_json"])
+        if isinstance(output, dict):
+            searches += [{**x, "ticket_id": row["ticket_id"]}
+                         for x in output.get("knowledge_searches") or [] if isinstance(x, dict)]
     return ReportData(run, ledger.outcomes(run_id), ledger.step_usage(run_id), findings, verdicts,
                       pricing, str(getattr(ledger, "path", "")),
-                      datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                      datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), searches)
 
 
 def _json(text: str):
@@ -473,6 +480,9 @@ def render(data: ReportData) -> str:
                  _grid(_card("Revisions per ticket", _revisions_block(processed, run)),
                        _card("Why tickets need a person", _reasons_block(outcomes)))),
         _section("usage", "Tokens and cost by agent", "", _usage_block(data, outcomes)),
+        _section("knowledge", "Knowledge retrieval", "The researcher's knowledge searches: how "
+                 "they ranked and which sections they found (per ticket: "
+                 "<code>crewbatch show RUN TICKET</code>).", _knowledge_block(data.searches)),
         _section("latency", "Latency", "", _latency_block(processed)),
         _section("top", "Slowest and most expensive tickets", "", _top_block(processed)),
         _section("needs-human", f"Needs a person ({counts.get('needs_human', 0):,})",
@@ -759,6 +769,31 @@ def _usage_block(data: ReportData, outcomes: list[dict]) -> str:
         if unpriced:
             note += f" No price for {', '.join(sorted(unpriced))}: shown as —."
     return _card("Tokens by agent", chart + table(headers, rows, numeric, css="usage"), note)
+
+
+def _knowledge_block(searches: list[dict]) -> str:
+    if not searches:
+        return _empty("No knowledge searches recorded in this run.")
+    methods = Counter(x.get("method", "bm25") for x in searches)
+    tokens = sum(int(x.get("embedding_tokens") or 0) for x in searches)
+    failed = sum(1 for x in searches if x.get("embedding_error"))
+    tickets = len({x["ticket_id"] for x in searches})
+    summary = table(["searches", "tickets", "method", "embedding tokens", "per ticket",
+                     "embedding failed"],
+                    [[f"{len(searches):,}", f"{tickets:,}",
+                      ", ".join(f"{m} ({n:,})" for m, n in methods.most_common()),
+                      f"{tokens:,}", f"{tokens / max(1, tickets):,.0f}", f"{failed:,}"]],
+                    {0, 1, 3, 4, 5})
+    found: Counter = Counter()
+    first: Counter = Counter()
+    for x in searches:
+        for n, hit in enumerate(x.get("sections") or []):
+            key = (str(hit.get("source", "")), str(hit.get("title", "")))
+            found[key] += 1
+            first[key] += n == 0
+    rows = [[source, title, f"{count:,}", f"{first[(source, title)]:,}"]
+            for (source, title), count in found.most_common(12)]
+    return summary + table(["source", "section", "found", "ranked first"], rows, {2, 3})
 
 
 def _latency_block(processed: list[dict]) -> str:

@@ -36,6 +36,7 @@ class Evidence:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.items: list[dict[str, Any]] = []
+        self.searches: list[dict[str, Any]] = []  # each knowledge search's ranking (`searched`)
 
     def add(self, tool: str, args: dict, result: dict) -> str:
         with self._lock:
@@ -52,6 +53,18 @@ class Evidence:
 
     def texts(self) -> list[str]:
         return [json.dumps(i["result"], ensure_ascii=False) for i in self.items]
+
+    def searched(self, query: str, found) -> None:
+        """Keep how a knowledge search ranked its sections (scores, source, method, embedding
+        tokens) for the ledger and the reviewer; the model's answer has only the sections."""
+        record = {"query": query, "method": found.method,
+                  "embedding_tokens": found.embedding_tokens,
+                  "sections": [{k: v for k, v in h.as_dict().items() if k != "text"}
+                               for h in found.hits]}
+        if found.error:
+            record["embedding_error"] = found.error
+        with self._lock:
+            self.searches.append(record)
 
 
 def _public(order: dict) -> dict:
@@ -83,10 +96,12 @@ class SearchKnowledge(_TicketTool):
         self._kb = kb
 
     def _run(self, query: str) -> str:
-        hits = self._kb.search(query, k=3)
+        found = self._kb.find(query, k=3)
+        self._evidence.searched(query, found)
         return self._evidence.add(self.name, {"query": query}, {
-            "sections": [{"source": h.source, "title": h.title, "text": h.text,
-                          "audience": h.audience} for h in hits]})
+            "sections": [{"source": h.section.source, "title": h.section.title,
+                          "text": h.section.text, "audience": h.section.audience}
+                         for h in found.hits]})
 
 
 class OrderArgs(CachedSchema):

@@ -17,7 +17,7 @@ import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -103,6 +103,13 @@ class Limits(_Strict):
     max_reply_chars: int = Field(4_000, ge=100)
 
 
+class KnowledgeSettings(_Strict):
+    # none = BM25 only (offline default); local = all-MiniLM-L6-v2 from the `[local]` extra;
+    # any other name = an embedding model on the chat model's OpenAI-compatible endpoint.
+    embedding_model: str = "none"
+    fusion: Literal["weighted", "rrf"] = "weighted"   # how the two rankings combine (measured)
+
+
 class IntakeSettings(_Strict):
     format: str | None = None          # csv, tsv, jsonl, mbox, maildir, eml; None = by suffix/content
     encoding: str | None = None        # None = detect
@@ -131,6 +138,7 @@ class Settings(_Strict):
     stop_grace_s: float = Field(60.0, gt=0)
     log_json: bool = False
     research_lookups: bool = True
+    knowledge: KnowledgeSettings = KnowledgeSettings()
 
     @field_validator("llm", mode="before")
     @classmethod

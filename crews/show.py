@@ -78,6 +78,8 @@ def trail_text(trail: dict) -> str:
         if s["output_json"] and s["step"] in ("draft", "review"):
             body = json.dumps(json.loads(s["output_json"]), ensure_ascii=False, indent=2)
         out.append(_indent(body))
+        if s["output_json"] and s["step"] == "research":
+            out += _searches(json.loads(s["output_json"]).get("knowledge_searches", []))
     if trail["actions"]:
         out += ["", "── actions"]
         out.append(_indent(describe_actions(json.dumps([
@@ -88,6 +90,28 @@ def trail_text(trail: dict) -> str:
         out.append(f"  {e['at_utc']}  {e['from_status'] or '(new)':>11} → {e['to_status']:<11} "
                    f"{e['detail']}")
     return "\n".join(out)
+
+
+def _searches(searches: list[dict]) -> list[str]:
+    """The research step's evidence: each knowledge search and the sections it found, with
+    their scores, the rankings behind them and their source file."""
+    out = []
+    for search in searches:
+        cost = f", {search['embedding_tokens']} embedding tokens" \
+            if search.get("embedding_tokens") else ""
+        out.append(f"  knowledge search ({search['method']}{cost}): "
+                   f"{_one_line(search['query'], 70)!r}")
+        if search.get("embedding_error"):
+            out.append(f"    embedding failed, BM25 only: {search['embedding_error']}")
+        for n, hit in enumerate(search["sections"], 1):
+            ranks = ", ".join(f"{name} #{rank} {score:g}"
+                              for name, (rank, score) in hit.get("ranks", {}).items())
+            agents = "  (agents only)" if hit.get("audience") == "agents" else ""
+            out.append(f"    {n}. {hit['score']:.4f}  {hit['source']}: {hit['title']}  "
+                       f"[{ranks}]{agents}")
+        if not search["sections"]:
+            out.append("    no section matched")
+    return out
 
 
 def _indent(text: str) -> str:

@@ -106,10 +106,11 @@ def worker_main(root: str, options: dict, run_id: str, index: int, stop, input_d
     from dotenv import load_dotenv
 
     from . import framework
-    from .knowledge import KnowledgeBase, Orders
+    from .knowledge import Orders
     from .ledger import Ledger
     from .llms import build_llms
     from .pipeline import process_safely
+    from .retrieval import knowledge_for_run
     from .runlog import RunLog
     from .settings import load_config
 
@@ -121,7 +122,7 @@ def worker_main(root: str, options: dict, run_id: str, index: int, stop, input_d
 
     runner = CrewRunner(config, build_llms(config, opts.model, processes=opts.workers,
                                            pauses=pauses),
-                        KnowledgeBase(config.knowledge_dir), Orders(config.orders_file),
+                        knowledge_for_run(config), Orders(config.orders_file),
                         opts.revision_limit)
     runner.warm(share(opts))
     run_dir = config.runs_dir / run_id
