@@ -182,7 +182,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
     warnings = [f"no price for model `{m}` in config/settings.yaml `pricing`; its cost_usd is 0"
                 for m in sorted(set(role_models(config, options.model).values()))
                 if m != "offline" and m not in config.settings.pricing]
-    kb = knowledge_for_run(config)
+    kb = knowledge_for_run(config, processes=options.workers)
     orders = Orders(config.orders_file)
 
     with RunLock(config.runs_dir / "crewbatch.lock") as lock:

@@ -220,8 +220,9 @@ def fuse(keyword: list[tuple[int, float]], semantic: list[tuple[int, float]],
     return sorted(scores.items(), key=lambda t: (-t[1], t[0]))
 
 
-def embedder_for(config: Any, environ=os.environ) -> Any:
-    """The configured embedder, or None for `none` (BM25 only)."""
+def embedder_for(config: Any, environ=os.environ, processes: int = 1) -> Any:
+    """The configured embedder, or None for `none` (BM25 only). With `--workers`, each process
+    gets an equal share of the model's rate limits, as chat models do."""
     model = config.settings.knowledge.embedding_model
     if model == NONE:
         return None
@@ -229,24 +230,30 @@ def embedder_for(config: Any, environ=os.environ) -> Any:
         return LocalEmbedder()
     from .calls import RateLimiter, RetryPolicy
 
+    if not environ.get("OPENAI_API_KEY"):
+        raise EmbeddingFailed("it needs OPENAI_API_KEY (in the environment or .env; any "
+                              "non-empty value for a local server)")
     r, s = config.settings.retry, config.settings.llm
     limit = config.settings.rate_limits.get(model)
     policy = RetryPolicy(max_attempts=r.max_attempts, repair_attempts=0,
                          base_delay_s=r.base_delay_s, max_delay_s=r.max_delay_s)
-    limiter = RateLimiter(limit.requests_per_minute if limit else None,
-                          limit.tokens_per_minute if limit else None)
+    share = max(1, processes)
+    limiter = RateLimiter(max(1, limit.requests_per_minute // share)
+                          if limit and limit.requests_per_minute else None,
+                          max(1, limit.tokens_per_minute // share)
+                          if limit and limit.tokens_per_minute else None)
     return EndpointEmbedder(model, s.base_url or environ.get("OPENAI_BASE_URL"),
                             environ.get("OPENAI_API_KEY"), s.timeout_s, policy, limiter)
 
 
-def knowledge_for_run(config: Any, environ=os.environ) -> KnowledgeBase:
+def knowledge_for_run(config: Any, environ=os.environ, processes: int = 1) -> KnowledgeBase:
     """The knowledge base a run searches: BM25, plus the configured embeddings (index built or
     loaded here, before the first ticket)."""
     from .settings import SETTINGS_FILE, ConfigError
 
     kb = KnowledgeBase(config.knowledge_dir)
     try:
-        embedder = embedder_for(config, environ)
+        embedder = embedder_for(config, environ, processes)
         if embedder is not None:
             kb.semantic = Semantic.build(kb, embedder, config.runs_dir / "knowledge-index",
                                          config.settings.knowledge.fusion)

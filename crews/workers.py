@@ -122,7 +122,8 @@ def worker_main(root: str, options: dict, run_id: str, index: int, stop, input_d
 
     runner = CrewRunner(config, build_llms(config, opts.model, processes=opts.workers,
                                            pauses=pauses),
-                        knowledge_for_run(config), Orders(config.orders_file),
+                        knowledge_for_run(config, processes=opts.workers),
+                        Orders(config.orders_file),
                         opts.revision_limit)
     runner.warm(share(opts))
     run_dir = config.runs_dir / run_id

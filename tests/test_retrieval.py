@@ -174,6 +174,13 @@ def test_an_unreachable_embedding_endpoint_stops_the_run_before_any_ticket(proje
     assert chats == []
 
 
+def test_an_endpoint_embedding_model_without_a_key_stops_the_run(project, cli):
+    with_embeddings(project)
+    result = cli("run", "--offline", "--limit", "1")
+    assert result.exit_code == 2
+    assert "could not be embedded: it needs OPENAI_API_KEY" in result.output
+
+
 def test_unknown_fusion_is_a_config_error(project, cli):
     settings = project / "config/settings.yaml"
     settings.write_text(settings.read_text().replace("fusion: weighted", "fusion: max"))
@@ -222,3 +229,34 @@ def test_retrieval_benchmark_runs_on_the_labelled_sample(tmp_path, capsys):
     assert figures["bm25s"]["all"] == figures["bm25 hand-written"]["all"]
     assert figures["bm25s"]["all"]["recall@3"] > 0.7
     assert "corpus skipped" in capsys.readouterr().out
+
+
+def test_endpoint_embedder_takes_its_rate_limits_and_shares_them_between_workers(project):
+    from crews.retrieval import embedder_for
+    from crews.settings import load_config
+
+    with_embeddings(project)
+    settings = project / "config/settings.yaml"
+    settings.write_text(settings.read_text().replace(
+        "rate_limits:\n", "rate_limits:\n  fake-embedding: {requests_per_minute: 100, "
+                          "tokens_per_minute: 9000}\n"))
+    config = load_config(project)
+    env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    alone = embedder_for(config, env)
+    assert (alone._limiter.rpm, alone._limiter.tpm) == (100, 9000)
+    shared = embedder_for(config, env, processes=2)
+    assert (shared._limiter.rpm, shared._limiter.tpm) == (50, 4500)
+    assert alone._policy.max_attempts == config.settings.retry.max_attempts
+
+
+def test_worker_processes_load_the_index_the_run_built(project, cli):
+    with_embeddings(project)
+    with FakeOpenAI() as server:
+        env = {"OPENAI_API_KEY": "sk-test-key", "OPENAI_BASE_URL": server.base_url}
+        result = cli("run", "--model", "fake-model", "--limit", "4", "--workers", "2",
+                     "--concurrency", "2", env=env)
+        embeds = embedding_requests(server)
+    assert result.exit_code == 0, result.output
+    assert len(embeds) == 1 + 4  # one index build for both processes, one query per ticket
+    assert len(embeds[0]["body"]["input"]) > 1 and all(len(e["body"]["input"]) == 1
+                                                       for e in embeds[1:])
