@@ -212,6 +212,9 @@ def retry(obj: Context, run_id, offline, model, concurrency):
     with obj.ledger(config) as ledger:
         run_id = _resolve_run(ledger, run_id)
         failed = ledger.counts(run_id).get("failed", 0)
+        if json.loads(ledger.run(run_id)["options_json"] or "{}").get("side_effects") is False:
+            fail(f"run {run_id} is an eval (side effects off), not a queue of tickets; run "
+                 "`crewbatch eval` again to score its failed tickets")
     if not failed:
         click.echo(f"crewbatch: run {run_id} has no failed tickets; nothing to retry", err=True)
         sys.exit(0)

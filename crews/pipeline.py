@@ -17,7 +17,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -163,9 +163,9 @@ def run(config: Config, options: RunOptions, sources: list[str],
         intake_options: intake.IntakeOptions | None = None,
         stop: threading.Event | None = None,
         progress: Callable[[int], None] | None = None,
-        retry_of: str | None = None) -> RunSummary:
-    """Process the sources (or a run's failed tickets); raises ConfigError/SourceError/LockHeld
-    before any work."""
+        retry_of: str | None = None, records: Iterable | None = None) -> RunSummary:
+    """Process the sources (or a run's failed tickets, or `records` already read from the
+    sources: an eval's sample); raises ConfigError/SourceError/LockHeld before any work."""
     stop = stop or Stop()
     intake_options = intake_options or intake.IntakeOptions.from_config(config)
     started = time.monotonic()
@@ -190,7 +190,9 @@ def run(config: Config, options: RunOptions, sources: list[str],
         recovered = ledger.recover_crashed_runs("the process running it died; its unfinished "
                                                 "tickets go back to pending")
         if retry_of is not None:
-            records: Iterator = iter(ledger.failed_tickets(retry_of))
+            records = iter(ledger.failed_tickets(retry_of))
+        elif records is not None:
+            records = iter(records)
         else:
             records = _records(files, intake_options, options.limit)
         run_id = new_run_id()
@@ -226,7 +228,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
                 "revision_limit": options.revision_limit, "limit": options.limit,
                 "reprocess": options.reprocess, "max_cost": options.max_cost,
                 "max_minutes": options.max_minutes, "retry_of": retry_of,
-                "workers": options.workers,
+                "workers": options.workers, "side_effects": options.side_effects,
                 "models": role_models(config, options.model)},
                 [str(f) for f in files] or [f"retry of {retry_of}"])
             log.info("run started", run_id=run_id, model=options.model,
@@ -248,7 +250,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
                 if not ledger.claim(outcome_id, "main"):
                     return None  # a worker process took it
                 status_value, cost = process_safely(config, ledger, runner, run_dir, outcome_id,
-                                                    ticket)
+                                                    ticket, options.side_effects)
                 budget.add(cost)
                 log.info("ticket finished", ticket_id=ticket.ticket_id, status=status_value,
                          cost_usd=round(cost, 6))
@@ -356,12 +358,14 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errn
 
 
 def process_safely(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: int,
-                   ticket: Ticket) -> tuple[str, float]:
+                   ticket: Ticket, side_effects: bool = True) -> tuple[str, float]:
     """`_process`, with the one broad catch of a run: a ticket that breaks something (a header
     the mail library refuses, text SQLite cannot store) ends `failed` with the error and the
-    night goes on. A broken ledger or disk is not the ticket's fault and stops the run."""
+    night goes on. A broken ledger or disk is not the ticket's fault and stops the run.
+    Without `side_effects` (an eval) an approved ticket's actions are decided but not carried
+    out: no reply file, no refund request, no side_effects or refunds row."""
     try:
-        return _process(config, ledger, runner, run_dir, outcome_id, ticket)
+        return _process(config, ledger, runner, run_dir, outcome_id, ticket, side_effects)
     except (LedgerError, KeyboardInterrupt):
         raise
     except OSError as exc:
@@ -378,7 +382,7 @@ def process_safely(config: Config, ledger: Ledger, runner, run_dir: Path, outcom
 
 
 def _process(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: int,
-             ticket: Ticket) -> tuple[str, float]:
+             ticket: Ticket, side_effects: bool = True) -> tuple[str, float]:
     from .actions import PolicyRefusal, perform
 
     started = time.monotonic()
@@ -388,7 +392,7 @@ def _process(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: 
     if not ledger.still_running(outcome_id):
         # A crashed run's straggler: recovery gave this ticket back to a new run meanwhile.
         return RELEASED, 0.0
-    if status == Status.APPROVED:
+    if status == Status.APPROVED and side_effects:
         try:
             perform(result.decisions, ticket, result.draft, run_dir, ledger, outcome_id)
         except PolicyRefusal as refusal:
@@ -407,7 +411,7 @@ def _process(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: 
                       "cost_usd": price(config, c["model"], c["prompt_tokens"],
                                         c["completion_tokens"])})
     cost = sum(c["cost_usd"] for c in calls)
-    actions = action_rows(result, status)
+    actions = action_rows(result, status, performed=side_effects)
     fields = {
         "category": draft.category if draft else "",
         "priority": draft.priority if draft else "",
@@ -436,12 +440,13 @@ def _process(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: 
     return status.value, cost
 
 
-def action_rows(result, status: Status) -> list[dict]:
-    """Every proposed action with what became of it: performed, refused, not_run or proposed."""
+def action_rows(result, status: Status, performed: bool = True) -> list[dict]:
+    """Every proposed action with what became of it: performed, refused, not_run (allowed, but
+    the ticket went to a person or the run's side effects were off) or proposed."""
     rows = []
     for d in result.decisions:
         decision = ("refused" if not d.allowed else
-                    "performed" if status == Status.APPROVED else "not_run")
+                    "performed" if status == Status.APPROVED and performed else "not_run")
         rows.append({"kind": d.kind, "args": d.args, "decision": decision, "reason": d.reason})
     seen = {(r["kind"], json.dumps(r["args"], sort_keys=True)) for r in rows}
     planned = result.plan or (result.draft.actions if result.draft else [])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,10 @@ def apply(config, ledger, path: Path) -> ReviewReport:
     if ledger.run(run_id) is None:
         raise SheetError(f"{path}: the sheet is from run {run_id}, which is not in this project's "
                          f"ledger ({config.ledger_file}); apply it in the project that made it")
+    if json.loads(ledger.run(run_id)["options_json"] or "{}").get("side_effects") is False:
+        raise SheetError(f"{path}: the sheet is from run {run_id}, an eval (`crewbatch eval`, "
+                         "side effects off): its tickets are a labelled dataset, not customers "
+                         "waiting for a reply, so nothing in it is carried out")
     report = ReviewReport(run_id)
     # Only read here, never made: a new key could not verify a sheet signed with the lost one.
     key = export.review_key(config.runs_dir, create=False)

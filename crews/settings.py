@@ -588,6 +588,8 @@ class RunOptions:
     max_minutes: float | None = None
     workers: int = 1
     new_ledger: bool = False  # start a new ledger although earlier run folders exist
+    # False (only `crewbatch eval`): the crew decides every action, nothing is carried out.
+    side_effects: bool = True
 
 
 def resolve_options(config: Config, cli: dict[str, Any], environ=os.environ) -> RunOptions:

@@ -162,7 +162,7 @@ def worker_main(root: str, options: dict, run_id: str, index: int, stop, input_d
                 continue
             outcome_id, ticket = claimed
             in_flight.add(pool.submit(process_safely, config, ledger, runner, run_dir,
-                                      outcome_id, ticket))
+                                      outcome_id, ticket, opts.side_effects))
         for f in wait(in_flight).done:
             done(f)
     finished.set()

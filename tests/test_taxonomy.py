@@ -11,10 +11,11 @@ from pydantic import ValidationError
 from crews.outputs import Draft, draft_model
 from crews.settings import ConfigError, load_config
 
-# The offline crew's results on data/tickets.csv from before the taxonomy was configuration.
+# The offline crew's results on data/tickets.csv: as before the taxonomy was configuration, but
+# for one ticket that `late` and `lost` as whole words (commit 49dcb0f) no longer call shipping.
 SAMPLE_STATUSES = {"approved": 37, "needs_human": 14}
-SAMPLE_CATEGORIES = {"refund": 12, "shipping": 13, "damaged_item": 6, "billing": 4, "account": 4,
-                     "complaint": 3, "return": 4, "general": 4, "cancellation": 1}
+SAMPLE_CATEGORIES = {"refund": 12, "shipping": 12, "damaged_item": 6, "billing": 4, "account": 4,
+                     "complaint": 3, "return": 4, "general": 5, "cancellation": 1}
 SAMPLE_PRIORITIES = {"normal": 37, "high": 8, "urgent": 2, "low": 4}
 
 
@@ -28,7 +29,7 @@ def edit(project, name, old, new):
 def test_the_draft_schema_names_only_the_taxonomy(project):
     taxonomy = load_config(project).taxonomy
     model = draft_model(taxonomy)
-    assert model.__name__ == "Draft" and model.taxonomy is taxonomy
+    assert model.__name__ == "Draft" and model.taxonomy == taxonomy
     assert draft_model(taxonomy) is model  # one class per taxonomy: its schema is cached
     schema = model.model_json_schema()
     assert schema["properties"]["category"]["enum"] == list(taxonomy.categories)
