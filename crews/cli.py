@@ -508,5 +508,81 @@ def check(obj: Context, sources, offline, fmt, encoding):
     click.echo("ok")
 
 
+@main.command("eval")
+@click.argument("datasets", nargs=-1, required=True, metavar="DATASET...")
+@click.option("--label", "labels", multiple=True, metavar="FIELD=COLUMN",
+              help="A label column to score: category, priority, queue or needs_human "
+                   "(a person handled it), e.g. --label queue=queue. Repeatable.")
+@click.option("--map", "map_file", type=click.Path(dir_okay=False),
+              help="YAML mapping the dataset's label values onto config/taxonomy.yaml.")
+@click.option("--limit", type=click.IntRange(1), help="Score the first N records.")
+@click.option("--sample", type=click.IntRange(1), help="Score a seeded random sample of N records.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample and the "
+              "baselines' folds.")
+@click.option("--offline", is_flag=True, help="Use the built-in deterministic model.")
+@click.option("--model", help="Model for every role without an override in agents.yaml.")
+@click.option("--concurrency", type=click.IntRange(1, 256), help="Tickets in flight at once.")
+@click.option("--baseline", metavar="EVAL_ID",
+              help="An earlier eval (its id, or its eval.json) to compare with.")
+@click.option("--max-drop", type=click.FloatRange(min=0), metavar="X",
+              help="With --baseline: exit 1 if a metric falls by more than X (e.g. 0.02).")
+@click.option("-o", "--output", type=click.Path(file_okay=False),
+              help="Where to write the eval (default: runs/evals/EVAL_ID/).")
+@format_option
+@encoding_option
+@click.pass_obj
+def eval_command(obj: Context, datasets, labels, map_file, limit, sample, seed, offline, model,
+                 concurrency, baseline, max_drop, output, fmt, encoding):
+    """Score the crew on labelled tickets: accuracy, macro-F1 and confusion per field,
+    escalation precision/recall, reliability, cost, beside majority and TF-IDF baselines.
+
+    The eval is a recorded run with side effects off (nothing is sent, no refund requested);
+    its id is printed first. Writes eval.json, samples.csv and report.html to
+    runs/evals/EVAL_ID/. Exit 0, 1 if --max-drop is exceeded, 2 if it cannot run.
+
+    \b
+    Examples:
+      crewbatch eval tickets.csv --label category=type --map map.yaml --offline
+      crewbatch eval tickets.csv --label queue=queue --sample 500 --seed 1 --model gpt-4o-mini
+      crewbatch eval tickets.csv --label queue=queue --baseline 20261201-101010-ab12 --max-drop 0.02
+    """
+    from . import evaluation
+    from .intake import IntakeOptions
+
+    if limit and sample:
+        fail("--limit and --sample exclude each other; use one")
+    if max_drop is not None and not baseline:
+        fail("--max-drop needs --baseline EVAL_ID to compare with")
+    config = obj.config()
+    try:
+        spec = evaluation.EvalOptions(list(datasets), evaluation.parse_labels(list(labels)),
+                                      map_file, limit, sample, seed, baseline, max_drop, output)
+        options = resolve_options(config, {"offline": offline, "model": model,
+                                           "concurrency": concurrency})
+        result = _eval(evaluation, config, options, spec,
+                       IntakeOptions.from_config(config, fmt, encoding))
+    except evaluation.EvalError as err:
+        fail(str(err))
+    for line in evaluation.summary_lines(result):
+        click.echo(line)
+    sys.exit(result.exit_code)
+
+
+def _eval(evaluation, config, options, spec, intake_options):
+    """run_eval with the run's signal handling and progress bar; CrewAI's prints to stderr."""
+    from .pipeline import Stop
+
+    stop = Stop()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT,
+                                                                     signal.SIGTERM)}
+    try:
+        with _progress() as advance, contextlib.redirect_stdout(sys.stderr):
+            return evaluation.run_eval(config, options, spec, intake_options, stop=stop,
+                                       progress=advance)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,268 @@
+"""The eval report: one self-contained HTML page per `crewbatch eval`, built from its log.
+
+Same rules and look as the run report (report.py, whose table, card and chart helpers it uses):
+inline CSS and SVG, no scripts, nothing from the network, and every value from the log — ticket
+text above all, which is hostile — reaches the page through `esc` (tables escape whatever is not
+already `Html`). It shows each scored field's metrics beside the majority and TF-IDF baselines,
+its confusion matrix as a heat map, per-class bars and the worst-confused tickets with their text.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .metrics import NONE
+from .report import (
+    CSS,
+    Html,
+    _card,
+    _cut,
+    _empty,
+    _grid,
+    _ms,
+    _pct,
+    _pill,
+    _section,
+    _usd,
+    esc,
+    hbar_chart,
+    table,
+)
+
+EXAMPLES = 3        # tickets shown per confused pair
+PAIRS = 6           # confused pairs shown per field
+F1_COLOR, PRECISION_COLOR, RECALL_COLOR = "#3e6db5", "#2e8b66", "#d99a1e"
+EXTRA_CSS = """
+.heat text{font-size:11px}.heat .c{font-size:11px;font-weight:600}
+.up{color:#1f6b4d;font-weight:600}.down{color:#9b2c2c;font-weight:600}
+.ex{font-size:12.5px;white-space:pre-wrap;max-height:9em;overflow:hidden}
+"""
+
+
+def write_report(log, path: Path) -> Path:
+    page = render(log)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(page)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _f(value) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def render(log) -> str:
+    spec, results = log.eval, log.results
+    meta = results.metadata
+    ds = spec.dataset
+    how = (f"seeded sample of {ds.sample} (seed {ds.seed})" if ds.sample else
+           f"first {ds.limit}" if ds.limit else "every record")
+    facts = [("Model", spec.model), ("Dataset", ", ".join(ds.location)),
+             ("Records", f"{ds.records:,} read; {ds.samples:,} in the eval ({how})"),
+             ("Labels", ", ".join(f"{k} = {v}" for k, v in ds.labels.items())),
+             ("Map", ds.map_file or "none"), ("Run", spec.run_id),
+             ("Wall time", _ms(log.stats.wall_s * 1000)), ("Status", log.status)]
+    head = (f'<header class="top"><div><div class="eyebrow">crewbatch · eval report</div>'
+            f'<h1><span class="mute">eval</span> <span class="runid">{esc(spec.eval_id)}</span>'
+            f'</h1></div></header><dl class="meta">'
+            + "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in facts)
+            + "</dl>")
+    tiles = [("Tickets", f"{results.total_samples:,}", f"{meta.get('rejected_records', 0)} "
+              "records rejected by intake"),
+             ("Reliability", _pct(results.completed_samples, results.total_samples),
+              "ended approved or needs_human"),
+             ("Approval rate", f"{100 * meta.get('approval_rate', 0):.1f}%", "approved"),
+             ("Cost per ticket", _usd(meta.get("cost_per_ticket")),
+              f"{meta.get('tokens_per_ticket', 0):,.0f} tokens"),
+             ("Latency p50 · p95", f"{_ms(meta.get('latency_p50_ms'))}",
+              f"p95 {_ms(meta.get('latency_p95_ms'))}")]
+    kpis = '<div class="kpis">' + "".join(
+        f'<div class="kpi"><div class="kl">{esc(t)}</div><div class="kv">{esc(v)}</div>'
+        f'<div class="ks">{esc(s)}</div></div>' for t, v, s in tiles) + "</div>"
+    sections = [head, kpis,
+                _section("scores", "Scores", "The crew beside two honest reference points, "
+                         "cross-fitted on the same dataset (no baseline saw the ticket it "
+                         "predicts).", _scores_table(log) + _baseline_notes(log))]
+    for score in results.scores:
+        sections.append(_field_section(log, score))
+    sections.append(_section("gate", "Gate findings", "Tickets with a finding of each check, "
+                             "over every draft round.", _card("By check", hbar_chart(
+                                 [(k, [("tickets", v, F1_COLOR)]) for k, v in
+                                  meta.get("gate_findings", {}).items()], "gate findings"))))
+    if log.comparison is not None:
+        sections.append(_comparison(log))
+    title = f"crewbatch eval {spec.eval_id}"
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<meta name="generator" content="crewbatch">'
+            f"<title>{esc(title)}</title><style>{CSS}{EXTRA_CSS}</style></head><body><main>"
+            + "".join(sections) +
+            "<footer>Generated by crewbatch from the eval log (eval.json beside this file). "
+            "Self-contained: no network needed.</footer></main></body></html>\n")
+
+
+def _baseline_scores(log) -> dict[str, dict[str, dict]]:
+    """scorer -> field -> score (as dicts, from the log's baselines)."""
+    return {name: {s["name"]: s for s in b.get("scores", [])} for name, b in log.baselines.items()}
+
+
+def _scores_table(log) -> str:
+    base = _baseline_scores(log)
+    deltas = log.comparison.deltas if log.comparison else {}
+    rows = []
+    for score in log.results.scores:
+        for key, metric in score.metrics.items():
+            row = [score.name, key, _f(metric.value)]
+            for scorer in ("majority", "tfidf_logreg"):
+                other = base.get(scorer, {}).get(score.name)
+                row.append(_f(other["metrics"][key]["value"]) if other else "—")
+            if log.comparison:
+                d = deltas.get(f"{score.name}.{key}")
+                row.append(_delta(d["delta"]) if d else "—")
+            rows.append(row)
+    meta = log.results.metadata
+    for key in ("reliability", "approval_rate"):
+        row = ["run", key, _f(meta.get(key)), "", ""]
+        if log.comparison:
+            d = deltas.get(f"run.{key}")
+            row.append(_delta(d["delta"]) if d else "—")
+        rows.append(row)
+    headers = ["field", "metric", "crew", "majority", "TF-IDF + LR"]
+    if log.comparison:
+        headers.append(f"Δ vs {log.comparison.baseline_eval_id}")
+    return _card("Metrics", table(headers, rows, numeric={2, 3, 4, 5}, css="compact"))
+
+
+def _delta(value: float) -> Html:
+    css = "up" if value > 1e-9 else "down" if value < -1e-9 else "mute"
+    return Html(f'<span class="{css}">{value:+.3f}</span>')
+
+
+def _baseline_notes(log) -> str:
+    notes = [f"<li><b>{esc(name)}</b>: {esc(b.get('note', ''))}"
+             + (f" (trained on the {b['training_pool']:,} records outside the eval"
+                + (")" if b["training_pool"] >= log.results.total_samples else
+                   ", and cross-fitted on the eval's other folds)")
+                if b.get("available") and "training_pool" in b else "")
+             + "</li>" for name, b in log.baselines.items()]
+    return f'<ul class="note">{"".join(notes)}</ul>' if notes else ""
+
+
+def _field_section(log, score) -> str:
+    meta = score.metadata
+    intro = (f"{score.scored_samples:,} labelled tickets"
+             + (f"; {score.unscored_samples:,} without a label" if score.unscored_samples else ""))
+    cards = []
+    if score.name == "needs_human":
+        c = meta.get("counts", {})
+        cards.append(_card("Escalation", table(
+            ["", "a person handled it", "it did not"],
+            [["crew sent it to a person", c.get("tp", 0), c.get("fp", 0)],
+             ["crew did not", c.get("fn", 0), c.get("tn", 0)]], numeric={1, 2}, css="compact"),
+            "Precision: of the tickets the crew sent to a person, how many a person handled; "
+            "recall: of those a person handled, how many the crew sent."))
+    else:
+        labels, matrix = meta["confusion"]["labels"], meta["confusion"]["matrix"]
+        cards.append(_card("Confusion matrix", heat_map(labels, matrix),
+                           "Rows: the label; columns: the crew's answer (shade: share of the "
+                           "row). The last column counts tickets the crew gave no answer for."))
+        per = meta["per_class"]
+        bars = [(label, [("F1", per[label]["f1"], F1_COLOR)]) for label in labels]
+        cards.append(_card("Per class", hbar_chart(bars, f"{score.name} F1 per class",
+                                                   fmt=lambda v: f"{v:.2f}")
+                           + table(["class", "precision", "recall", "F1", "support"],
+                                   [[k, _f(v["precision"]), _f(v["recall"]), _f(v["f1"]),
+                                     v["support"]] for k, v in per.items()],
+                                   numeric={1, 2, 3, 4}, css="compact")))
+    body = _grid(*cards) if len(cards) > 1 else "".join(cards)
+    if meta.get("unmapped"):
+        body += _card("Label values that map to nothing", table(
+            ["dataset value", "tickets"], [[k, v] for k, v in meta["unmapped"].items()],
+            numeric={1}, css="compact"),
+            "Kept and scored: the crew cannot predict them, so they count as misses"
+            + (" (needs_human: left out of precision and recall)." if score.name == "needs_human"
+               else ". Add them to the map file (--map) to score them."))
+    if score.name != "needs_human":
+        body += _confused(log, score)
+    return _section(f"f-{score.name}", f"{score.name}", esc(intro), body)
+
+
+def heat_map(labels: list[str], matrix: list[list[int]], cell: int = 34) -> Html:
+    if not labels:
+        return _empty("Nothing to show.")
+    cols = [*labels, NONE]
+    left = min(180, max(70, int(max(len(x) for x in labels) * 6.7) + 12))
+    top = min(140, max(60, int(max(len(x) for x in cols) * 5.2) + 16))
+    width, height = left + cell * len(cols) + 8, top + cell * len(labels) + 8
+    out = [f'<svg class="chart heat" viewBox="0 0 {width} {height}" width="{width}" role="img" '
+           'aria-label="confusion matrix">']
+    for j, name in enumerate(cols):
+        x = left + j * cell + cell / 2
+        out.append(f'<text transform="translate({x:.1f},{top - 6}) rotate(-45)">'
+                   f"<title>{esc(name)}</title>{esc(_cut(name, 22))}</text>")
+    for i, (name, row) in enumerate(zip(labels, matrix, strict=True)):
+        y = top + i * cell
+        total = sum(row) or 1
+        out.append(f'<text x="{left - 6}" y="{y + cell / 2 + 4:.1f}" text-anchor="end">'
+                   f"<title>{esc(name)}</title>{esc(_cut(name, 26))}</text>")
+        for j, count in enumerate(row):
+            share = count / total
+            diagonal = j == i
+            r, g, b = (46, 139, 102) if diagonal else (201, 74, 74)
+            fill = (f"rgb({int(255 - (255 - r) * share)},{int(255 - (255 - g) * share)},"
+                    f"{int(255 - (255 - b) * share)})")
+            out.append(f'<rect x="{left + j * cell}" y="{y}" width="{cell - 2}" '
+                       f'height="{cell - 2}" rx="3" fill="{fill}" stroke="#e3e7ec">'
+                       f"<title>{esc(name)} → {esc(cols[j])}: {count:,} "
+                       f"({100 * share:.0f}% of the row)</title></rect>")
+            if count:
+                ink = "#fff" if share > 0.55 else "#1f2933"
+                out.append(f'<text class="c" x="{left + j * cell + (cell - 2) / 2:.1f}" '
+                           f'y="{y + cell / 2 + 3:.1f}" text-anchor="middle" '
+                           f'style="fill:{ink}">{count}</text>')
+    out.append("</svg>")
+    return Html("".join(out))
+
+
+def _confused(log, score) -> str:
+    labels, matrix = score.metadata["confusion"]["labels"], score.metadata["confusion"]["matrix"]
+    cols = [*labels, NONE]
+    pairs = sorted(((matrix[i][j], labels[i], cols[j]) for i in range(len(labels))
+                    for j in range(len(cols)) if cols[j] != labels[i] and matrix[i][j]),
+                   key=lambda p: -p[0])[:PAIRS]
+    if not pairs:
+        return _card("Worst confusions", _empty("No ticket was confused."))
+    rows = []
+    for count, gold, answer in pairs:
+        examples = [s for s in log.samples if s.target.get(score.name) == gold and
+                    (s.output.get(score.name) or NONE) == answer][:EXAMPLES]
+        text = Html("".join(f'<div class="ex">{esc(s.id)}: {esc(_cut(s.input, 400))}</div>'
+                            for s in examples))
+        rows.append([gold, answer, count, text, Html("".join(_pill(s.status) for s in examples))])
+    return _card("Worst confusions", table(["label", "crew said", "tickets", "examples",
+                                            "status"], rows, numeric={2}))
+
+
+def _comparison(log) -> str:
+    c = log.comparison
+    rows = [[field, len(c.better.get(field, [])), len(c.worse.get(field, [])),
+             ", ".join(c.worse.get(field, [])[:20])]
+            for field in sorted(set(c.better) | set(c.worse))]
+    note = (f"--max-drop {c.max_drop:g}: " + (", ".join(c.dropped) + " fell by more"
+                                               if c.dropped else "no metric fell by more")
+            if c.max_drop is not None else "")
+    return _section("comparison", f"Against eval {c.baseline_eval_id}",
+                    "Tickets of both evals (the same dataset record) whose answer became right "
+                    "or wrong.", _card("Better and worse", table(
+                        ["field", "better", "worse", "worse tickets (first 20)"], rows,
+                        numeric={1, 2}) if rows else _empty("No ticket changed."), note))
