@@ -9,10 +9,6 @@ its confusion matrix as a heat map, per-class bars and the worst-confused ticket
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 from .metrics import NONE
 from .report import (
     CSS,
@@ -39,22 +35,6 @@ EXTRA_CSS = """
 .up{color:#1f6b4d;font-weight:600}.down{color:#9b2c2c;font-weight:600}
 .ex{font-size:12.5px;white-space:pre-wrap;max-height:9em;overflow:hidden}
 """
-
-
-def write_report(log, path: Path) -> Path:
-    page = render(log)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _f(value) -> str:

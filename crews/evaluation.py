@@ -307,7 +307,7 @@ def run_eval(config: Config, options: RunOptions, spec: EvalOptions,
              intake_options: intake.IntakeOptions | None = None, stop=None,
              progress=None) -> EvalOutcome:
     from . import pipeline
-    from .eval_report import write_report
+    from .eval_report import render
     from .ledger import Ledger
 
     intake_options = intake_options or intake.IntakeOptions.from_config(config)
@@ -331,7 +331,7 @@ def run_eval(config: Config, options: RunOptions, spec: EvalOptions,
     directory = Path(spec.output) if spec.output else config.runs_dir / EVALS_DIR / log.eval.eval_id
     write_log(log, directory / LOG_FILE)
     write_samples(log, directory / SAMPLES_FILE)
-    write_report(log, directory / REPORT_FILE)
+    _atomic(directory / REPORT_FILE, render(log).encode("utf-8"))
     exit_code = (pipeline.EXIT_STOPPED if summary.exit_code == pipeline.EXIT_STOPPED else
                  1 if log.comparison is not None and log.comparison.dropped else 0)
     return EvalOutcome(log, directory, exit_code, summary)
