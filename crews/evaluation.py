@@ -394,11 +394,9 @@ def score(config: Config, model: str, summary, dataset: Dataset, records: list, 
     durations = [s.duration_ms for s in decided]
     from .report import percentile
 
-    gate = Counter()
-    for row in checks:
-        found = json.loads(row["output_json"] or "[]")
-        for check in {f.get("check") for f in found if isinstance(f, dict)}:
-            gate[check] += 1
+    flagged = {(f.get("check"), row["outcome_id"]) for row in checks
+               for f in json.loads(row["output_json"] or "[]") if isinstance(f, dict)}
+    gate = Counter(check for check, _ in flagged)  # tickets with the finding, in any round
     cost = sum(s.cost_usd for s in samples)
     tokens = sum(s.tokens for s in samples)
     meta = {
