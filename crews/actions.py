@@ -71,6 +71,9 @@ class ActionDesk:
     # The ledger's refunds so far on an order or for a customer (`Ledger.refund_history`);
     # without it (unit tests) only this ticket's own refunds are known.
     history: Callable[[str, str], RefundHistory] | None = None
+    # The end of the per-customer caps' rolling period (default: now). A replay checks the caps
+    # as they stood when the run it replays started.
+    as_of: datetime | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _decide(self, kind: str, args: dict, refusal: str | None, guard=None) -> str:
@@ -125,7 +128,8 @@ class ActionDesk:
         if refusal is None:
             total = self._order_total(args["order_id"])
             guard = functools.partial(cap_refusal, self.policy.refunds, args["order_id"], total,
-                                      args["amount"], args["currency"], self.reviewer_approved)
+                                      args["amount"], args["currency"], self.reviewer_approved,
+                                      now=self.as_of)
             if self.history is not None:
                 refusal = guard(self.history(args["order_id"], self.ticket.customer))
         return self._decide("request_refund", args, refusal, guard)
@@ -355,8 +359,11 @@ def idempotency_key(ticket: Ticket, decision: Decision) -> str:
 
 
 def perform(decisions: list[Decision], ticket: Ticket, draft: Draft, run_dir: Path, ledger,
-            outcome_id: int) -> list[str]:
+            outcome_id: int, replay_of: str | None = None) -> list[str]:
     """Carry out the allowed, staged side effects exactly once; return a line per action.
+
+    In a replay `ledger` is the replay's `SimulatedEffects` (nothing is recorded as done, no
+    real refund is reserved) and the files it writes say which run they replay (`replay_of`).
 
     Refunds are recorded first, all in one ledger transaction that checks their caps again
     (`PolicyRefusal` if another ticket used the room meanwhile: then nothing at all is done).
@@ -385,10 +392,12 @@ def perform(decisions: list[Decision], ticket: Ticket, draft: Draft, run_dir: Pa
                 lines.append(f"{d.kind}: already done earlier, not repeated")
                 continue
             if d.kind == "queue_reply":
-                write_outbox(ticket, draft.reply, Path(target))
+                write_outbox(ticket, draft.reply, Path(target), replay_of)
             else:
                 _write_json(Path(target), {"ticket_id": ticket.ticket_id,
-                                           "customer": ticket.customer, **d.args})
+                                           "customer": ticket.customer, **d.args,
+                                           **({"simulated_in_replay_of": replay_of}
+                                              if replay_of else {})})
             ledger.side_effect_performed(key)
             lines.append(f"{d.kind}: {target}")
         elif ledger.record_side_effect(key, outcome_id, d.kind,
@@ -399,8 +408,9 @@ def perform(decisions: list[Decision], ticket: Ticket, draft: Draft, run_dir: Pa
     return lines
 
 
-def write_outbox(ticket: Ticket, reply: str, target: Path) -> Path:
-    """Write the reply as an .eml at `target` (a name fixed by ticket and content)."""
+def write_outbox(ticket: Ticket, reply: str, target: Path, replay_of: str | None = None) -> Path:
+    """Write the reply as an .eml at `target` (a name fixed by ticket and content); a replay's
+    copy carries `X-Crewbatch-Replay-Of`, so nothing that picks up outboxes mistakes it."""
     msg = EmailMessage()
     msg["From"] = SUPPORT_ADDRESS
     msg["To"] = ticket.customer or "unknown-customer@invalid"
@@ -409,6 +419,8 @@ def write_outbox(ticket: Ticket, reply: str, target: Path) -> Path:
     msg["Date"] = format_datetime(datetime.now(timezone.utc))
     msg["Message-ID"] = make_msgid(idstring=slug(ticket.key), domain="crewbatch.invalid")
     msg["X-Crewbatch-Ticket"] = ticket.ticket_id
+    if replay_of:
+        msg["X-Crewbatch-Replay-Of"] = replay_of
     msg.set_content(reply)
     return _atomic_write(target, msg.as_bytes())
 

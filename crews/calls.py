@@ -8,7 +8,8 @@ backoff, jitter and a cap, honouring Retry-After; a malformed structured answer 
 `retry.repair_attempts` more tries; nothing else is retried. All calls to one model share one
 `RateLimiter` (requests and tokens per minute), and a Retry-After pauses every caller of that model
 (in every `--workers` process).
-A per-ticket deadline bounds the whole thing.
+A per-ticket deadline bounds the whole thing. It is also where requests are recorded and, in a
+replay, answered from the recording (recording.py): no limiter, no network, no retries for those.
 """
 
 from __future__ import annotations
@@ -22,8 +23,20 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from crewai.llms.base_llm import BaseLLM
+from crewai.events.types.llm_events import LLMCallType
+from crewai.llms.base_llm import BaseLLM, llm_call_context
 from pydantic import PrivateAttr, ValidationError
+
+from .recording import (
+    NO_USAGE,
+    Exchange,
+    RecordedCall,
+    Request,
+    RequestChanged,
+    answer_of,
+    current_exchange,
+    recording_step,
+)
 
 # The deadline (time.monotonic()) of the ticket whose crew is running in this context.
 ticket_deadline: ContextVar[float | None] = ContextVar("crewbatch_ticket_deadline", default=None)
@@ -178,7 +191,8 @@ class ManagedLLM(BaseLLM):
     """A model seen through the retry policy, the shared limiter and the ticket deadline.
 
     The inner model emits CrewAI's call events itself (so accounting sees each real request);
-    this wrapper only decides when to call it and how often.
+    this wrapper decides when to call it and how often, records each request of a ticket step
+    (`recording.recording_step`) and, in a replay, answers the ones the recording holds.
     """
 
     llm_type: str = "managed"
@@ -188,6 +202,9 @@ class ManagedLLM(BaseLLM):
     _sleep: Any = PrivateAttr()
     _stats_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _requests: int = PrivateAttr(default=0)
+    # A replay with --offline: requests are still those of the configured model (so they match
+    # its recording), but one the recording lacks is answered by this model instead.
+    _answerer: Any = PrivateAttr(default=None)
 
     def __init__(self, inner: Any, policy: RetryPolicy, limiter: RateLimiter, sleep=time.sleep):
         super().__init__(model=inner.model, temperature=getattr(inner, "temperature", None))
@@ -197,8 +214,23 @@ class ManagedLLM(BaseLLM):
     def requests(self) -> int:
         return self._requests
 
+    def answer_misses_with(self, llm: Any) -> None:
+        self._answerer = llm
+
     def call(self, messages, tools=None, callbacks=None, available_functions=None,
              from_task=None, from_agent=None, response_model=None):
+        exchange = None
+        step = recording_step.get()
+        if step is not None:
+            tape, key = step
+            exchange = tape.start(key, Request.describe(self._inner, messages, tools,
+                                                        response_model))
+            recorded = tape.lookup(exchange)
+            if recorded is not None:
+                return self._replay(exchange, recorded, messages, tools, callbacks,
+                                    available_functions, from_task, from_agent, response_model)
+            if tape.strict:
+                raise RequestChanged(tape.explain(exchange))
         deadline = ticket_deadline.get()
         estimate = self._inner.get_input_tokens_count(messages) if hasattr(
             self._inner, "get_input_tokens_count") else 0
@@ -211,11 +243,14 @@ class ManagedLLM(BaseLLM):
             with self._stats_lock:
                 self._requests += 1
             outcome = None
+            held = current_exchange.set(exchange)
             try:
-                answer = self._inner.call(messages, tools=tools, callbacks=callbacks,
-                                          available_functions=available_functions,
-                                          from_task=from_task, from_agent=from_agent,
-                                          response_model=response_model)
+                answer = (self._answerer or self._inner).call(
+                    messages, tools=tools, callbacks=callbacks,
+                    available_functions=available_functions, from_task=from_task,
+                    from_agent=from_agent, response_model=response_model)
+                if exchange is not None:
+                    exchange.answer, exchange.answered = answer, True
                 observer = request_done.get()
                 if observer is not None:
                     observer()
@@ -223,6 +258,8 @@ class ManagedLLM(BaseLLM):
             except Exception as error:  # noqa: BLE001 - classified below, re-raised if fatal
                 kind, retry_after = classify(error)
                 outcome = (kind, retry_after, describe(error), error)
+            finally:
+                current_exchange.reset(held)
             kind, retry_after, text, error = outcome
             # Raised outside the except block, so the SDK error is not chained: CrewAI's own
             # rate-limit wrapper around this call must not retry a second time.
@@ -246,6 +283,32 @@ class ManagedLLM(BaseLLM):
                 raise TicketDeadlineExceeded(f"the ticket's deadline passed while backing off "
                                              f"after: {text}")
             self._sleep(delay)
+
+    def _replay(self, exchange: Exchange, recorded: RecordedCall, messages, tools, callbacks,
+                available_functions, from_task, from_agent, response_model):
+        """Answer from the recording, with the call events a live answer has (zero usage: it
+        cost nothing), so the accounting and CrewAI see an ordinary call."""
+        answer = answer_of(recorded.response, response_model)
+        exchange.answer, exchange.answered = answer, True
+        exchange.replayed, exchange.response_hash = True, recorded.response_hash
+        kind = (LLMCallType.TOOL_CALL if recorded.response.get("type") == "tool_calls"
+                else LLMCallType.LLM_CALL)
+        held = current_exchange.set(exchange)
+        try:
+            with llm_call_context():
+                self._emit_call_started_event(messages=messages, tools=tools, callbacks=callbacks,
+                                              available_functions=available_functions,
+                                              from_task=from_task, from_agent=from_agent)
+                self._emit_call_completed_event(
+                    response=recorded.response.get("content", answer), call_type=kind,
+                    from_task=from_task, from_agent=from_agent, messages=messages,
+                    usage=dict(NO_USAGE))
+        finally:
+            current_exchange.reset(held)
+        observer = request_done.get()
+        if observer is not None:
+            observer()
+        return answer
 
     def supports_function_calling(self) -> bool:
         return self._inner.supports_function_calling()

@@ -223,6 +223,127 @@ def retry(obj: Context, run_id, offline, model, concurrency):
     _run_and_report(pipeline.run, config, options, [], retry_of=run_id)
 
 
+@main.command()
+@click.argument("run_id", required=False)
+@click.option("--ticket", "tickets", multiple=True, metavar="T",
+              help="Only this ticket (its id or key); repeat for more.")
+@click.option("--strict", is_flag=True,
+              help="A request the recording does not hold fails its ticket, saying what changed; "
+                   "no model is asked (and none needs a key).")
+@click.option("--offline", is_flag=True,
+              help="Requests the recording lacks are answered by the built-in offline model "
+                   "(the others still come from the recording); no key needed.")
+@click.option("--model", help="Model for every role without an override in agents.yaml "
+                              "(default: the replayed run's). The model is part of every request, "
+                              "so with another one nothing is answered from the recording.")
+@click.option("--concurrency", type=click.IntRange(1, 256), help="Tickets in flight at once.")
+@click.option("--save-cassette", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the --ticket tickets' recording to FILE (a cassette) instead of "
+                   "replaying.")
+@click.option("--cassette", type=click.Path(dir_okay=False, exists=True), metavar="FILE",
+              help="Replay a cassette file instead of a run (no ledger needed); exits 1 if an "
+                   "outcome differs from the one it recorded.")
+@click.pass_obj
+def replay(obj: Context, run_id, tickets, strict, offline, model, concurrency, save_cassette,
+           cassette):
+    """Re-run a run's tickets with today's config, answering unchanged requests from its recording.
+
+    Starts a new run (its id is printed), marked as a replay of RUN_ID. A model request identical
+    to a recorded one of the same ticket is answered from the recording: no network, no cost. One
+    that changed goes to the model (--strict: the ticket fails with `request changed at step
+    STEP: PART`). The gate and the policy-bound executor run for real; side effects are
+    simulated: replies and refund requests go to runs/REPLAY_ID/, nothing is sent, no real refund
+    is recorded. `crewbatch diff RUN_ID REPLAY_ID` shows what changed.
+
+    \b
+    Examples:
+      crewbatch replay 20261121-093012-ab12
+      crewbatch replay 20261121-093012-ab12 --strict --ticket T-1002
+      crewbatch replay 20261121-093012-ab12 --model gpt-4o-mini
+      crewbatch replay 20261121-093012-ab12 --ticket T-1002 --save-cassette tests/cassettes/T-1002.json
+      crewbatch replay --cassette tests/cassettes/T-1002.json --strict
+    """
+    from . import pipeline
+    from . import replay as replays
+
+    if offline and model:
+        fail("--offline and --model name two models; give one")
+    config = obj.config()
+    try:
+        if cassette:
+            if run_id or tickets or save_cassette:
+                fail("--cassette replays a file: give no RUN_ID, --ticket or --save-cassette")
+            with contextlib.redirect_stdout(sys.stderr):  # CrewAI print()s warnings
+                checks = replays.replay_cassette(config, Path(cassette), model, strict=strict,
+                                                 offline=offline)
+            for check_ in checks:
+                click.echo(check_.line())
+            changed = [c for c in checks if not c.same]
+            click.echo(f"cassette {cassette}: {len(checks) - len(changed)} of {len(checks)} "
+                       "ticket(s) replayed with the recorded outcome", err=True)
+            sys.exit(1 if changed else 0)
+        if not run_id:
+            fail("name the run to replay (`crewbatch runs` lists them), or --cassette FILE")
+        with obj.ledger(config) as ledger:
+            run_id = _resolve_run(ledger, run_id)
+            if save_cassette:
+                if not tickets:
+                    fail("--save-cassette needs the ticket(s) to save: --ticket T")
+                written = replays.save_cassette(ledger, run_id, tickets, Path(save_cassette))
+                click.echo(str(written))
+                click.echo(f"crewbatch: replay it with `crewbatch replay --cassette {written}`",
+                           err=True)
+                return
+            plan = replays.ReplayPlan.for_run(ledger, run_id, strict, tickets, offline)
+            recorded_model = ledger.run(run_id)["model"]
+    except replays.ReplayError as err:
+        fail(str(err))
+    # --offline does not change the requests (they stay the recorded model's, so they match its
+    # recording): the offline model answers only those the recording lacks.
+    options = resolve_options(config, {"model": model or recorded_model,
+                                       "concurrency": concurrency, "reprocess": True,
+                                       "workers": 1})
+    _run_and_report(pipeline.run, config, options, [], replay=plan)
+
+
+@main.command("diff")
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also write it as FILE: .html (a self-contained page) or .csv (a row per "
+                   "ticket, for a spreadsheet).")
+@click.pass_obj
+def diff_command(obj: Context, run_a, run_b, output):
+    """Show what changed per ticket between two runs, e.g. a run and its replay.
+
+    Tickets are matched by ticket key; an outcome is the status, category, priority, actions
+    (added, removed, refused), the gate's findings, the critic's verdict and the reply (a word
+    diff). Exits 0 if no ticket's outcome changed, 1 if some did, 2 on error. Tokens, cost and
+    time are reported but do not count.
+
+    \b
+    Examples:
+      crewbatch diff 20261121-093012-ab12 20261122-081500-cd34
+      crewbatch diff 20261121-093012-ab12 20261122-081500-cd34 -o diff.html
+      crewbatch diff 20261121-093012-ab12 20261122-081500-cd34 -o diff.csv
+    """
+    from . import diff
+
+    if output and Path(output).suffix.lower() not in (".html", ".htm", ".csv"):
+        fail(f"{output}: name the file *.html or *.csv")
+    config = obj.config(check_files=False)
+    try:
+        with obj.ledger(config) as ledger:
+            result = diff.diff_runs(ledger, _resolve_run(ledger, run_a),
+                                    _resolve_run(ledger, run_b))
+    except click.ClickException as err:
+        fail(err.message)
+    click.echo(diff.render_text(result))
+    if output:
+        click.echo(f"crewbatch: wrote {diff.write(result, Path(output))}", err=True)
+    sys.exit(1 if result.changed else 0)
+
+
 class _progress:
     """A progress bar on stderr when it is a terminal; silent under cron."""
 

@@ -12,7 +12,8 @@ the task descriptions by us — as JSON inside <ticket> tags, never through `kic
 so braces in a ticket are just text and instructions in it stay data.
 
 Token accounting listens to CrewAI's LLM-call events and attributes each call to the ticket and
-step held in a ContextVar (CrewAI's own totals are wrong in batch use).
+step held in a ContextVar (CrewAI's own totals are wrong in batch use); each call carries its
+recorded request and answer (recording.py), which a replay's `Tape` answers from.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .actions import ActionDesk, Decision, action_tools
 from .calls import request_done, share_generic_cache, ticket_deadline
 from .knowledge import KnowledgeBase, Orders
 from .outputs import Draft, Finding, ProposedAction, Verdict, models
+from .recording import RequestChanged, Tape, current_exchange, recording_step
 from .research import Evidence, look_up, research_tools
 from .settings import Config, Policy
 from .ticket import Status, Ticket
@@ -89,11 +91,12 @@ class Usage:
 class Meter:
     """Per-ticket token counts, by step, filled from LLM-call events."""
 
-    def __init__(self) -> None:
+    def __init__(self, tape: Tape | None = None) -> None:
         self._lock = threading.Condition()
         self.by_step: dict[str, Usage] = {}
         self.calls: list[dict] = []  # one entry per model request, in completion order
         self.expected: dict[str, int] = {}  # requests the model wrapper saw complete, per step
+        self.tape = tape  # the ticket's recording (and, in a replay, what answers it)
 
     def expect(self, step: str) -> None:
         with self._lock:
@@ -106,7 +109,7 @@ class Meter:
             self._lock.wait_for(lambda: self.by_step.get(step, Usage()).calls
                                 >= self.expected.get(step, 0), timeout=timeout)
 
-    def record(self, step: str, usage: dict | None, model: str = "") -> None:
+    def record(self, step: str, usage: dict | None, model: str = "", exchange=None) -> None:
         usage = usage or {}
         details = usage.get("prompt_tokens_details") or {}
         cached = int(usage.get("cached_prompt_tokens") or (
@@ -120,7 +123,8 @@ class Meter:
             u.completion_tokens += completion
             u.cached_tokens += cached
             self.calls.append({"step_key": step, "model": model, "prompt_tokens": prompt,
-                               "completion_tokens": completion, "cached_tokens": cached})
+                               "completion_tokens": completion, "cached_tokens": cached,
+                               "exchange": exchange})
             self._lock.notify_all()
 
     def total(self) -> Usage:
@@ -154,7 +158,7 @@ def _install_accounting() -> None:
             if current is not None and (event.call_type == LLMCallType.LLM_CALL
                                         or event.usage is not None):
                 meter, step = current
-                meter.record(step, event.usage, event.model or "")
+                meter.record(step, event.usage, event.model or "", current_exchange.get())
 
         _installed = True
 
@@ -193,6 +197,12 @@ class CrewRunner:
         # The ledger's refunds across tickets and runs (`Ledger.refund_history`), set by the run
         # that owns the ledger; the executor's refund tool checks the caps against it.
         self.refund_history = None
+        self.refund_as_of = None  # a replay: the moment the caps' rolling period ends
+        # A replay (replay.py): `recordings(ticket)` is the ticket's recorded requests (or None),
+        # `strict` refuses a request they lack, `effects` stands in for the ledger's side effects.
+        self.recordings = None
+        self.strict = False
+        self.effects = None
         self.policy_text = policy_summary(config.policy)
         self.taxonomy_text = config.taxonomy.prompt()
         self.models = models(config.taxonomy)
@@ -295,6 +305,7 @@ class CrewRunner:
         key = f"{round_no}:{step}"
         token = _metering.set((meter, key))
         observer = request_done.set(lambda: meter.expect(key))
+        taped = recording_step.set((meter.tape, key) if meter.tape else None)
         started = time.monotonic()
         try:
             # The ticket's own tools (bound to its customer and evidence) go with the task; the
@@ -302,6 +313,7 @@ class CrewRunner:
             output = self._loop().run_until_complete(task.aexecute_sync(agent=agent, tools=tools))
         finally:
             self._checkin(role, agent)
+            recording_step.reset(taped)
             request_done.reset(observer)
             _metering.reset(token)
             meter.settle(key)
@@ -323,11 +335,16 @@ class CrewRunner:
         """Run the crew over one ticket. The per-ticket boundary: any error becomes `failed`."""
         share_generic_cache(self.models.values())  # in this thread's context, before CrewAI copies it
         set_suppress_console_output(True)  # a ContextVar: each worker thread needs its own
-        meter = Meter()
+        tape = Tape(self.config.settings.recording,
+                    self.recordings(ticket) if self.recordings else None, self.strict)
+        meter = Meter(tape if tape.active else None)
         result = TicketResult(status=Status.FAILED, detail="")
         deadline = ticket_deadline.set(time.monotonic() + self.config.settings.ticket_timeout_s)
         try:
             self._run(ticket, meter, result)
+        except RequestChanged as exc:  # a strict replay: the message is the whole story
+            result.status, result.error = Status.FAILED, str(exc)[:2000]
+            result.detail = "request changed in a strict replay"
         except Exception as exc:  # noqa: BLE001 - recorded on the ticket; the batch goes on
             result.status = Status.FAILED
             result.error = f"{type(exc).__name__}: {exc}"[:2000]
@@ -406,7 +423,7 @@ class CrewRunner:
 
         result.plan = plan_actions(draft, cfg.policy, gate.escalation_reason(result.findings))
         desk = ActionDesk(ticket, draft, result.plan, cfg.policy, self.orders,
-                          history=self.refund_history)
+                          history=self.refund_history, as_of=self.refund_as_of)
         executor = cfg.tasks["execute"].agent
         tools = self._thread_tools("execute", lambda: action_tools(cfg.agents[executor].tools,
                                                                    desk))

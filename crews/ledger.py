@@ -16,6 +16,7 @@ import json
 import sqlite3
 import threading
 import types
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -191,6 +192,27 @@ INSERT INTO refunds (idempotency_key, outcome_id, order_id, customer, amount, cu
     JOIN tickets t ON t.ticket_key = o.ticket_key AND t.content_hash = o.content_hash
     WHERE a.kind = 'request_refund' AND a.decision = 'performed'
 """),
+    (5, """
+-- Recorded model traffic (settings `recording`), content-addressed: each distinct request part
+-- (a request's manifest, a chunk of a message, a tool list, a response schema) and each response
+-- is one row, keyed by a hash of its content and zlib-compressed when that is smaller. What
+-- `crewbatch replay` answers from; a request's `model_calls` row names its manifest and response.
+CREATE TABLE blobs (
+    blob_hash   TEXT PRIMARY KEY,
+    compressed  INTEGER NOT NULL,           -- 1: zlib
+    size_bytes  INTEGER NOT NULL,           -- before compression
+    data        BLOB NOT NULL
+);
+-- A request's place in its ticket, its manifest and response ('' = not recorded), and whether
+-- a recording answered it (then it cost nothing).
+ALTER TABLE model_calls ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE model_calls ADD COLUMN request_hash TEXT NOT NULL DEFAULT '';
+ALTER TABLE model_calls ADD COLUMN response_hash TEXT NOT NULL DEFAULT '';
+ALTER TABLE model_calls ADD COLUMN replayed INTEGER NOT NULL DEFAULT 0;
+-- A replay (`crewbatch replay`) re-runs another run's tickets; its side effects are simulated,
+-- so its outcomes never make a later run skip a ticket.
+ALTER TABLE runs ADD COLUMN replay_of TEXT
+"""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -273,6 +295,10 @@ class _Refused(Exception):
     pass
 
 
+COMPRESS_FROM = 128  # bytes; smaller blobs are stored as they are
+KNOWN_BLOBS = 200_000  # blob hashes a ledger remembers having stored (then it forgets them all)
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -283,6 +309,7 @@ class Ledger:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock = threading.RLock()
+        self._known_blobs: set[str] = set()  # stored already: not compressed or sent again
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "ab+") as f:  # fails now, with the file's name, if unwritable
@@ -393,12 +420,15 @@ class Ledger:
 
     # --- runs ------------------------------------------------------------------------------------
 
-    def start_run(self, run_id: str, model: str, options: dict, sources: list[str]) -> None:
+    def start_run(self, run_id: str, model: str, options: dict, sources: list[str],
+                  replay_of: str | None = None) -> None:
         with self._tx() as db:
             db.execute("INSERT INTO runs (run_id, started_utc, status, model, options_json, "
-                       "sources_json) VALUES (?, ?, 'running', ?, ?, ?)",
-                       (run_id, utc_now(), model, json.dumps(options), json.dumps(sources)))
-            self._event(db, run_id, None, "", "running", f"run started with model {model}")
+                       "sources_json, replay_of) VALUES (?, ?, 'running', ?, ?, ?, ?)",
+                       (run_id, utc_now(), model, json.dumps(options), json.dumps(sources),
+                        replay_of))
+            self._event(db, run_id, None, "", "running", f"run started with model {model}"
+                        + (f", replaying run {replay_of}" if replay_of else ""))
 
     def finish_run(self, run_id: str, status: str, exit_code: int, detail: str = "") -> None:
         with self._tx() as db:
@@ -458,7 +488,9 @@ class Ledger:
                 status, reason = PENDING, ""
                 same = db.execute(
                     "SELECT run_id, status FROM outcomes WHERE ticket_key = ? AND content_hash = ? "
-                    "AND (run_id = ? OR status IN (?, ?)) ORDER BY outcome_id DESC LIMIT 1",
+                    "AND (run_id = ? OR (status IN (?, ?) AND run_id NOT IN "
+                    "(SELECT run_id FROM runs WHERE replay_of IS NOT NULL))) "
+                    "ORDER BY outcome_id DESC LIMIT 1",
                     (item.key, item.content_hash, run_id, *DONE)).fetchone()
                 if same is not None and same["run_id"] == run_id:
                     status, reason = Status.SKIPPED.value, "duplicate of an earlier record in this run"
@@ -507,8 +539,9 @@ class Ledger:
 
     def record_result(self, outcome_id: int, status: Status, fields: dict[str, Any],
                       steps: list[dict], actions: list[dict], detail: str,
-                      calls: list[dict] = ()) -> bool:
-        """Write a ticket's final status, its agent outputs, model calls and actions at once.
+                      calls: list[dict] = (), blobs: dict[str, bytes] | None = None) -> bool:
+        """Write a ticket's final status, its agent outputs, model calls (with the recording's
+        `blobs`) and actions at once.
 
         Only a ticket still `running` is finished: one that recovery put back to pending meanwhile
         belongs to a new run now, and its result is dropped (False) rather than recorded twice.
@@ -516,6 +549,7 @@ class Ledger:
         unknown = set(fields) - set(RESULT_FIELDS)
         if unknown:
             raise ValueError(f"unknown outcome fields: {sorted(unknown)}")
+        packed = self._pack(blobs or {})
         with self._tx() as db:
             current = db.execute("SELECT status FROM outcomes WHERE outcome_id = ?",
                                  (outcome_id,)).fetchone()
@@ -534,11 +568,16 @@ class Ledger:
             for c in calls:
                 db.execute(
                     "INSERT INTO model_calls (outcome_id, round, step, agent, model, "
-                    "prompt_tokens, completion_tokens, cached_tokens, cost_usd, created_utc) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "prompt_tokens, completion_tokens, cached_tokens, cost_usd, created_utc, "
+                    "seq, request_hash, response_hash, replayed) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (outcome_id, c["round"], c["step"], c["agent"], c["model"],
                      c["prompt_tokens"], c["completion_tokens"], c["cached_tokens"],
-                     c["cost_usd"], now))
+                     c["cost_usd"], now, c.get("seq", 0), c.get("request_hash", ""),
+                     c.get("response_hash", ""), c.get("replayed", 0)))
+            for row in packed:
+                db.execute("INSERT INTO blobs (blob_hash, compressed, size_bytes, data) VALUES "
+                           "(?, ?, ?, ?) ON CONFLICT DO NOTHING", row)
             for a in actions:
                 db.execute(
                     "INSERT INTO actions (outcome_id, kind, args_json, decision, reason, "
@@ -546,7 +585,77 @@ class Ledger:
                     (outcome_id, a["kind"], json.dumps(a["args"], ensure_ascii=False),
                      a["decision"], a.get("reason", ""), now))
             self._transition(db, outcome_id, status.value, detail, fields)
-            return True
+        self._remember_blobs(row[0] for row in packed)
+        return True
+
+    # --- recorded model traffic ------------------------------------------------------------------
+
+    def _pack(self, blobs: dict[str, bytes]) -> list[tuple]:
+        """Rows for the blobs not stored yet, compressed where that saves space (outside the
+        ledger's lock: it is the CPU-heavy part of storing a recording)."""
+        rows = []
+        for h, raw in blobs.items():
+            if h in self._known_blobs:
+                continue
+            packed = zlib.compress(raw, 6) if len(raw) >= COMPRESS_FROM else raw
+            compressed = len(packed) < len(raw)
+            rows.append((h, int(compressed), len(raw), packed if compressed else raw))
+        return rows
+
+    def _remember_blobs(self, hashes: Iterable[str]) -> None:
+        if len(self._known_blobs) > KNOWN_BLOBS:
+            self._known_blobs.clear()
+        self._known_blobs.update(hashes)
+
+    def blobs(self, hashes: Iterable[str]) -> dict[str, bytes]:
+        """Recorded blobs by hash, uncompressed (missing ones are left out)."""
+        wanted = sorted(set(h for h in hashes if h))
+        found: dict[str, bytes] = {}
+        with self._lock:
+            for i in range(0, len(wanted), 500):
+                part = wanted[i:i + 500]
+                rows = self._db.execute(
+                    "SELECT blob_hash, compressed, data FROM blobs WHERE blob_hash IN "
+                    f"({', '.join('?' for _ in part)})", part).fetchall()
+                for r in rows:
+                    found[r[0]] = zlib.decompress(r[2]) if r[1] else bytes(r[2])
+        return found
+
+    def recorded_calls(self, outcome_id: int) -> list[dict]:
+        """One outcome's model requests, in the order they were made, with their recording."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT call_id, seq, round, step, agent, model, request_hash, response_hash, "
+                "replayed, prompt_tokens, completion_tokens FROM model_calls WHERE outcome_id = ? "
+                "ORDER BY seq, call_id", (outcome_id,)).fetchall()
+            return [dict(r) for r in rows]
+
+    def replay_tickets(self, run_id: str, statuses: Iterable[str]) -> list[tuple[int, Ticket]]:
+        """(outcome_id, ticket) of a run's outcomes with these statuses, as they were read."""
+        marks = list(statuses)
+        with self._lock:
+            rows = self._db.execute(
+                OUTCOME_TICKET + f"WHERE o.run_id = ? AND o.status IN "
+                f"({', '.join('?' for _ in marks)}) ORDER BY o.outcome_id",
+                (run_id, *marks)).fetchall()
+        return [(r["outcome_id"], _ticket_from_row(r)) for r in rows]
+
+    def copy_outcomes(self, from_run: str, to_run: str, statuses: Iterable[str],
+                      detail: str) -> int:
+        """Copy a run's final outcomes with these statuses (rejected and skipped records a
+        replay does not run again) into another run, with their reasons."""
+        marks = list(statuses)
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT record_no, source, ticket_id, ticket_key, content_hash, status, reason "
+                f"FROM outcomes WHERE run_id = ? AND status IN ({', '.join('?' for _ in marks)}) "
+                "ORDER BY outcome_id", (from_run, *marks)).fetchall()
+            now = utc_now()
+            for r in rows:
+                self._insert_outcome(db, to_run, r["record_no"], r["source"], r["ticket_id"],
+                                     r["ticket_key"], r["content_hash"], r["status"],
+                                     r["reason"] or detail, now)
+        return len(rows)
 
     def _transition(self, db, outcome_id: int, to_status: str, detail: str, fields: dict) -> None:
         row = db.execute("SELECT run_id, status FROM outcomes WHERE outcome_id = ?",
@@ -647,10 +756,15 @@ class Ledger:
                              "idempotency_key = ?", (key,)).fetchone()
             return row["detail"], row["performed_utc"] != ""
 
-    def refund_history(self, order_id: str, customer: str) -> RefundHistory:
-        """Every refund recorded so far on this order or for this customer, across runs."""
+    def refund_history(self, order_id: str, customer: str,
+                       before_utc: str | None = None) -> RefundHistory:
+        """Every refund recorded so far on this order or for this customer, across runs (only
+        those recorded before `before_utc`, if given: what a replay checks its caps against)."""
         with self._lock:
-            return self._refund_history(self._db, order_id, customer)
+            history = self._refund_history(self._db, order_id, customer)
+        if before_utc is not None:
+            history.rows = [r for r in history.rows if r["requested_utc"] < before_utc]
+        return history
 
     @staticmethod
     def _refund_history(db, order_id: str, customer: str) -> RefundHistory:

@@ -77,12 +77,17 @@ def _share(limit: int | None, processes: int) -> int | None:
     return None if limit is None else max(1, limit // max(1, processes))
 
 
+def offline_model(config: Config) -> Any:
+    """The built-in offline model, speaking with the project's replies file."""
+    from .offline import MODEL_NAME, OfflineLLM
+    from .replies import load_replies
+
+    return OfflineLLM(model=MODEL_NAME, temperature=0, replies=load_replies(config))
+
+
 def _build(config: Config, model: str, environ) -> Any:
     if model == OFFLINE:
-        from .offline import MODEL_NAME, OfflineLLM
-        from .replies import load_replies
-
-        return OfflineLLM(model=MODEL_NAME, temperature=0, replies=load_replies(config))
+        return offline_model(config)
     from crewai import LLM
 
     s = config.settings.llm

@@ -163,14 +163,17 @@ def run(config: Config, options: RunOptions, sources: list[str],
         intake_options: intake.IntakeOptions | None = None,
         stop: threading.Event | None = None,
         progress: Callable[[int], None] | None = None,
-        retry_of: str | None = None, records: Iterable | None = None) -> RunSummary:
+        retry_of: str | None = None, replay=None, records: Iterable | None = None
+        ) -> RunSummary:
     """Process the sources (or a run's failed tickets, or `records` already read from the
-    sources: an eval's sample); raises ConfigError/SourceError/LockHeld before any work."""
+    sources: an eval's sample, or with `replay` — a `replay.ReplayPlan` — a recorded run's
+    tickets again); raises ConfigError/SourceError/LockHeld before any work."""
     stop = stop or Stop()
     intake_options = intake_options or intake.IntakeOptions.from_config(config)
     started = time.monotonic()
     files: list[Path] = []
-    if retry_of is None:
+    environ = replay.environ() if replay is not None else os.environ
+    if retry_of is None and replay is None:
         if not (sources or config.settings.sources):
             raise intake.SourceError("no SOURCE given and `sources` in config/settings.yaml is "
                                      "empty; name a ticket file, e.g. `crewbatch run "
@@ -178,7 +181,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
         files = intake.expand_sources(sources or config.settings.sources, config.root,
                                       from_settings=not sources,
                                       follow_symlinks=config.settings.intake.follow_symlinks)
-    preflight(config, options.model)
+    preflight(config, options.model, environ)
     warnings = [f"no price for model `{m}` in config/settings.yaml `pricing`; its cost_usd is 0"
                 for m in sorted(set(role_models(config, options.model).values()))
                 if m != "offline" and m not in config.settings.pricing]
@@ -191,8 +194,10 @@ def run(config: Config, options: RunOptions, sources: list[str],
                                                 "tickets go back to pending")
         if retry_of is not None:
             records = iter(ledger.failed_tickets(retry_of))
-        elif records is not None:
+        elif records is not None:  # read already from the sources: an eval's sample
             records = iter(records)
+        elif replay is not None:
+            records = iter(replay.tickets(ledger))
         else:
             records = _records(files, intake_options, options.limit)
         run_id = new_run_id()
@@ -205,12 +210,14 @@ def run(config: Config, options: RunOptions, sources: list[str],
             framework.prepare(config.runs_dir / ".crewai")
             from .crew import CrewRunner
 
-            runner = CrewRunner(config, build_llms(config, options.model,
+            runner = CrewRunner(config, build_llms(config, options.model, environ,
                                                    processes=options.workers,
                                                    pauses=workers.pauses if workers else None),
                                 kb, orders, options.revision_limit)
             runner.warm(share(options))
             runner.refund_history = ledger.refund_history
+            if replay is not None:
+                replay.attach(runner, ledger)
         except BaseException:
             if workers is not None:
                 workers.abort()
@@ -229,8 +236,11 @@ def run(config: Config, options: RunOptions, sources: list[str],
                 "reprocess": options.reprocess, "max_cost": options.max_cost,
                 "max_minutes": options.max_minutes, "retry_of": retry_of,
                 "workers": options.workers, "side_effects": options.side_effects,
-                "models": role_models(config, options.model)},
-                [str(f) for f in files] or [f"retry of {retry_of}"])
+                "models": role_models(config, options.model),
+                **(replay.options() if replay is not None else {})},
+                [str(f) for f in files] or ([replay.label()] if replay is not None else
+                                            [f"retry of {retry_of}"]),
+                replay_of=replay.of if replay is not None else None)
             log.info("run started", run_id=run_id, model=options.model,
                      sources=[str(f) for f in files], retry_of=retry_of,
                      recovered_runs=recovered)
@@ -267,6 +277,8 @@ def run(config: Config, options: RunOptions, sources: list[str],
                             workers.stop.set()
             else:
                 _drive(ledger, run_id, records, options, work, stop, progress)
+            if replay is not None and not stop.is_set():
+                replay.copy_unprocessed(ledger, run_id)
             if stop.is_set():
                 stop_reason = stop_reasons[0] if stop_reasons else "stop requested (signal)"
                 status = "stopped" if stop_reasons else "interrupted"
@@ -383,35 +395,68 @@ def process_safely(config: Config, ledger: Ledger, runner, run_dir: Path, outcom
 
 def _process(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: int,
              ticket: Ticket, side_effects: bool = True) -> tuple[str, float]:
-    from .actions import PolicyRefusal, perform
-
     started = time.monotonic()
     result = runner.run(ticket)
-    error = redact(result.error) if result.error else ""
-    status = result.status
     if not ledger.still_running(outcome_id):
         # A crashed run's straggler: recovery gave this ticket back to a new run meanwhile.
         return RELEASED, 0.0
-    if status == Status.APPROVED and side_effects:
-        try:
-            perform(result.decisions, ticket, result.draft, run_dir, ledger, outcome_id)
-        except PolicyRefusal as refusal:
-            # Another ticket used the order's or customer's refund room while this one ran.
-            status = Status.NEEDS_HUMAN
-            result.needs_human_reason = f"policy refused the refund when carrying it out: {refusal}"
-            for d in result.decisions:
-                if d.kind == "request_refund" and d.allowed:
-                    d.allowed, d.reason = False, str(refusal)
+    # A replay's side effects are simulated (replay.SimulatedEffects), never the ledger's.
+    effects = getattr(runner, "effects", None)
+    status = carry_out(result, ticket, run_dir, effects or ledger, outcome_id,
+                       getattr(effects, "replay_of", None)) if side_effects else result.status
+    fields, calls, blobs = outcome_fields(config, result, status,
+                                          int((time.monotonic() - started) * 1000), side_effects)
+    actions = json.loads(fields["actions_json"])
+    steps = [{**s, "output_text": redact(s["output_text"])} for s in result.steps]
+    if not ledger.record_result(outcome_id, status, fields, steps, actions,
+                                redact(result.detail or fields["error"]), calls, blobs):
+        return RELEASED, 0.0
+    return status.value, fields["cost_usd"]
+
+
+def carry_out(result, ticket: Ticket, run_dir: Path, effects, outcome_id: int,
+              replay_of: str | None = None) -> Status:
+    """Perform an approved ticket's side effects; the ticket's final status (a refund another
+    ticket's took the room for meanwhile sends it to a person)."""
+    from .actions import PolicyRefusal, perform
+
+    if result.status != Status.APPROVED:
+        return result.status
+    try:
+        perform(result.decisions, ticket, result.draft, run_dir, effects, outcome_id, replay_of)
+    except PolicyRefusal as refusal:
+        # Another ticket used the order's or customer's refund room while this one ran.
+        result.needs_human_reason = f"policy refused the refund when carrying it out: {refusal}"
+        for d in result.decisions:
+            if d.kind == "request_refund" and d.allowed:
+                d.allowed, d.reason = False, str(refusal)
+        return Status.NEEDS_HUMAN
+    return Status.APPROVED
+
+
+def outcome_fields(config: Config, result, status: Status, duration_ms: int,
+                   performed: bool = True) -> tuple[dict, list[dict], dict[str, bytes]]:
+    """A ticket's outcome columns, its model_calls rows and the recording's blobs to store."""
+    error = redact(result.error) if result.error else ""
     draft, verdict = result.draft, result.verdict
     agents = {step: spec.agent for step, spec in config.tasks.items()}
-    calls = []
+    calls: list[dict] = []
+    blobs: dict[str, bytes] = {}
     for c in result.calls:
         round_no, step = c["step_key"].split(":", 1)
-        calls.append({**c, "round": int(round_no), "step": step, "agent": agents.get(step, step),
+        row = {k: v for k, v in c.items() if k != "exchange"}
+        exchange = c.get("exchange")
+        if exchange is not None:
+            columns, stored = exchange.stored(config.settings.recording, {
+                k: c[k] for k in ("prompt_tokens", "completion_tokens", "cached_tokens")})
+            row.update(columns)
+            blobs.update(stored)
+        calls.append({**row, "round": int(round_no), "step": step,
+                      "agent": agents.get(step, step),
                       "cost_usd": price(config, c["model"], c["prompt_tokens"],
                                         c["completion_tokens"])})
     cost = sum(c["cost_usd"] for c in calls)
-    actions = action_rows(result, status, performed=side_effects)
+    actions = action_rows(result, status, performed)
     fields = {
         "category": draft.category if draft else "",
         "priority": draft.priority if draft else "",
@@ -430,14 +475,10 @@ def _process(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: 
         "completion_tokens": result.usage.completion_tokens,
         "cached_tokens": result.usage.cached_tokens,
         "cost_usd": round(cost, 6),
-        "duration_ms": int((time.monotonic() - started) * 1000),
+        "duration_ms": duration_ms,
         "error": error,
     }
-    steps = [{**s, "output_text": redact(s["output_text"])} for s in result.steps]
-    if not ledger.record_result(outcome_id, status, fields, steps, actions,
-                                redact(result.detail or error), calls):
-        return RELEASED, 0.0
-    return status.value, cost
+    return fields, calls, blobs
 
 
 def action_rows(result, status: Status, performed: bool = True) -> list[dict]:

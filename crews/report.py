@@ -53,13 +53,18 @@ def write_report(ledger, run_id: str, path: Path, pricing: dict | None = None) -
     `pricing` maps a model name to USD per million input/output tokens (the `pricing` of
     settings.yaml); without it the agents' usage is shown in tokens only.
     """
-    page = render(collect(ledger, run_id, pricing))
+    return write_atomically(path, render(collect(ledger, run_id, pricing)))
+
+
+def write_atomically(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    """Write `text` to `path` through a temporary file in its folder, so a reader never sees a
+    half-written page; return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
+        with os.fdopen(fd, "w", encoding=encoding, newline="") as f:
+            f.write(text)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -545,6 +550,12 @@ def _header(data: ReportData, counts: Counter) -> str:
             ("Duration", _ms(seconds * 1000) if seconds is not None else "—"),
             ("Records", f"{sum(counts.values()):,}"), ("Exit status", exit_text),
             ("Options", opts or "—"), ("Sources", ", ".join(map(str, sources)) or "—")]
+    if run.get("replay_of"):
+        meta.insert(1, ("Replay of", f"run {run['replay_of']}"
+                        + (", strict" if options.get("strict") else "")
+                        + (", what the recording lacked answered offline"
+                           if options.get("misses_answered_by") else "")
+                        + "; side effects simulated, nothing sent"))
     items = "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in meta)
     nav = "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in (
         ("statuses", "Outcomes"), ("findings", "Findings"), ("revisions", "Revisions"),

@@ -123,6 +123,11 @@ def apply(config, ledger, path: Path) -> ReviewReport:
         raise SheetError(f"{path}: the sheet is from run {run_id}, an eval (`crewbatch eval`, "
                          "side effects off): its tickets are a labelled dataset, not customers "
                          "waiting for a reply, so nothing in it is carried out")
+    replayed = ledger.run(run_id).get("replay_of")
+    if replayed:
+        raise SheetError(f"{path}: the sheet is from run {run_id}, a replay of run {replayed} "
+                         "whose side effects were only simulated; decide on the sheet of run "
+                         f"{replayed} (`crewbatch export {replayed} -o FILE`)")
     report = ReviewReport(run_id)
     # Only read here, never made: a new key could not verify a sheet signed with the lost one.
     key = export.review_key(config.runs_dir, create=False)

@@ -139,6 +139,16 @@ class Settings(_Strict):
     log_json: bool = False
     research_lookups: bool = True
     knowledge: KnowledgeSettings = KnowledgeSettings()
+    # What the ledger keeps of every model request, for `crewbatch replay`: `full` (the request's
+    # content and its response), `responses` (the request's hash and parts' hashes, and the
+    # response: replays just as well, but cannot show a changed prompt's old words) or `off`.
+    recording: Literal["full", "responses", "off"] = "full"
+
+    @field_validator("recording", mode="before")
+    @classmethod
+    def _off_is_not_false(cls, value: Any) -> Any:
+        # YAML reads a bare `off` as the boolean false.
+        return "off" if value is False else value
 
     @field_validator("llm", mode="before")
     @classmethod

@@ -21,7 +21,8 @@ def runs_table(runs: list[dict]) -> str:
         counts = ", ".join(f"{v} {k}" for k, v in sorted(r["counts"].items()))
         lines.append(f"{r['run_id']:<22} {r['status']:<11} {_s(r['exit_code']):>4} "
                      f"{r['records']:>7}  {counts:<58} {r['cost_usd']:>9.4f} "
-                     f"{_duration(r):>8}  {r['model']}")
+                     f"{_duration(r):>8}  {r['model']}"
+                     + (f"  (replay of {r['replay_of']})" if r.get("replay_of") else ""))
     return "\n".join(lines)
 
 
@@ -41,8 +42,9 @@ def _duration(run: dict) -> str:
 
 
 def run_table(run: dict, outcomes: list[dict]) -> str:
+    replay = f", replay of {run['replay_of']}" if run.get("replay_of") else ""
     lines = [f"run {run['run_id']} ({run['status']}, model {run['model']}, "
-             f"started {run['started_utc']})",
+             f"started {run['started_utc']}{replay})",
              f"{'TICKET_ID':<16} {'STATUS':<12} {'CATEGORY':<13} {'PRIORITY':<8} {'REV':>3}  "
              "REASON / SUBJECT"]
     for o in outcomes:

@@ -32,14 +32,18 @@ for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "CREWBATCH_ROOT", "CREWBATCH_MO
     os.environ.pop(var, None)
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A fresh project directory with the repository's config/ and data/ and an empty runs/."""
-    root = tmp_path / "project"
+def make_project(root: Path) -> Path:
+    """A project directory at `root` with the repository's config/ and data/ and an empty runs/."""
     shutil.copytree(REPO / "config", root / "config")
     shutil.copytree(REPO / "data", root / "data")
     (root / "runs").mkdir()
     return root
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A fresh project directory with the repository's config/ and data/ and an empty runs/."""
+    return make_project(tmp_path / "project")
 
 
 @pytest.fixture

@@ -19,12 +19,12 @@ def t(key: str, body: str = "hello") -> Ticket:
 def test_migrations_are_applied_once_and_wal_is_on(tmp_path):
     path = tmp_path / "ledger.db"
     with Ledger(path) as ledger:
-        assert ledger.schema_version() == 4
+        assert ledger.schema_version() == 5
     with Ledger(path) as ledger:
-        assert ledger.schema_version() == 4
+        assert ledger.schema_version() == 5
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == 4
+    assert db.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == 5
 
 
 def test_a_version_1_ledger_is_migrated_in_place(tmp_path):
@@ -40,8 +40,9 @@ def test_a_version_1_ledger_is_migrated_in_place(tmp_path):
     db.commit()
     db.close()
     with Ledger(path) as ledger:
-        assert ledger.schema_version() == 4
+        assert ledger.schema_version() == 5
         assert ledger.run("old")["detail"] == ""
+        assert ledger.run("old")["replay_of"] is None
 
 
 def test_finished_tickets_are_skipped_and_edits_are_processed(tmp_path):
