@@ -174,7 +174,9 @@ def test_an_unreachable_embedding_endpoint_stops_the_run_before_any_ticket(proje
     assert chats == []
 
 
-def test_an_endpoint_embedding_model_without_a_key_stops_the_run(project, cli):
+def test_an_endpoint_embedding_model_without_a_key_stops_the_run(project, cli, monkeypatch):
+    # A key another test's .env left in this process's environment must not count here.
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with_embeddings(project)
     result = cli("run", "--offline", "--limit", "1")
     assert result.exit_code == 2
