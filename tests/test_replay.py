@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email
 import json
+import re
 import shutil
 import socket
 import sqlite3
@@ -304,3 +305,22 @@ def test_a_production_ticket_becomes_a_cassette_that_needs_no_ledger(project_cop
     replayed = invoke(root, "replay", "--cassette", str(path), "--strict")
     assert replayed.exit_code == 0, replayed.output
     assert replayed.stdout == "T-1040: same (approved)\n"
+
+
+def test_another_model_is_asked_every_request_and_diff_reports_its_cost(project_copy):
+    root, run_id, _, recorded_requests = project_copy
+    settings = root / "config/settings.yaml"
+    settings.write_text(settings.read_text().replace(
+        "pricing:\n", "pricing:\n  cheap-model: {input_per_million: 0.1, output_per_million: 0.4}\n"))
+    with FakeOpenAI() as server:
+        env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": server.base_url}
+        result = invoke(root, "replay", run_id, "--model", "cheap-model", env=env)
+        models = {r["body"]["model"] for r in server.requests}
+        asked = len(server.requests)
+    assert result.exit_code == 0, result.output
+    assert asked == recorded_requests and models == {"cheap-model"}  # the model is in the hash
+    diffed = invoke(root, "diff", run_id, result.stdout.strip())
+    assert diffed.exit_code == 0  # the fake server answers every model alike
+    usage = re.match(r"tokens ([\d,]+) → ([\d,]+); cost \$0\.0000 → \$(\d+\.\d+);",
+                     diffed.stdout.splitlines()[1])
+    assert usage and usage[1] == usage[2] and float(usage[3]) > 0, diffed.stdout
