@@ -525,20 +525,15 @@ def review_apply(obj: Context, file):
 def _check_ledger(config) -> None:
     """The ledger's integrity and schema, read-only; a missing ledger beside earlier runs."""
     from .ledger import SCHEMA_VERSION, Ledger, LedgerError
-    from .pipeline import RUN_DIR
+    from .pipeline import missing_ledger
 
     problems = Ledger.inspect(config.ledger_file)
     if not problems and Ledger.is_empty(config.ledger_file):
-        earlier = [p for p in config.runs_dir.glob("*") if RUN_DIR.match(p.name)] \
-            if config.runs_dir.is_dir() else []
-        if earlier:
-            problems.append(f"{config.ledger_file}: missing or empty, but {config.runs_dir} "
-                            f"holds {len(earlier)} earlier run folder(s); restore the ledger "
-                            "from a backup, or start over knowingly with `crewbatch run "
-                            "--new-ledger`")
-        else:
+        missing = missing_ledger(config)
+        if missing is None:
             click.echo(f"ledger: none yet ({config.ledger_file} is created by the first run)")
             return
+        problems.append(missing)
     if problems:
         raise LedgerError("; ".join(problems))
     click.echo(f"ledger: ok (integrity check passed, schema version {SCHEMA_VERSION}) in "

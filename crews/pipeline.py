@@ -317,21 +317,30 @@ def run(config: Config, options: RunOptions, sources: list[str],
 RUN_DIR = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{4}$")
 
 
-def open_ledger(config: Config, new_ledger: bool = False) -> Ledger:
-    """The project's ledger for a run. A missing or empty ledger beside earlier run folders is
-    refused: it would forget which tickets were answered and answer them again."""
+def missing_ledger(config: Config) -> str | None:
+    """Why the project's ledger must not be started afresh, or None: it is missing or empty
+    while run folders exist, so it would forget which tickets were answered and answer them
+    again. `run` refuses then (unless --new-ledger) and `check` reports it."""
     path = config.ledger_file
-    if Ledger.is_empty(path) and not new_ledger:
-        earlier = sorted(p.name for p in config.runs_dir.glob("*") if RUN_DIR.match(p.name)
-                         and p.is_dir()) if config.runs_dir.is_dir() else []
-        if earlier:
-            state = "is empty (0 bytes or no runs)" if path.exists() else "is missing"
-            raise LedgerError(
-                f"{path}: the ledger {state}, but {config.runs_dir} holds {len(earlier)} earlier "
-                f"run folder(s) (latest {earlier[-1]}); without the ledger those tickets would be "
-                "answered and refunded again. Restore the ledger from a backup, or run with "
-                "`--new-ledger` to start over knowingly")
-    return Ledger(path)
+    if not Ledger.is_empty(path) or not config.runs_dir.is_dir():
+        return None
+    earlier = sorted(p.name for p in config.runs_dir.glob("*") if RUN_DIR.match(p.name)
+                     and p.is_dir())
+    if not earlier:
+        return None
+    state = "is empty (0 bytes or no runs)" if path.exists() else "is missing"
+    return (f"{path}: the ledger {state}, but {config.runs_dir} holds {len(earlier)} earlier "
+            f"run folder(s) (latest {earlier[-1]}); without the ledger those tickets would be "
+            "answered and refunded again. Restore the ledger from a backup, or run with "
+            "`--new-ledger` to start over knowingly")
+
+
+def open_ledger(config: Config, new_ledger: bool = False) -> Ledger:
+    """The project's ledger for a run; refused when `missing_ledger` says so."""
+    problem = None if new_ledger else missing_ledger(config)
+    if problem:
+        raise LedgerError(problem)
+    return Ledger(config.ledger_file)
 
 
 def _drive(ledger: Ledger, run_id: str, records: Iterator, options: RunOptions, work,

@@ -21,9 +21,7 @@ from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from .settings import Config, ConfigError, _describe, _read_yaml, _Strict, _suggest
+from .settings import Config, ConfigError, _read_yaml, _Strict, _suggest, load_model
 from .taxonomy import TAXONOMY_FILE, Taxonomy
 
 REPLIES_FILE = "replies.yaml"  # in the knowledge directory (knowledge.py reads only .md/.txt)
@@ -101,15 +99,10 @@ def _fields(text: str) -> list[str]:
 
 def _parse(name: str, data: object, problems: list[str], allowed_keys: set[str] | None
            ) -> _RepliesFile | None:
-    if not isinstance(data, dict):
-        if data is not None:
-            problems.append(f"{name}: must be a mapping with the keys shop, facts, topics and "
-                            "replies (see data/knowledge/replies.yaml in the crewbatch repository)")
-        return None
-    try:
-        parsed = _RepliesFile.model_validate(data)
-    except ValidationError as err:
-        problems.extend(_describe(name, "", _RepliesFile, err))
+    parsed = load_model(name, data, _RepliesFile, problems,
+                        "with the keys shop, facts, topics and replies (see "
+                        "data/knowledge/replies.yaml in the crewbatch repository)")
+    if parsed is None:
         return None
     for key in parsed.replies:
         if allowed_keys is not None and key not in allowed_keys:

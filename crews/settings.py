@@ -359,6 +359,21 @@ def _model_at(model: type[BaseModel], loc) -> type[BaseModel] | None:
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
+def load_model(name: str, data: Any, model: type[BaseModel], problems: list[str], keys: str):
+    """A YAML file's content validated as `model`, or None with every problem listed (a file
+    that is missing or empty was reported by `_read_yaml` already)."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        problems.append(f"{name}: must be a mapping {keys}")
+        return None
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        problems.extend(_describe(name, "", model, err))
+        return None
+
+
 def _load_mapping(name, data, model, problems, what) -> tuple[dict[str, Any], set[str]]:
     """The valid entries, and every name defined (valid or not, so cross-checks don't cascade)."""
     if data is None:
@@ -395,28 +410,16 @@ def load_config(root: Path, check_files: bool = True) -> Config:
     problems: list[str] = []
     warnings: list[str] = []
 
-    raw_settings = _read_yaml(root, SETTINGS_FILE, problems)
-    settings = Settings()
-    if isinstance(raw_settings, dict):
-        try:
-            settings = Settings.model_validate(raw_settings)
-        except ValidationError as err:
-            problems.extend(_describe(SETTINGS_FILE, "", Settings, err))
-    elif raw_settings is not None:
-        problems.append(f"{SETTINGS_FILE}: must be a mapping of keys (llm, batch_size, ...)")
+    settings = load_model(SETTINGS_FILE, _read_yaml(root, SETTINGS_FILE, problems), Settings,
+                          problems, "of keys (llm, batch_size, ...)") or Settings()
 
     agents, agent_names = _load_mapping(AGENTS_FILE, _read_yaml(root, AGENTS_FILE, problems),
                                         AgentSpec, problems, "agent")
     tasks, task_names = _load_mapping(TASKS_FILE, _read_yaml(root, TASKS_FILE, problems),
                                       TaskSpec, problems, "task")
 
-    raw_policy = _read_yaml(root, POLICY_FILE, problems)
-    policy = Policy()
-    if isinstance(raw_policy, dict):
-        try:
-            policy = Policy.model_validate(raw_policy)
-        except ValidationError as err:
-            problems.extend(_describe(POLICY_FILE, "", Policy, err))
+    policy = load_model(POLICY_FILE, _read_yaml(root, POLICY_FILE, problems), Policy, problems,
+                        "of keys (refunds, allowed_actions, queues, ...)") or Policy()
 
     _check_agents(agents, agent_names, problems)
     _check_tasks(tasks, task_names, agent_names, agents, problems)
@@ -458,17 +461,9 @@ def _load_escalation(root: Path, policy: Policy, problems: list[str]
 
 def _load_taxonomy(root: Path, policy: Policy, problems: list[str]) -> Taxonomy | None:
     """config/taxonomy.yaml, and the policy's queues and escalated categories checked against it."""
-    data = _read_yaml(root, TAXONOMY_FILE, problems)
-    if data is None:
-        return None
-    if not isinstance(data, dict):
-        problems.append(f"{TAXONOMY_FILE}: must be a mapping with the keys categories, "
-                        "priorities, queues and offline")
-        return None
-    try:
-        taxonomy = Taxonomy.model_validate(data)
-    except ValidationError as err:
-        problems.extend(_describe(TAXONOMY_FILE, "", Taxonomy, err))
+    taxonomy = load_model(TAXONOMY_FILE, _read_yaml(root, TAXONOMY_FILE, problems), Taxonomy,
+                          problems, "with the keys categories, priorities, queues and offline")
+    if taxonomy is None:
         return None
     found = taxonomy_problems(taxonomy)
     for queue in policy.queues:

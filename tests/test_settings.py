@@ -107,3 +107,13 @@ def test_precedence_cli_over_env_over_settings(project):
         resolve_options(config, {}, environ={"CREWBATCH_BATCH_SIZE": "many"})
     assert err.value.problems == ["environment: CREWBATCH_BATCH_SIZE='many' is not a positive "
                                   "whole number; fix or unset it"]
+
+
+def test_a_policy_file_that_is_not_a_mapping_is_a_problem_not_the_defaults(project):
+    from crews.settings import ConfigError, load_config
+
+    (project / "config/policy.yaml").write_text("- refunds\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(project)
+    assert ("config/policy.yaml: must be a mapping of keys (refunds, allowed_actions, queues, ...)"
+            in err.value.problems)
