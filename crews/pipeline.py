@@ -28,6 +28,7 @@ from .knowledge import Orders
 from .ledger import Ledger, LedgerError
 from .llms import build_llms, preflight, role_models
 from .lock import RunLock
+from .pricing import cost_usd
 from .retrieval import knowledge_for_run
 from .runlog import RunLog
 from .settings import Config, RunOptions
@@ -86,13 +87,6 @@ def _records(files: list[Path], options: intake.IntakeOptions, limit: int | None
              ) -> Iterator[Ticket | Rejection]:
     stream = intake.read_sources(files, options)
     return itertools.islice(stream, limit) if limit else stream
-
-
-def price(config: Config, model: str, prompt_tokens: int, completion_tokens: int) -> float:
-    p = config.settings.pricing.get(model)
-    if p is None:
-        return 0.0
-    return (prompt_tokens * p.input_per_million + completion_tokens * p.output_per_million) / 1e6
 
 
 class Budget:
@@ -462,8 +456,9 @@ def outcome_fields(config: Config, result, status: Status, duration_ms: int,
             blobs.update(stored)
         calls.append({**row, "round": int(round_no), "step": step,
                       "agent": agents.get(step, step),
-                      "cost_usd": price(config, c["model"], c["prompt_tokens"],
-                                        c["completion_tokens"])})
+                      "cost_usd": cost_usd(config.settings.pricing, c["model"],
+                                           c["prompt_tokens"], c["completion_tokens"],
+                                           c.get("cached_tokens") or 0) or 0.0})
     cost = sum(c["cost_usd"] for c in calls)
     actions = action_rows(result, status, performed)
     fields = {

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .export import describe_actions
+from .pricing import cost_usd
 
 STATUS_ORDER = ["approved", "needs_human", "failed", "rejected", "skipped", "pending", "running"]
 STATUS_COLOR = {"approved": "#2e8b66", "needs_human": "#d99a1e", "failed": "#c94a4a",
@@ -145,14 +146,6 @@ def percentile(values: list[float], q: float) -> float | None:
     lo = math.floor(k)
     hi = min(lo + 1, len(data) - 1)
     return data[lo] + (data[hi] - data[lo]) * (k - lo)
-
-
-def _price(pricing: dict | None, model: str, prompt: int, completion: int) -> float | None:
-    entry = (pricing or {}).get(model)
-    if entry is None:
-        return None
-    get = entry.get if isinstance(entry, dict) else lambda k: getattr(entry, k)
-    return (prompt * get("input_per_million") + completion * get("output_per_million")) / 1e6
 
 
 # --- formatting ------------------------------------------------------------------------------------
@@ -735,7 +728,7 @@ def _usage_block(data: ReportData, outcomes: list[dict]) -> str:
         a["completion"] += u["completion_tokens"] or 0
         a["ms"] += u["duration_ms"] or 0
         if data.pricing is not None:
-            cost = _price(data.pricing, u["model"], u["prompt_tokens"] or 0,
+            cost = cost_usd(data.pricing, u["model"], u["prompt_tokens"] or 0,
                           u["completion_tokens"] or 0)
             if cost is None:
                 if u["prompt_tokens"] or u["completion_tokens"]:

@@ -89,6 +89,8 @@ class RateLimit(_Strict):
 class Price(_Strict):
     input_per_million: float = Field(ge=0)
     output_per_million: float = Field(ge=0)
+    # Input tokens served from the provider's prompt cache; without it they cost the full price.
+    cached_input_per_million: float | None = Field(None, ge=0)
 
 
 class Paths(_Strict):
