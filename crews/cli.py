@@ -12,6 +12,7 @@ import contextlib
 import json
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -114,7 +115,8 @@ encoding_option = click.option("--encoding", help="Text encoding of the sources,
                               "(env CREWBATCH_MODEL; settings `llm.model`).")
 @click.option("--concurrency", type=click.IntRange(1, 256), help="Tickets in flight at once.")
 @click.option("--workers", type=click.IntRange(1, 64),
-              help="Processes sharing the work (CPU-bound runs on several cores; default 1).")
+              help="Processes on this machine sharing the work (CPU-bound runs on several cores; "
+                   "default 1). Other hosts join with `crewbatch worker`.")
 @click.option("--batch-size", type=click.IntRange(1, 10_000),
               help="Records read and registered in the ledger per batch.")
 @click.option("--revision-limit", type=click.IntRange(0, 10),
@@ -155,6 +157,37 @@ def run(obj: Context, sources, offline, model, concurrency, workers, batch_size,
         "reprocess": reprocess, "max_cost": max_cost, "max_minutes": max_minutes,
         "workers": workers, "new_ledger": new_ledger})
     _run_and_report(pipeline.run, config, options, list(sources), intake_options)
+
+
+@main.command("worker")
+@click.option("--run", "run_id", metavar="RUN_ID",
+              help="Join this run only (default: the active run, or wait for the next).")
+@click.option("--concurrency", type=click.IntRange(1, 256),
+              help="Tickets this worker works at once (default: the run's concurrency divided "
+                   "by its --workers).")
+@click.option("--once", is_flag=True, help="Leave after one run instead of waiting for the next.")
+@click.pass_obj
+def worker_command(obj: Context, run_id, concurrency, once):
+    """Join the active run from this host and work its tickets, with the run's own options.
+
+    Any host that reaches the ledger's database and has the same config/ and data/ can join; the
+    run's --concurrency is the limit for all workers together. SIGTERM or Ctrl-C: no new
+    tickets, the ones in flight finish. A worker that stops beating for `lease_s` (settings) is
+    declared dead and its tickets go to the live ones.
+
+    \b
+    Examples:
+      crewbatch worker                      # every run, as it comes (a service)
+      crewbatch worker --run 20261121-093012-ab12 --concurrency 16
+    """
+    from . import worker
+
+    config = obj.config()
+    stop = threading.Event()
+    worker.signal_stop(stop)
+    with contextlib.redirect_stdout(sys.stderr):
+        worker.main(config, run_id, concurrency, once, stop,
+                    lambda text: click.echo(text, err=True))
 
 
 def _run_and_report(run_function, config, options, *args, **kwargs) -> None:

@@ -15,6 +15,7 @@ import functools
 import json
 import sqlite3
 import threading
+import time
 import types
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -213,6 +214,27 @@ ALTER TABLE model_calls ADD COLUMN replayed INTEGER NOT NULL DEFAULT 0;
 -- so its outcomes never make a later run skip a ticket.
 ALTER TABLE runs ADD COLUMN replay_of TEXT
 """),
+    (6, """
+-- Every process working a run (the run's own, `--workers`, `crewbatch worker` on other hosts),
+-- with its heartbeat: a worker silent for a lease is declared `dead` by a live peer, which takes
+-- its tickets over (crews/engine.py). beat_s is seconds since the epoch (the hosts' clocks).
+CREATE TABLE workers (
+    executor_id  TEXT PRIMARY KEY,
+    run_id       TEXT NOT NULL REFERENCES runs(run_id),
+    host         TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    role         TEXT NOT NULL,             -- run | worker
+    state        TEXT NOT NULL,             -- working | left | dead
+    joined_utc   TEXT NOT NULL,
+    beat_s       REAL NOT NULL
+);
+CREATE INDEX workers_run ON workers (run_id, state);
+-- The worker holding a running ticket: only it may record the ticket's result (a fence against
+-- a worker that was cut off while its ticket was handed to another).
+ALTER TABLE outcomes ADD COLUMN claimed_by TEXT NOT NULL DEFAULT '';
+-- Why the run's workers must start no new ticket (budget, time limit, a stop signal), or ''.
+ALTER TABLE runs ADD COLUMN stop_requested TEXT NOT NULL DEFAULT ''
+"""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -310,6 +332,9 @@ class Ledger:
         self.path = Path(path)
         self._lock = threading.RLock()
         self._known_blobs: set[str] = set()  # stored already: not compressed or sent again
+        # The worker (engine executor) this connection records for: a result is recorded only
+        # for a ticket it holds. '' = no fence (tools and tests that record directly).
+        self.owner = ""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "ab+") as f:  # fails now, with the file's name, if unwritable
@@ -512,25 +537,114 @@ class Ledger:
         self._event(db, run_id, cur.lastrowid, "", status, reason)
         return cur.lastrowid
 
-    def claim(self, outcome_id: int, worker: str) -> bool:
-        """Take a pending ticket for this worker; False if another worker already took it."""
+    def claim(self, outcome_id: int, worker: str) -> Ticket | None:
+        """Take a ticket for this worker: a pending one, one it holds already (its own work
+        resumed), or one a worker declared dead held. None if it is final or a live worker's."""
         with self._tx() as db:
-            row = db.execute("SELECT status FROM outcomes WHERE outcome_id = ?",
+            row = db.execute(OUTCOME_TICKET + "WHERE o.outcome_id = ?",
                              (outcome_id,)).fetchone()
-            if row is None or row[0] != PENDING:
-                return False
-            self._transition(db, outcome_id, RUNNING, f"claimed by {worker}", {})
-            return True
-
-    def claim_next(self, run_id: str, worker: str) -> tuple[int, Ticket] | None:
-        """The oldest pending ticket of the run, claimed for this worker, or None."""
-        with self._tx() as db:
-            row = db.execute(OUTCOME_TICKET + "WHERE o.run_id = ? AND o.status = ? "
-                             "ORDER BY o.outcome_id LIMIT 1", (run_id, PENDING)).fetchone()
             if row is None:
                 return None
-            self._transition(db, row["outcome_id"], RUNNING, f"claimed by {worker}", {})
-        return row["outcome_id"], _ticket_from_row(row)
+            status, holder = self._claim_state(db, outcome_id)
+            if status == PENDING:
+                detail = f"claimed by {worker}"
+            elif status == RUNNING and holder == worker:
+                return _ticket_from_row(row)
+            elif status == RUNNING and holder and self._worker_state(db, holder) == "dead":
+                detail = f"taken over by {worker} from {holder}, which stopped beating"
+            else:
+                return None
+            self._transition(db, outcome_id, RUNNING, detail, {"claimed_by": worker})
+            return _ticket_from_row(row)
+
+    @staticmethod
+    def _claim_state(db, outcome_id: int) -> tuple[str, str]:
+        row = db.execute("SELECT status, claimed_by FROM outcomes WHERE outcome_id = ?",
+                         (outcome_id,)).fetchone()
+        return row["status"], row["claimed_by"]
+
+    @staticmethod
+    def _worker_state(db, executor_id: str) -> str | None:
+        row = db.execute("SELECT state FROM workers WHERE executor_id = ?",
+                         (executor_id,)).fetchone()
+        return row["state"] if row else None
+
+    # --- the workers of a run (crews/engine.py) ----------------------------------------------
+
+    def join_run(self, run_id: str, executor_id: str, host: str, pid: int, role: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO workers (executor_id, run_id, host, pid, role, state, "
+                       "joined_utc, beat_s) VALUES (?, ?, ?, ?, ?, 'working', ?, ?)",
+                       (executor_id, run_id, host, pid, role, utc_now(), time.time()))
+            self._event(db, run_id, None, "", "joined", f"{role} {executor_id} on {host} "
+                                                        f"(pid {pid})")
+
+    def heartbeat(self, executor_id: str) -> bool:
+        """Beat; False if a peer declared this worker dead meanwhile (it must leave the run)."""
+        with self._tx() as db:
+            return db.execute("UPDATE workers SET beat_s = ? WHERE executor_id = ? AND "
+                              "state = 'working'", (time.time(), executor_id)).rowcount == 1
+
+    def leave_run(self, executor_id: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE workers SET state = 'left' WHERE executor_id = ? AND "
+                       "state = 'working'", (executor_id,))
+
+    def reap_workers(self, run_id: str, lease_s: float, me: str) -> list[str]:
+        """Declare the run's workers silent for `lease_s` dead; the ones this call declared
+        (a compare-and-set: of several peers noticing at once, one takes each over)."""
+        cutoff = time.time() - lease_s
+        reaped = []
+        with self._tx() as db:
+            rows = db.execute("SELECT executor_id, host, pid FROM workers WHERE run_id = ? AND "
+                              "state = 'working' AND beat_s < ? AND executor_id <> ?",
+                              (run_id, cutoff, me)).fetchall()
+            for r in rows:
+                if db.execute("UPDATE workers SET state = 'dead' WHERE executor_id = ? AND "
+                              "state = 'working' AND beat_s < ?",
+                              (r["executor_id"], cutoff)).rowcount == 1:
+                    reaped.append(r["executor_id"])
+                    self._event(db, run_id, None, "joined", "dead",
+                                f"{r['executor_id']} on {r['host']} (pid {r['pid']}) silent for "
+                                f"{lease_s:g}s; {me} takes its tickets over")
+        return reaped
+
+    def workers(self, run_id: str) -> list[dict]:
+        with self._lock:
+            return [dict(r) for r in self._db.execute(
+                "SELECT * FROM workers WHERE run_id = ? ORDER BY joined_utc", (run_id,))]
+
+    def request_stop(self, run_id: str, reason: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE runs SET stop_requested = ? WHERE run_id = ? AND "
+                       "stop_requested = ''", (reason, run_id))
+
+    def run_state(self, run_id: str) -> tuple[str, str]:
+        """(status, stop_requested) of a run, read fresh."""
+        with self._lock:
+            row = self._db.execute("SELECT status, stop_requested FROM runs WHERE run_id = ?",
+                                   (run_id,)).fetchone()
+            return (row["status"], row["stop_requested"]) if row else ("", "")
+
+    def active_run(self) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT run_id FROM runs WHERE status = 'running' ORDER BY "
+                                   "started_utc DESC LIMIT 1").fetchone()
+            return row["run_id"] if row else None
+
+    def in_flight(self, run_id: str) -> int:
+        """The run's tickets being worked by a live worker (not one declared dead or gone)."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT COUNT(*) FROM outcomes o JOIN workers w ON w.executor_id = o.claimed_by "
+                "WHERE o.run_id = ? AND o.status = ? AND w.state = 'working'",
+                (run_id, RUNNING)).fetchone()[0]
+
+    def final_count(self, run_id: str) -> int:
+        with self._lock:
+            return self._db.execute(
+                "SELECT COUNT(*) FROM outcomes WHERE run_id = ? AND status NOT IN (?, ?)",
+                (run_id, PENDING, RUNNING)).fetchone()[0]
 
     def run_cost(self, run_id: str) -> float:
         with self._lock:
@@ -551,9 +665,9 @@ class Ledger:
             raise ValueError(f"unknown outcome fields: {sorted(unknown)}")
         packed = self._pack(blobs or {})
         with self._tx() as db:
-            current = db.execute("SELECT status FROM outcomes WHERE outcome_id = ?",
+            current = db.execute("SELECT status, claimed_by FROM outcomes WHERE outcome_id = ?",
                                  (outcome_id,)).fetchone()
-            if current is not None and current["status"] != RUNNING:
+            if current is not None and (current["status"] != RUNNING or not self._holds(current)):
                 return False
             now = utc_now()
             for s in steps:
@@ -684,7 +798,7 @@ class Ledger:
         ids = [oid for oid in self.unfinished(run_id)]
         with self._tx() as db:
             for oid in ids:
-                self._transition(db, oid, PENDING, detail, {})
+                self._transition(db, oid, PENDING, detail, {"claimed_by": ""})
         return len(ids)
 
     def recover_crashed_runs(self, detail: str) -> list[str]:
@@ -801,11 +915,15 @@ class Ledger:
 
     def still_running(self, outcome_id: int) -> bool:
         """Whether a claimed ticket is still this claim's: a crashed run's recovery may have put
-        it back to pending (for a new run) while a straggling process was still working it."""
+        it back to pending (for a new run), or a peer taken it over from a worker it declared
+        dead, while a straggling process was still working it."""
         with self._lock:
-            row = self._db.execute("SELECT status FROM outcomes WHERE outcome_id = ?",
+            row = self._db.execute("SELECT status, claimed_by FROM outcomes WHERE outcome_id = ?",
                                    (outcome_id,)).fetchone()
-            return row is not None and row["status"] == RUNNING
+            return row is not None and row["status"] == RUNNING and self._holds(row)
+
+    def _holds(self, row) -> bool:
+        return not self.owner or row["claimed_by"] in ("", self.owner)
 
     # --- reading back ----------------------------------------------------------------------------
 

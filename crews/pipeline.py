@@ -9,7 +9,6 @@ lets in-flight tickets finish, leaves the rest pending for the next run and exit
 
 from __future__ import annotations
 
-import errno
 import itertools
 import json
 import os
@@ -18,22 +17,22 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import export, framework, intake, report
+from . import export, framework, intake, report, worker
+from .engine import Engine
 from .knowledge import Orders
 from .ledger import Ledger, LedgerError
 from .llms import build_llms, preflight, role_models
 from .lock import RunLock
-from .pricing import cost_usd
 from .retrieval import knowledge_for_run
 from .runlog import RunLog
 from .settings import Config, RunOptions
 from .ticket import PENDING, Rejection, Status, Ticket
-from .workers import WorkerPool, share
+from .work import process_safely
+from .worker import share
 
 EXIT_OK, EXIT_FAILED, EXIT_CANNOT_RUN, EXIT_STOPPED = 0, 1, 2, 3
 
@@ -65,14 +64,6 @@ class RunSummary:
 
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-
-
-def redact(text: str, environ=os.environ) -> str:
-    """Remove anything that looks like a secret before it reaches the ledger, logs or sheets."""
-    key = environ.get("OPENAI_API_KEY")
-    if key and len(key) >= 6:
-        text = text.replace(key, "***")
-    return re.sub(r"\b(sk-|sk_)[A-Za-z0-9_-]{6,}", r"\1***", text)
 
 
 def _batches(items: Iterator, size: int) -> Iterator[list]:
@@ -197,32 +188,30 @@ def run(config: Config, options: RunOptions, sources: list[str],
         run_id = new_run_id()
         run_dir = config.runs_dir / run_id
         run_dir.mkdir(parents=True, exist_ok=True)
-        workers = WorkerPool(config.root, options, run_id,
-                             role_models(config, options.model).values()).start() \
-            if options.workers > 1 else None
         try:
             framework.prepare(config.runs_dir / ".crewai")
             from .crew import CrewRunner
 
             runner = CrewRunner(config, build_llms(config, options.model, environ,
-                                                   processes=options.workers,
-                                                   pauses=workers.pauses if workers else None),
+                                                   processes=options.workers),
                                 kb, orders, options.revision_limit)
             runner.warm(share(options))
             runner.refund_history = ledger.refund_history
             if replay is not None:
                 replay.attach(runner, ledger)
         except BaseException:
-            if workers is not None:
-                workers.abort()
+            ledger.close()
             raise
         lock.describe(run_id)
         log = RunLog(run_dir / "run.log", json_lines=config.settings.log_json)
         status, stop_reason = "crashed", ""
         budget = Budget(options.max_cost, options.max_minutes)
+        budget.spent_in = lambda: ledger.run_cost(run_id)  # every worker's tickets
         finished = threading.Event()
         threading.Thread(target=_stop_watchdog, args=(config, run_id, stop, finished),
                          name="crewbatch-stop", daemon=True).start()
+        stop_reasons: list[str] = []
+        engine = helpers = None
         try:
             ledger.start_run(run_id, options.model, {
                 "concurrency": options.concurrency, "batch_size": options.batch_size,
@@ -239,38 +228,33 @@ def run(config: Config, options: RunOptions, sources: list[str],
                      sources=[str(f) for f in files], retry_of=retry_of,
                      recovered_runs=recovered)
 
-            def work(outcome_id: int, ticket: Ticket) -> str | None:
+            def should_stop() -> str | None:
                 reason = budget.exhausted()
                 if reason and not stop.is_set():
                     stop_reasons.append(reason)
                     stop.set()
-                if workers is not None and workers.stop.is_set() and not stop.is_set():
-                    stop_reasons.append(budget.exhausted() or "a worker process stopped")
-                    stop.set()
                 if stop.is_set():
-                    if workers is not None:
-                        workers.stop.set()
-                    return None
-                if not ledger.claim(outcome_id, "main"):
-                    return None  # a worker process took it
+                    return stop_reasons[0] if stop_reasons else "stop requested (signal)"
+                return None
+
+            def process(outcome_id: int, ticket: Ticket):
                 status_value, cost = process_safely(config, ledger, runner, run_dir, outcome_id,
                                                     ticket, options.side_effects)
-                budget.add(cost)
                 log.info("ticket finished", ticket_id=ticket.ticket_id, status=status_value,
                          cost_usd=round(cost, 6))
-                return status_value
+                return status_value, cost
 
-            stop_reasons: list[str] = []
-            if workers is not None:
-                budget.spent_in = lambda: ledger.run_cost(run_id)  # every process's tickets
-                with workers:
-                    try:
-                        _drive(ledger, run_id, records, options, work, stop, progress)
-                    finally:
-                        if stop.is_set():
-                            workers.stop.set()
-            else:
-                _drive(ledger, run_id, records, options, work, stop, progress)
+            engine = Engine(ledger, config.ledger_url, config.runs_dir, run_id, process,
+                            concurrency=options.concurrency, threads=share(options),
+                            should_stop=should_stop, lease_s=config.settings.lease_s,
+                            role="run")
+            engine.start()
+            ledger.owner = engine.executor_id
+            if options.workers > 1:
+                helpers = worker.spawn(config, run_id, options)
+            _feed(ledger, engine, run_id, records, options, stop, should_stop, progress)
+            if engine.fatal is not None:
+                raise engine.fatal
             if replay is not None and not stop.is_set():
                 replay.copy_unprocessed(ledger, run_id)
             if stop.is_set():
@@ -280,8 +264,8 @@ def run(config: Config, options: RunOptions, sources: list[str],
                 status = "completed"
         finally:
             try:
-                if workers is not None and status != "completed":
-                    workers.abort()  # they finish their tickets in flight; the rest stays pending
+                if engine is not None:
+                    engine.close()
                 runner.close()
                 if status != "completed":
                     ledger.release_unfinished(run_id, f"run {status} before this ticket finished")
@@ -300,8 +284,8 @@ def run(config: Config, options: RunOptions, sources: list[str],
                          counts=counts, cost_usd=round(cost, 6), reason=stop_reason)
                 log.close()
                 ledger.close()
-                if workers is not None:
-                    workers.join()
+                for p in helpers or ():
+                    p.wait()  # they leave once the run is no longer running
             finally:
                 finished.set()
     return RunSummary(run_id, status, exit_code, counts, results, cost,
@@ -337,170 +321,45 @@ def open_ledger(config: Config, new_ledger: bool = False) -> Ledger:
     return Ledger(config.ledger_file)
 
 
-def _drive(ledger: Ledger, run_id: str, records: Iterator, options: RunOptions, work,
-           stop: threading.Event, progress) -> None:
-    """Register records batch by batch and keep `concurrency` tickets in flight across batches
-    (this process's share of them with --workers; the window feeds the other processes too)."""
+def _feed(ledger: Ledger, engine, run_id: str, records: Iterator, options: RunOptions,
+          stop: threading.Event, should_stop, progress) -> None:
+    """Register records batch by batch and put each ticket on the run's queue, keeping at most
+    twice the concurrency queued ahead of the workers; return when every queued ticket is
+    final, or, after a stop, when none is in flight any more (the rest stays pending)."""
     window = options.concurrency * 2
-    with ThreadPoolExecutor(share(options), thread_name_prefix="ticket") as pool:
-        in_flight: set = set()
-        for batch in _batches(records, options.batch_size):
-            if stop.is_set():
+    queued = final_at_intake = reported = 0
+
+    def settled() -> int:
+        nonlocal reported
+        done = ledger.final_count(run_id) - final_at_intake
+        if progress and done > reported:
+            progress(done - reported)
+        reported = max(reported, done)
+        return done
+
+    def halted() -> bool:
+        return should_stop() is not None or engine.fatal is not None
+
+    for batch in _batches(records, options.batch_size):
+        if halted():
+            break
+        todo = ledger.add_records(run_id, batch, options.reprocess)
+        final_at_intake += len(batch) - len(todo)
+        if progress:
+            progress(len(batch) - len(todo))  # rejected and skipped are final at once
+        for outcome_id, _ in todo:
+            while queued - settled() >= window and not halted():
+                time.sleep(0.02)
+            if halted():
                 break
-            todo = ledger.add_records(run_id, batch, options.reprocess)
-            if progress:
-                progress(len(batch) - len(todo))  # rejected and skipped are final at once
-            for outcome_id, ticket in todo:
-                while len(in_flight) >= window:
-                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                    _collect(done, progress)
-                in_flight.add(pool.submit(work, outcome_id, ticket))
-        done, _ = wait(in_flight)
-        _collect(done, progress)
-
-
-def _collect(done, progress) -> None:
-    for future in done:
-        if future.result() and progress:  # re-raises a bug in the pipeline itself
-            progress(1)
-
-
-RELEASED = "released"  # not a status: the ticket was taken back from this process
-# OS errors that are about the machine, not the record: the run stops (exit 2), the ticket stays
-# pending for the next run instead of failing every ticket after it the same way.
-ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT,
-                      errno.EIO}
-
-
-def process_safely(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: int,
-                   ticket: Ticket, side_effects: bool = True) -> tuple[str, float]:
-    """`_process`, with the one broad catch of a run: a ticket that breaks something (a header
-    the mail library refuses, text SQLite cannot store) ends `failed` with the error and the
-    night goes on. A broken ledger or disk is not the ticket's fault and stops the run.
-    Without `side_effects` (an eval) an approved ticket's actions are decided but not carried
-    out: no reply file, no refund request, no side_effects or refunds row."""
-    try:
-        return _process(config, ledger, runner, run_dir, outcome_id, ticket, side_effects)
-    except (LedgerError, KeyboardInterrupt):
-        raise
-    except OSError as exc:
-        if exc.errno in ENVIRONMENT_ERRNOS:
-            raise
-        error = f"{type(exc).__name__}: {exc}"
-    except Exception as exc:  # noqa: BLE001 — the per-ticket boundary
-        error = f"{type(exc).__name__}: {exc}"
-    error = redact(error).encode("utf-8", "backslashreplace").decode("utf-8")[:2000]
-    if not ledger.record_result(outcome_id, Status.FAILED, {"error": error}, [], [],
-                                f"failed while recording: {error}"):
-        return RELEASED, 0.0
-    return Status.FAILED.value, 0.0
-
-
-def _process(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: int,
-             ticket: Ticket, side_effects: bool = True) -> tuple[str, float]:
-    started = time.monotonic()
-    result = runner.run(ticket)
-    if not ledger.still_running(outcome_id):
-        # A crashed run's straggler: recovery gave this ticket back to a new run meanwhile.
-        return RELEASED, 0.0
-    # A replay's side effects are simulated (replay.SimulatedEffects), never the ledger's.
-    effects = getattr(runner, "effects", None)
-    status = carry_out(result, ticket, run_dir, effects or ledger, outcome_id,
-                       getattr(effects, "replay_of", None)) if side_effects else result.status
-    fields, calls, blobs = outcome_fields(config, result, status,
-                                          int((time.monotonic() - started) * 1000), side_effects)
-    actions = json.loads(fields["actions_json"])
-    steps = [{**s, "output_text": redact(s["output_text"])} for s in result.steps]
-    if not ledger.record_result(outcome_id, status, fields, steps, actions,
-                                redact(result.detail or fields["error"]), calls, blobs):
-        return RELEASED, 0.0
-    return status.value, fields["cost_usd"]
-
-
-def carry_out(result, ticket: Ticket, run_dir: Path, effects, outcome_id: int,
-              replay_of: str | None = None) -> Status:
-    """Perform an approved ticket's side effects; the ticket's final status (a refund another
-    ticket's took the room for meanwhile sends it to a person)."""
-    from .actions import PolicyRefusal, perform
-
-    if result.status != Status.APPROVED:
-        return result.status
-    try:
-        perform(result.decisions, ticket, result.draft, run_dir, effects, outcome_id, replay_of)
-    except PolicyRefusal as refusal:
-        # Another ticket used the order's or customer's refund room while this one ran.
-        result.needs_human_reason = f"policy refused the refund when carrying it out: {refusal}"
-        for d in result.decisions:
-            if d.kind == "request_refund" and d.allowed:
-                d.allowed, d.reason = False, str(refusal)
-        return Status.NEEDS_HUMAN
-    return Status.APPROVED
-
-
-def outcome_fields(config: Config, result, status: Status, duration_ms: int,
-                   performed: bool = True) -> tuple[dict, list[dict], dict[str, bytes]]:
-    """A ticket's outcome columns, its model_calls rows and the recording's blobs to store."""
-    error = redact(result.error) if result.error else ""
-    draft, verdict = result.draft, result.verdict
-    agents = {step: spec.agent for step, spec in config.tasks.items()}
-    calls: list[dict] = []
-    blobs: dict[str, bytes] = {}
-    for c in result.calls:
-        round_no, step = c["step_key"].split(":", 1)
-        row = {k: v for k, v in c.items() if k != "exchange"}
-        exchange = c.get("exchange")
-        if exchange is not None:
-            columns, stored = exchange.stored(config.settings.recording, {
-                k: c[k] for k in ("prompt_tokens", "completion_tokens", "cached_tokens")})
-            row.update(columns)
-            blobs.update(stored)
-        calls.append({**row, "round": int(round_no), "step": step,
-                      "agent": agents.get(step, step),
-                      "cost_usd": cost_usd(config.settings.pricing, c["model"],
-                                           c["prompt_tokens"], c["completion_tokens"],
-                                           c.get("cached_tokens") or 0) or 0.0})
-    cost = sum(c["cost_usd"] for c in calls)
-    actions = action_rows(result, status, performed)
-    fields = {
-        "category": draft.category if draft else "",
-        "priority": draft.priority if draft else "",
-        "language": draft.language if draft else "",
-        "draft_reply": draft.reply if draft else "",
-        "critic_verdict": ("" if verdict is None else "approved" if verdict.approved
-                           else "rejected"),
-        "critic_notes": "\n".join(
-            ([verdict.summary] if verdict and verdict.summary else []) +
-            [f"[{f.severity}] {f.check}: {f.detail}" for f in result.findings]),
-        "revisions": result.revisions,
-        "actions_json": json.dumps(actions, ensure_ascii=False),
-        "needs_human_reason": result.needs_human_reason,
-        "model": ",".join(sorted(result.models)),
-        "prompt_tokens": result.usage.prompt_tokens,
-        "completion_tokens": result.usage.completion_tokens,
-        "cached_tokens": result.usage.cached_tokens,
-        "cost_usd": round(cost, 6),
-        "duration_ms": duration_ms,
-        "error": error,
-    }
-    return fields, calls, blobs
-
-
-def action_rows(result, status: Status, performed: bool = True) -> list[dict]:
-    """Every proposed action with what became of it: performed, refused, not_run (allowed, but
-    the ticket went to a person or the run's side effects were off) or proposed."""
-    rows = []
-    for d in result.decisions:
-        decision = ("refused" if not d.allowed else
-                    "performed" if status == Status.APPROVED and performed else "not_run")
-        rows.append({"kind": d.kind, "args": d.args, "decision": decision, "reason": d.reason})
-    seen = {(r["kind"], json.dumps(r["args"], sort_keys=True)) for r in rows}
-    planned = result.plan or (result.draft.actions if result.draft else [])
-    for a in planned:
-        args = {k: v for k, v in a.model_dump().items() if k not in ("kind", "reason") and v}
-        if a.kind == "queue_reply":
-            args = {}
-        if not any(r["kind"] == a.kind and all(r["args"].get(k) == v for k, v in args.items())
-                   for r in rows) and (a.kind, json.dumps(args, sort_keys=True)) not in seen:
-            rows.append({"kind": a.kind, "args": args, "decision": "proposed",
-                         "reason": a.reason})
-    return rows
+            engine.submit(outcome_id)
+            queued += 1
+    while not halted() and queued - settled() > 0:
+        time.sleep(0.05)
+    if halted():
+        ledger.request_stop(run_id, should_stop() or "the run failed")
+        engine.cancel_queued()
+        while ledger.in_flight(run_id) and not getattr(stop, "forced",
+                                                      threading.Event()).is_set():
+            time.sleep(0.05)
+    settled()

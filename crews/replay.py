@@ -372,7 +372,7 @@ def replay_cassette(config, cassette: Cassette | Path, model: str | None = None,
     from . import diff, framework
     from .knowledge import KnowledgeBase, Orders
     from .llms import build_llms, preflight
-    from .pipeline import carry_out, outcome_fields
+    from .work import carry_out, outcome_fields
 
     if not isinstance(cassette, Cassette):
         cassette = Cassette.load(cassette)

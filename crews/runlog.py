@@ -18,7 +18,7 @@ LOGGER = logging.getLogger("crewbatch")
 
 class _Redacting(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        from .pipeline import redact
+        from .redaction import redact
 
         record.msg = redact(record.getMessage())
         record.args = ()

@@ -138,6 +138,8 @@ class Settings(_Strict):
     # After SIGTERM/Ctrl-C, in-flight tickets get this long to finish; then the run is recorded
     # as interrupted and the process exits 3 whatever it is blocked on (a second signal: at once).
     stop_grace_s: float = Field(60.0, gt=0)
+    # A worker silent this long is declared dead and its tickets go to the live workers.
+    lease_s: float = Field(30.0, ge=1, le=600)
     log_json: bool = False
     research_lookups: bool = True
     knowledge: KnowledgeSettings = KnowledgeSettings()
@@ -265,6 +267,10 @@ class Config:
     @property
     def ledger_file(self) -> Path:
         return self.path(self.settings.paths.ledger)
+
+    @property
+    def ledger_url(self) -> str:
+        return str(self.ledger_file)
 
     def model_for(self, role: str, default_model: str) -> str:
         override = self.agents[role].llm

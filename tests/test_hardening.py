@@ -143,7 +143,7 @@ def test_a_reply_the_mail_library_refuses_fails_that_ticket_only(project, ticket
 
 def test_process_safely_records_a_failure_instead_of_raising(project):
     from crews.ledger import Ledger
-    from crews.pipeline import process_safely
+    from crews.work import process_safely
     from crews.settings import load_config
     from crews.ticket import Status, Ticket
 

@@ -1,0 +1,270 @@
+"""The run engine: every ticket of a run is a DBOS workflow on the run's queue, worked by threads of
+this process and by any `crewbatch worker` that joins the run, on this host or another.
+
+DBOS (README "The engine" has the measured comparison with procrastinate) owns the queue: its
+global concurrency is the run's `--concurrency` across every process, its per-worker concurrency
+each process's share, a workflow id (`<run_id>:<outcome_id>`) runs once, and its system database
+sits beside the ledger (SQLite `runs/engine.db`, or the ledger's PostgreSQL). What DBOS's
+open-source build does not do — hand a dead executor's workflows to a live one — is done here:
+every process heartbeats in the ledger's `workers` table; one that stops for `lease_s` is declared
+dead by the first live peer to notice (a compare-and-set in the ledger, so only one does), which
+resumes its workflows. The ledger fences the dead one out: a ticket records a result only for the
+worker whose claim it holds (`Ledger.claim`, `Ledger.record_result`), so a worker that was only cut
+off cannot record a ticket handed to someone else, and side effects stay exactly-once (keyed).
+
+The crew enters as a plain callable `process(outcome_id, ticket) -> (status, cost_usd)`, so the
+engine is tested without CrewAI.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .ledger import Ledger
+from .ticket import Ticket
+
+LOG = logging.getLogger("crewbatch.engine")
+WORKFLOW = "crewbatch.ticket"
+POLL_S = 0.05  # how often an idle worker looks at the queue (a free slot waits at most this)
+
+Process = Callable[[int, Ticket], "tuple[str, float] | None"]
+
+_engine: Engine | None = None  # the one engine of this process (DBOS is a process singleton)
+_workflow = None
+
+
+# One queue for every run (one run is active at a time): DBOS finds a queue already in its
+# database at launch, while one registered afterwards waits for its next look (a second).
+QUEUE = "crewbatch-tickets"
+
+
+def system_database_url(ledger_url: str, runs_dir: Path) -> str:
+    """DBOS's system database: the ledger's PostgreSQL (schema `dbos`), else a SQLite file
+    beside the ledger."""
+    if ledger_url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + ledger_url.split("://", 1)[1]
+    return f"sqlite:///{runs_dir / 'engine.db'}"
+
+
+def _register_workflow():
+    """The ticket workflow, registered once per process before DBOS launches."""
+    global _workflow
+    if _workflow is None:
+        from dbos import DBOS
+
+        @DBOS.workflow(name=WORKFLOW)
+        def ticket_workflow(run_id: str, outcome_id: int) -> str:
+            engine = _engine
+            if engine is None or engine.run_id != run_id:
+                return "elsewhere"  # not this process's run: its queue is not ours
+            return engine.work(outcome_id)
+
+        _workflow = ticket_workflow
+    return _workflow
+
+
+def _sqlite_engine(url: str):
+    """DBOS's own SQLite engine keeps the rollback journal with synchronous=FULL: every
+    checkpoint an fsync'd exclusive write (measured: 42 % of ideal vs 56 % with WAL on the
+    prototype, benchmarks/engine_spike.py). WAL + synchronous=NORMAL, as the ledger uses, survives
+    a process crash — what kill -9 tests."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record) -> None:
+        dbapi_conn.isolation_level = "IMMEDIATE"  # serialize writers, as DBOS's own engine does
+        dbapi_conn.execute("PRAGMA journal_mode=WAL")
+        dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+        dbapi_conn.execute("PRAGMA busy_timeout=30000")
+        dbapi_conn.execute("PRAGMA foreign_keys=ON")
+
+    return engine
+
+
+def _quiet_dbos_logging() -> None:
+    """DBOS logs to its own stderr handler; crewbatch's run log takes its records instead."""
+    logger = logging.getLogger("dbos")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.propagate = True
+    logger.setLevel(logging.WARNING)
+
+
+def new_executor_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class Engine:
+    """This process's part in a run: DBOS launched on the run's queue, a heartbeat, take-overs.
+
+    `process` works one ticket (claimed for this engine) and records it; `should_stop` says why
+    no new ticket may start (budget, time limit, a stop request, the run ended), or None.
+    """
+
+    def __init__(self, ledger: Ledger, ledger_url: str, runs_dir: Path, run_id: str,
+                 process: Process, *, concurrency: int, threads: int,
+                 should_stop: Callable[[], str | None], lease_s: float = 30.0,
+                 executor_id: str | None = None, role: str = "worker",
+                 on_finished: Callable[[str | None, float], None] | None = None):
+        self.ledger, self.run_id, self.process = ledger, run_id, process
+        self.concurrency, self.threads, self.lease_s = concurrency, threads, lease_s
+        self.should_stop, self.role, self.on_finished = should_stop, role, on_finished
+        self.executor_id = executor_id or new_executor_id()
+        self.url = system_database_url(ledger_url, runs_dir)
+        self.dead = threading.Event()  # declared dead by a peer: stop working this run
+        # An error that is not the ticket's (the ledger or the disk failed): the run stops.
+        self.fatal: BaseException | None = None
+        self.closed = threading.Event()
+        self._active = 0
+        self._active_lock = threading.Lock()
+        self._beat: threading.Thread | None = None
+        self.queue = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, worker_concurrency: int | None = None) -> Engine:
+        global _engine
+        from dbos import DBOS
+
+        if _engine is not None:
+            raise RuntimeError(f"an engine is already running run {_engine.run_id} here")
+        _register_workflow()
+        config = {"name": "crewbatch", "system_database_url": self.url,
+                  "executor_id": self.executor_id, "log_level": "WARNING",
+                  "application_version": "crewbatch-1",
+                  # How often DBOS's listener thread looks at its database; also how long its
+                  # shutdown waits for that thread (1 s by default, at the end of every run).
+                  "notification_listener_polling_interval_sec": 0.1,
+                  "runtimeConfig": {"max_executor_threads": None}}
+        if self.url.startswith("sqlite"):
+            config["system_database_engine"] = _sqlite_engine(self.url)
+        os.environ["DBOS__VMID"] = self.executor_id
+        DBOS(config=config)
+        # Only crewbatch's queue: DBOS would otherwise dequeue from every queue in the database.
+        DBOS.listen_queues([QUEUE])
+        _quiet_dbos_logging()
+        _engine = self
+        try:
+            DBOS.launch()
+            _quiet_dbos_logging()
+            self.queue = DBOS.register_queue(
+                QUEUE, global_concurrency=self.concurrency,
+                worker_concurrency=worker_concurrency or self.threads,
+                polling_interval_sec=POLL_S,
+                on_conflict="always_update" if self.role == "run" else "never_update")
+        except BaseException:
+            _engine = None
+            DBOS.destroy()
+            raise
+        self.ledger.join_run(self.run_id, self.executor_id, socket.gethostname(), os.getpid(),
+                             self.role)
+        self._beat = threading.Thread(target=self._heartbeat, name="crewbatch-heartbeat",
+                                      daemon=True)
+        self._beat.start()
+        return self
+
+    def close(self, wait_s: float = 0.0) -> None:
+        """Leave the run: no more tickets are taken; in-flight ones get `wait_s` to finish."""
+        global _engine
+        from dbos import DBOS
+
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        deadline = time.monotonic() + wait_s
+        while self.active and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            self.ledger.leave_run(self.executor_id)
+        finally:
+            DBOS.destroy(workflow_completion_timeout_sec=0)
+            _engine = None
+
+    @property
+    def active(self) -> int:
+        with self._active_lock:
+            return self._active
+
+    # --- the run's process feeds the queue -------------------------------------------------------
+
+    def submit(self, outcome_id: int) -> None:
+        from dbos import SetWorkflowID
+
+        with SetWorkflowID(f"{self.run_id}:{outcome_id}"):
+            self.queue.enqueue(_workflow, self.run_id, outcome_id)
+
+    def cancel_queued(self) -> int:
+        """Cancel the run's workflows no worker has started (the run is ending)."""
+        from dbos import DBOS
+
+        queued = DBOS.list_workflows(status=["ENQUEUED"], workflow_id_prefix=f"{self.run_id}:",
+                                     load_input=False, load_output=False)
+        if queued:
+            DBOS.cancel_workflows([w.workflow_id for w in queued])
+        return len(queued)
+
+    # --- one ticket ------------------------------------------------------------------------------
+
+    def work(self, outcome_id: int) -> str:
+        """Run inside the ticket's workflow: claim, process, record (all in `process`)."""
+        if self.closed.is_set() or self.dead.is_set() or self.fatal is not None:
+            return "left"
+        reason = self.should_stop()
+        if reason:
+            return "stopped"
+        ticket = self.ledger.claim(outcome_id, self.executor_id)
+        if ticket is None:
+            return "taken"  # final already, or held by a live worker
+        with self._active_lock:
+            self._active += 1
+        started = time.monotonic()
+        try:
+            result = self.process(outcome_id, ticket)
+        except BaseException as exc:  # noqa: BLE001 - process_safely lets only these through
+            self.fatal = self.fatal or exc
+            return "error"
+        finally:
+            with self._active_lock:
+                self._active -= 1
+        status, cost = result if result else (None, 0.0)
+        if self.on_finished is not None:
+            self.on_finished(status, cost)
+        LOG.debug("ticket %s %s in %.2fs", outcome_id, status, time.monotonic() - started)
+        return status or "released"
+
+    # --- liveness --------------------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        """Beat every lease/4; declare peers silent for a lease dead and resume their work."""
+        from dbos import DBOS
+
+        interval = max(0.2, self.lease_s / 4)
+        while not self.closed.wait(interval):
+            try:
+                if not self.ledger.heartbeat(self.executor_id):
+                    # A peer declared this worker dead (it was cut off for a lease): its
+                    # tickets are someone else's now; the ledger refuses its results anyway.
+                    LOG.warning("worker %s was declared dead by a peer; leaving run %s",
+                                self.executor_id, self.run_id)
+                    self.dead.set()
+                    return
+                for dead in self.ledger.reap_workers(self.run_id, self.lease_s,
+                                                     self.executor_id):
+                    pending = DBOS.list_workflows(status=["PENDING"], executor_id=dead,
+                                                  workflow_id_prefix=f"{self.run_id}:",
+                                                  load_input=False, load_output=False)
+                    for w in pending:
+                        DBOS.resume_workflow(w.workflow_id, queue_name=QUEUE)
+                    LOG.warning("worker %s stopped beating for %.0fs; %d of its tickets go to "
+                                "the live workers", dead, self.lease_s, len(pending))
+            except Exception:  # noqa: BLE001 - a missed beat is retried at the next one
+                LOG.exception("heartbeat of %s failed", self.executor_id)
