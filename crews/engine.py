@@ -165,6 +165,8 @@ class Engine:
             _engine = None
             DBOS.destroy()
             raise
+        if self.role == "run":
+            self._cancel_leftovers()
         self.ledger.join_run(self.run_id, self.executor_id, socket.gethostname(), os.getpid(),
                              self.role)
         self._beat = threading.Thread(target=self._heartbeat, name="crewbatch-heartbeat",
@@ -188,6 +190,20 @@ class Engine:
         finally:
             DBOS.destroy(workflow_completion_timeout_sec=0)
             _engine = None
+
+    def _cancel_leftovers(self) -> None:
+        """Cancel what earlier runs left on the queue (one run is active at a time). A run
+        killed with -9 leaves its in-flight workflows pending: DBOS would count them against
+        the queue's concurrency for ever. Their tickets went back to pending in the ledger
+        (`Ledger.recover_crashed_runs`), for this run to take from the sources again."""
+        from dbos import DBOS
+
+        stale = [w.workflow_id for w in DBOS.list_workflows(
+            status=["PENDING", "ENQUEUED"], queue_name=QUEUE, load_input=False,
+            load_output=False) if not w.workflow_id.startswith(f"{self.run_id}:")]
+        if stale:
+            DBOS.cancel_workflows(stale)
+            LOG.info("cancelled %d workflow(s) earlier runs left on the queue", len(stale))
 
     @property
     def active(self) -> int:

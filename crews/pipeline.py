@@ -188,6 +188,9 @@ def run(config: Config, options: RunOptions, sources: list[str],
         run_id = new_run_id()
         run_dir = config.runs_dir / run_id
         run_dir.mkdir(parents=True, exist_ok=True)
+        # Started first: their seconds of start-up (CrewAI's import) overlap this process's own;
+        # each waits for the run to start in the ledger, then joins it.
+        helpers = worker.spawn(config, run_id, options) if options.workers > 1 else []
         try:
             framework.prepare(config.runs_dir / ".crewai")
             from .crew import CrewRunner
@@ -201,6 +204,8 @@ def run(config: Config, options: RunOptions, sources: list[str],
                 replay.attach(runner, ledger)
         except BaseException:
             ledger.close()
+            for p in helpers:
+                p.kill()
             raise
         lock.describe(run_id)
         log = RunLog(run_dir / "run.log", json_lines=config.settings.log_json)
@@ -211,7 +216,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
         threading.Thread(target=_stop_watchdog, args=(config, run_id, stop, finished),
                          name="crewbatch-stop", daemon=True).start()
         stop_reasons: list[str] = []
-        engine = helpers = None
+        engine = None
         try:
             ledger.start_run(run_id, options.model, {
                 "concurrency": options.concurrency, "batch_size": options.batch_size,
@@ -250,8 +255,6 @@ def run(config: Config, options: RunOptions, sources: list[str],
                             role="run")
             engine.start()
             ledger.owner = engine.executor_id
-            if options.workers > 1:
-                helpers = worker.spawn(config, run_id, options)
             _feed(ledger, engine, run_id, records, options, stop, should_stop, progress)
             if engine.fatal is not None:
                 raise engine.fatal
@@ -284,7 +287,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
                          counts=counts, cost_usd=round(cost, 6), reason=stop_reason)
                 log.close()
                 ledger.close()
-                for p in helpers or ():
+                for p in helpers:
                     p.wait()  # they leave once the run is no longer running
             finally:
                 finished.set()

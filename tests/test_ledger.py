@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from crews.ledger import Ledger
+from crews.ledger import SCHEMA_VERSION, Ledger
 from crews.ticket import Rejection, Status, Ticket
 
 _records = iter(range(1, 10_000))
@@ -19,12 +19,12 @@ def t(key: str, body: str = "hello") -> Ticket:
 def test_migrations_are_applied_once_and_wal_is_on(tmp_path):
     path = tmp_path / "ledger.db"
     with Ledger(path) as ledger:
-        assert ledger.schema_version() == 5
+        assert ledger.schema_version() == SCHEMA_VERSION
     with Ledger(path) as ledger:
-        assert ledger.schema_version() == 5
+        assert ledger.schema_version() == SCHEMA_VERSION
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == 5
+    assert db.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_a_version_1_ledger_is_migrated_in_place(tmp_path):
@@ -40,7 +40,7 @@ def test_a_version_1_ledger_is_migrated_in_place(tmp_path):
     db.commit()
     db.close()
     with Ledger(path) as ledger:
-        assert ledger.schema_version() == 5
+        assert ledger.schema_version() == SCHEMA_VERSION
         assert ledger.run("old")["detail"] == ""
         assert ledger.run("old")["replay_of"] is None
 
