@@ -1,0 +1,46 @@
+"""The run report: one self-contained HTML page per run, for the person who reads it in the morning.
+
+Everything on it comes from the ledger, so a report can be written for any run, finished or not:
+`data` collects and sums it up, `charts` lays out the charts as numbers, and `render` fills the
+Jinja2 templates in templates/ (autoescaped: ticket text and model output are untrusted). The page
+opens without a network: the stylesheet inlined, charts as inline SVG, no scripts, fonts or images.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from . import data, render
+from .charts import percentile
+from .render import CSS, card, empty, esc, grid, hbar_chart, pill, section, table
+
+__all__ = ["CSS", "card", "empty", "esc", "grid", "hbar_chart", "percentile", "pill", "section",
+           "table", "write_atomically", "write_report"]
+
+
+def write_report(ledger, run_id: str, path: Path, pricing: dict | None = None) -> Path:
+    """Write the run's report as one self-contained HTML file, atomically; return its path.
+
+    `pricing` maps a model name to USD per million input/output tokens (the `pricing` of
+    settings.yaml); without it the agents' usage is shown in tokens only.
+    """
+    return write_atomically(path, render.render(data.collect(ledger, run_id, pricing)))
+
+
+def write_atomically(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    """Write `text` to `path` through a temporary file in its folder, so a reader never sees a
+    half-written page; return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding=encoding, newline="") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
