@@ -245,6 +245,7 @@ def _explain(path: Path, exc: BaseException) -> str:
                 "it, then run again")
     return f"{path}: ledger error ({type(exc).__name__}: {text}); run `crewbatch check`"
 
+
 # --- PostgreSQL ----------------------------------------------------------------------------------
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -280,11 +281,11 @@ def _pg_conninfo(url: str) -> dict[str, str]:
 
 def _pg_where(info: dict[str, str]) -> str:
     """Host, port, database and user of a connection, for messages (never the password)."""
-    host = info.get("host") or ""
-    host = "the local socket" if not host or host.startswith("/") else host
-    port = info.get("port") or "5432"
+    host, port = info.get("host") or "", info.get("port") or "5432"
     user = info.get("user") or "(the login user)"
-    return f"{host}:{port}, database {info.get('dbname') or user}, user {user}"
+    server = (f"{host}:{port}" if host and not host.startswith("/") else
+              f"the Unix socket in {host or 'the default directory'} (port {port})")
+    return f"{server}, database {info.get('dbname') or user}, user {user}"
 
 
 def _explain_pg(location: str, info: dict[str, str], exc: BaseException) -> str:
@@ -314,9 +315,11 @@ def _explain_pg(location: str, info: dict[str, str], exc: BaseException) -> str:
         return (f"{location}: the server at {where} only reads ({text}); point the URL at the "
                 "primary, not a standby")
     if state.startswith(("08", "57P")) or not state:
+        probe = " ".join(["pg_isready", *(f"-{flag} {info[key]}" for flag, key in
+                                          (("h", "host"), ("p", "port")) if info.get(key))])
         return (f"{location}: cannot reach PostgreSQL at {where} ({text}); check that the "
-                "server runs and accepts connections there (`pg_isready -h HOST -p PORT`), or "
-                f"{url_fix}; tickets in flight stay pending")
+                f"server runs and accepts connections there (`{probe}`), or {url_fix}; "
+                "tickets in flight stay pending")
     return f"{location}: ledger error ({type(exc).__name__}: {text}); run `crewbatch check`"
 
 

@@ -143,7 +143,7 @@ def test_a_database_that_refuses_exits_2_saying_where_and_what_to_do(project, cl
         assert result.stderr.startswith(
             f"crewbatch: postgresql://crewbatch:***@127.0.0.1:{port}/support: cannot reach "
             f"PostgreSQL at 127.0.0.1:{port}, database support, user crewbatch ("), command
-        assert "pg_isready" in result.stderr and result.stderr.count("\n") == 1
+        assert f"`pg_isready -h 127.0.0.1 -p {port}`" in result.stderr and result.stderr.count("\n") == 1
         no_secret(result.output)
     wrong = pg_server.url("postgres", password="wrong-s3cret")
     result = cli("runs", env={"CREWBATCH_DATABASE_URL": wrong})

@@ -139,7 +139,7 @@ def test_a_refused_connection_names_the_server_not_the_password(pg_server):
     assert message.startswith(f"postgresql://crewbatch:***@127.0.0.1:{port}/ledger: cannot "
                               f"reach PostgreSQL at 127.0.0.1:{port}, database ledger, user "
                               "crewbatch (")
-    assert "pg_isready -h HOST -p PORT" in message and "CREWBATCH_DATABASE_URL" in message
+    assert f"(`pg_isready -h 127.0.0.1 -p {port}`)" in message and "CREWBATCH_DATABASE_URL" in message
     assert "s3cret" not in message and "s3cret" not in repr(err.value)
 
 
@@ -153,6 +153,21 @@ def test_a_wrong_password_or_database_says_what_to_fix(pg_server, pg_url):
         Ledger(pg_server.url("no_such_db"))
     assert f"no such database at 127.0.0.1:{pg_server.port}, database no_such_db" in str(err.value)
     assert "`createdb no_such_db`" in str(err.value) and "s3cret" not in str(err.value)
+
+
+def test_a_database_on_a_unix_socket_is_named_by_its_directory(pg_server):
+    with pytest.raises(LedgerError) as err:
+        Ledger(f"postgresql://crewbatch@/no_such_db?host={pg_server.home}&port={pg_server.port}")
+    assert (f"no such database at the Unix socket in {pg_server.home} (port {pg_server.port}), "
+            "database no_such_db, user crewbatch") in str(err.value)
+
+
+def test_without_server_binaries_the_tests_say_what_to_install(monkeypatch):
+    import pg
+
+    monkeypatch.setattr(pg, "server_binaries", lambda: None)
+    assert pg._why_not() == ("no PostgreSQL server binaries (initdb, pg_ctl) on PATH or in "
+                             "/usr/lib/postgresql/*/bin; install Debian's `postgresql` package")
 
 
 def test_check_helpers_on_a_database(pg_server, pg_url):
