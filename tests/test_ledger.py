@@ -148,15 +148,19 @@ def test_a_side_effect_target_is_fixed_before_the_write(target):
             ("runs/a/outbox/x.eml", True)
 
 
-def test_refunds_made_before_migration_4_count_against_the_caps(tmp_path):
-    """An upgraded ledger knows the refunds performed before the `refunds` table existed."""
-    from crews.ledger import MIGRATIONS
+def test_refunds_made_before_migration_4_count_against_the_caps(target):
+    """An upgraded ledger knows the refunds performed before the `refunds` table existed (on
+    PostgreSQL too: migration 4 reads the actions' JSON with ->> there)."""
+    from crews.ledger import MIGRATIONS, POSTGRES, SQLITE, _PgConnection
 
-    path = tmp_path / "v3.db"
-    db = sqlite3.connect(path)
+    if isinstance(target, str):
+        db, dialect = _PgConnection(target), POSTGRES
+    else:
+        db, dialect = sqlite3.connect(target, isolation_level=None), SQLITE
     db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_utc TEXT)")
     for version, sql in MIGRATIONS[:3]:
-        db.executescript(sql)
+        for statement in filter(str.strip, sql.split(";\n")):
+            db.execute(dialect.migration(statement))
         db.execute("INSERT INTO schema_migrations VALUES (?, 'then')", (version,))
     db.execute("INSERT INTO runs (run_id, started_utc, status, model, options_json, sources_json) "
                "VALUES ('old', 'then', 'completed', 'offline', '{}', '[]')")
@@ -169,9 +173,8 @@ def test_refunds_made_before_migration_4_count_against_the_caps(tmp_path):
     db.execute("INSERT INTO actions (outcome_id, kind, args_json, decision, created_utc) VALUES "
                "(7, 'request_refund', '{\"order_id\": \"nw-1\", \"amount\": 24.0, \"currency\": "
                "\"usd\"}', 'performed', '2026-11-20T00:00:00.000000Z')")
-    db.commit()
     db.close()
-    with Ledger(path) as ledger:
+    with Ledger(target) as ledger:
         history = ledger.refund_history("NW-1", "jess@x.example")
     assert [(r["order_id"], r["amount"], r["currency"], r["outcome_id"]) for r in history.rows] \
         == [("NW-1", 24.0, "USD", 7)]
