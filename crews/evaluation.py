@@ -321,7 +321,7 @@ def run_eval(config: Config, options: RunOptions, spec: EvalOptions,
     run_options = dataclasses.replace(options, side_effects=False, limit=None, reprocess=False)
     summary = pipeline.run(config, run_options, [str(f) for f in files], intake_options,
                            stop=stop, progress=progress, records=records)
-    with Ledger(config.ledger_file) as ledger:
+    with Ledger(config.ledger_url) as ledger:
         outcomes = {(o["source"], o["record_no"]): o for o in ledger.outcomes(summary.run_id)}
         checks = ledger.step_outputs(summary.run_id, ("checks",))
     log = score(config, options.model, summary, dataset, records, outcomes, checks, spec,

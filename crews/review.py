@@ -118,7 +118,7 @@ def apply(config, ledger, path: Path) -> ReviewReport:
     run_id = run_ids[0]
     if ledger.run(run_id) is None:
         raise SheetError(f"{path}: the sheet is from run {run_id}, which is not in this project's "
-                         f"ledger ({config.ledger_file}); apply it in the project that made it")
+                         f"ledger ({config.ledger_name}); apply it in the project that made it")
     if json.loads(ledger.run(run_id)["options_json"] or "{}").get("side_effects") is False:
         raise SheetError(f"{path}: the sheet is from run {run_id}, an eval (`crewbatch eval`, "
                          "side effects off): its tickets are a labelled dataset, not customers "

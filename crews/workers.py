@@ -130,7 +130,7 @@ def worker_main(root: str, options: dict, run_id: str, index: int, stop, input_d
     log = RunLog(run_dir / "run.log", json_lines=config.settings.log_json)
     name = f"worker {index} (pid {os.getpid()})"
     started = time.monotonic()
-    with Ledger(config.ledger_file) as ledger, \
+    with Ledger(config.ledger_url) as ledger, \
             ThreadPoolExecutor(share(opts), thread_name_prefix="ticket") as pool:
         in_flight: set = set()
         runner.refund_history = ledger.refund_history

@@ -96,7 +96,7 @@ def collect(ledger, run_id: str, pricing: dict | None = None) -> ReportData:
             searches += [{**x, "ticket_id": row["ticket_id"]}
                          for x in output.get("knowledge_searches") or [] if isinstance(x, dict)]
     return ReportData(run, ledger.outcomes(run_id), ledger.step_usage(run_id), findings, verdicts,
-                      pricing, str(getattr(ledger, "path", "")),
+                      pricing, getattr(ledger, "location", ""),
                       datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), searches)
 
 
