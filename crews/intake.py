@@ -276,11 +276,27 @@ def _refuse_binary(path: Path, head: bytes) -> None:
 BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
         (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
         (codecs.BOM_UTF16_BE, "utf-16"))
+STRAY_BYTE = re.compile("[\udc80-\udcff]")   # a byte UTF-8 refused, as surrogateescape keeps it
+NON_ASCII = re.compile("[^\x00-\x7f]")
 
 
 def detect_encoding(head: bytes, complete: bool = True) -> tuple[str, str]:
-    """(codec, why): a byte-order mark, else UTF-16 by its NUL pattern, else strict UTF-8 over
-    the sample, else cp1252 (a superset of latin-1 for text). `complete`: head is the whole file."""
+    """(codec, why): a byte-order mark, else UTF-16 by its NUL pattern, else UTF-8 (strict, or
+    but for a few stray bytes), else what charset-normalizer finds. `complete`: head is the
+    whole file.
+
+    Measured by benchmarks/library_bench.py on 377 files, mail parts and test inputs of known
+    text: 353 decoded right before charset-normalizer, 312 by the library alone, 370 by this.
+    The library decides where the bytes are neither marked nor UTF-8, after being asked
+    whether they read cleanly as cp1252 (by its own mess detector): for 8-bit Western text it
+    names cp1250, cp850, hp_roman8 or big5 by language guesses, right for 156 of 210 cases
+    where cp1252 is right for all 210; for CJK it is right for 15 of 20 cases, where cp1252 was
+    right for 2 (7-bit ISO-2022-JP, which is ASCII to the UTF-8 check, is handed to it too).
+    The rules before it stay ours where it is wrong or no better: it names a UTF-8 BOM `utf_8`
+    (the BOM would stay in the first column's name: 3 of 5 BOM files wrong); UTF-16 without a
+    BOM it reads as well as the NUL rule (80 of 82), but such text is valid UTF-8 too, so the
+    NUL rule has to come before the UTF-8 check.
+    """
     for bom, codec in BOMS:
         if head.startswith(bom):
             return codec, "byte-order mark"
@@ -292,11 +308,37 @@ def detect_encoding(head: bytes, complete: bool = True) -> tuple[str, str]:
             return "utf-16-be", "detected: NUL in every other byte"
     try:
         head.decode("utf-8")
-        return "utf-8", "detected"
     except UnicodeDecodeError as exc:
         if not complete and exc.reason == "unexpected end of data" and exc.start >= len(head) - 3:
             return "utf-8", "detected"  # the sample ends inside a character, not the file
+    else:
+        if b"\x1b" in head and head.isascii():  # escape sequences: ISO-2022-JP (7-bit Japanese)
+            found = _charset_normalizer(head)
+            if found and found[0].startswith("iso2022"):
+                return found
+        return "utf-8", "detected"
+    text = head.decode("utf-8", errors="surrogateescape")
+    stray = len(STRAY_BYTE.findall(text))
+    if len(NON_ASCII.findall(text)) - stray >= 10 * stray:
+        # UTF-8 but for a few stray bytes (one cp1252 record pasted into a UTF-8 export), which
+        # the text layer reads as cp1252; charset-normalizer names hp_roman8 for such a file
+        # (the repo's test of it), which garbles every UTF-8 record
+        return "utf-8", f"detected: UTF-8, {stray} stray byte(s) read as cp1252"
+    from charset_normalizer import from_bytes
+
+    if from_bytes(head, cp_isolation=["cp1252"]).best() is None:
+        found = _charset_normalizer(head)
+        if found:
+            return found
     return "cp1252", "detected: not valid UTF-8"
+
+
+def _charset_normalizer(head: bytes) -> tuple[str, str] | None:
+    from charset_normalizer import from_bytes
+
+    found = from_bytes(head).best()
+    return (codecs.lookup(found.encoding).name, "detected by charset-normalizer") if found \
+        else None
 
 
 @dataclass
