@@ -14,7 +14,6 @@ from .report import (
     CSS,
     Html,
     _card,
-    _cut,
     _empty,
     _grid,
     _ms,
@@ -26,6 +25,7 @@ from .report import (
     hbar_chart,
     table,
 )
+from .show import cut
 
 EXAMPLES = 3        # tickets shown per confused pair
 PAIRS = 6           # confused pairs shown per field
@@ -189,12 +189,12 @@ def heat_map(labels: list[str], matrix: list[list[int]], cell: int = 34) -> Html
     for j, name in enumerate(cols):
         x = left + j * cell + cell / 2
         out.append(f'<text transform="translate({x:.1f},{top - 6}) rotate(-45)">'
-                   f"<title>{esc(name)}</title>{esc(_cut(name, 22))}</text>")
+                   f"<title>{esc(name)}</title>{esc(cut(name, 22))}</text>")
     for i, (name, row) in enumerate(zip(labels, matrix, strict=True)):
         y = top + i * cell
         total = sum(row) or 1
         out.append(f'<text x="{left - 6}" y="{y + cell / 2 + 4:.1f}" text-anchor="end">'
-                   f"<title>{esc(name)}</title>{esc(_cut(name, 26))}</text>")
+                   f"<title>{esc(name)}</title>{esc(cut(name, 26))}</text>")
         for j, count in enumerate(row):
             share = count / total
             diagonal = j == i
@@ -226,7 +226,7 @@ def _confused(log, score) -> str:
     for count, gold, answer in pairs:
         examples = [s for s in log.samples if s.target.get(score.name) == gold and
                     (s.output.get(score.name) or NONE) == answer][:EXAMPLES]
-        text = Html("".join(f'<div class="ex">{esc(s.id)}: {esc(_cut(s.input, 400))}</div>'
+        text = Html("".join(f'<div class="ex">{esc(s.id)}: {esc(cut(s.input, 400))}</div>'
                             for s in examples))
         rows.append([gold, answer, count, text, Html("".join(_pill(s.status) for s in examples))])
     return _card("Worst confusions", table(["label", "crew said", "tickets", "examples",

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import files, mail
+from .settings import FORMATS
 from .ticket import FieldProblem, Rejection, Ticket, clean_fields, content_hash, escape
 
 FIELDS = ("ticket_id", "received_at", "customer", "customer_name", "subject", "body")
-FORMATS = ("csv", "tsv", "jsonl", "mbox", "maildir", "eml")
 # Normalised header names (lower case, `_` for anything else) per field, best first. They cover
 # Zendesk (Id, Requester email, Subject, Description, Created at), Freshdesk (Ticket ID, Email,
 # Full name, Created time, description_text), Help Scout (Conversation ID, Customer email,
@@ -460,15 +460,23 @@ def _ends_inside_quotes(raw: str, delimiter: str) -> bool:
 
 
 @dataclass
-class _CsvRecord:
+class TableRecord:
+    """A record of a Table: its first line, its cells, its raw text, and why it does not fit the
+    header (ragged, cut off), if it does not."""
+
     line: int
     cells: list[str]
     raw: str
     problem: str = ""
 
 
-class _Csv:
-    """One delimited file: encoding, delimiter and header decided up front, then its records."""
+class Table:
+    """One delimited file: encoding, delimiter and header decided up front, then its records.
+
+    Every CSV crewbatch reads goes through this: ticket exports, and review sheets coming back
+    from a spreadsheet (review.py), so both get the same encodings, delimiters and quoting.
+    Use it as a context manager, or call `close`.
+    """
 
     def __init__(self, path: Path, options: IntakeOptions, delimiter: str | None = None):
         self.path = path
@@ -497,6 +505,12 @@ class _Csv:
     def close(self) -> None:
         self.text.handle.close()
 
+    def __enter__(self) -> Table:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def _read_header(self) -> None:
         for row in self.reader:
             if any(cell.strip() for cell in row):
@@ -517,9 +531,9 @@ class _Csv:
             keys.append(name)
         return keys
 
-    def records(self) -> Iterator[_CsvRecord]:
+    def records(self) -> Iterator[TableRecord]:
         """Records with their first line; one record of look-ahead finds a file cut mid-record."""
-        held: _CsvRecord | None = None
+        held: TableRecord | None = None
         width = len(self.headers)
         while True:
             start = self.lines.count + 1
@@ -547,7 +561,7 @@ class _Csv:
                                f"the header has {width}")
             if held is not None:
                 yield held
-            held = _CsvRecord(start, row, raw, problem)
+            held = TableRecord(start, row, raw, problem)
         if held is not None:
             if not held.problem and _ends_inside_quotes(held.raw, self.delimiter):
                 held.problem = (f"line {held.line}: the file ends inside a quoted field; the "
@@ -569,7 +583,7 @@ def read_rows(path: Path, options: IntakeOptions | None = None) -> Iterator[dict
         return
     if fmt not in ("csv", "tsv"):
         raise SourceError(f"{path}: a {fmt} source has no rows; read it with read_source")
-    table = _Csv(path, options, "\t" if fmt == "tsv" else None)
+    table = Table(path, options, "\t" if fmt == "tsv" else None)
     try:
         keys = table.keys
         for record in table.records():
@@ -604,7 +618,7 @@ def read_source(path: Path, options: IntakeOptions, start_record: int = 1
 
 def read_csv(path: Path, options: IntakeOptions, start_record: int = 1, fmt: str = "csv"
              ) -> Iterator[Ticket | Rejection]:
-    table = _Csv(path, options, "\t" if fmt == "tsv" else None)
+    table = Table(path, options, "\t" if fmt == "tsv" else None)
     try:
         if not table.headers:
             return  # an empty file has no records
@@ -949,7 +963,7 @@ def inspect_source(path: Path, options: IntakeOptions) -> SourceInfo:
     fmt = detect_format(path, options)
     info = SourceInfo(path, fmt, configured=tuple(f for f, c in options.columns.items() if c))
     if fmt in ("csv", "tsv"):
-        table = _Csv(path, options, "\t" if fmt == "tsv" else None)
+        table = Table(path, options, "\t" if fmt == "tsv" else None)
         table.close()
         info.encoding = f"{table.text.encoding} ({table.text.why})"
         info.delimiter = table.delimiter

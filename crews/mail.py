@@ -29,9 +29,6 @@ from email.header import decode_header
 from email.utils import getaddresses, parsedate_to_datetime
 from pathlib import Path
 
-from bs4 import BeautifulSoup, NavigableString, Tag
-from bs4.element import PreformattedString
-
 from . import files
 from .ticket import PLAIN_ADDRESS
 
@@ -211,6 +208,10 @@ def html_to_text(html: str, parser: str = "html.parser") -> str:
     if this issue is specific to my device…" in the Kaggle tickets), and kept 5,162 of the
     5,758 visible words of the HTML in benchmarks/library_bench.py against 5,739 (as before).
     """
+    # imported here: intake (and so `crewbatch check`) reads most sources without HTML
+    from bs4 import BeautifulSoup, NavigableString, Tag
+    from bs4.element import PreformattedString
+
     try:
         soup = BeautifulSoup(html.replace("\x00", ""), parser)
     except Exception:  # noqa: BLE001 — a pathological document must not stop intake
