@@ -75,18 +75,23 @@ def read_sheet(path: Path) -> pd.DataFrame:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    raw = path.read_bytes()
-    for encoding in ("utf-8-sig", "utf-16", "cp1252"):
-        try:
-            text = raw.decode(encoding)
-            break
-        except UnicodeDecodeError:
-            continue
-    first = text.split("\n", 1)[0]
-    sep = max((",", ";", "\t"), key=first.count)
-    from io import StringIO
+    """The sheet read as intake reads a ticket export (its encodings, delimiter sniffing and
+    quoting). A short row is padded, as a spreadsheet leaves trailing empty cells out; a row
+    that does not fit otherwise stops the sheet, naming its line."""
+    from . import intake
 
-    return pd.read_csv(StringIO(text), sep=sep, dtype=str, keep_default_na=False)
+    try:
+        with intake.Table(path, intake.IntakeOptions()) as table:
+            width = len(table.headers)
+            rows = []
+            for record in table.records():
+                if record.problem and not 0 < len(record.cells) < width:
+                    raise SheetError(f"{path}: {record.problem}; save the sheet as CSV again "
+                                     "(or XLSX) from the spreadsheet")
+                rows.append(record.cells + [""] * (width - len(record.cells)))
+            return pd.DataFrame(rows, columns=table.keys, dtype=str)
+    except intake.SourceError as exc:
+        raise SheetError(f"{exc}") from exc
 
 
 def _clean_id(value: str) -> str:
