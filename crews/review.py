@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import export
+from .show import cut
 from .ticket import PENDING, RUNNING, Status
 
 DECISIONS = {"approve": "approve", "approved": "approve", "yes": "approve", "ok": "approve",
@@ -110,8 +111,7 @@ def _same(a: str, b: str) -> bool:
 
 
 def _shown(value: str, limit: int = 120) -> str:
-    text = " ".join(_unneutralise(value).split())
-    return repr(text if len(text) <= limit else text[:limit] + "…")
+    return repr(cut(_unneutralise(value), limit + 1))
 
 
 def apply(config, ledger, path: Path) -> ReviewReport:
@@ -253,8 +253,7 @@ def _already_final(config, ledger, report, outcome, decision, note) -> None:
         report.problems.append(f"{ticket_id}: already approved: {done}; {cannot} — nothing "
                                "recorded")
         return
-    reason = " ".join((outcome["reason"] or outcome["error"] or "no reason recorded").split())
-    reason = reason if len(reason) <= 160 else reason[:160] + "…"
+    reason = cut(outcome["reason"] or outcome["error"] or "no reason recorded", 161)
     if status == Status.REJECTED.value and decision == "reject":
         ledger.record_review(outcome["outcome_id"], decision, note, "closed by the reviewer")
         report.applied.append(f"{ticket_id}: reject: closed (the input record was already "
