@@ -480,6 +480,9 @@ ATTRIBUTION_LIKE = re.compile(r"\b(wrote|writes|schrieb|a écrit|escribió)\s*:\
                               r"^-+\s*Original Message", re.IGNORECASE)
 
 
+MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
+
+
 def _norm_line(line: str) -> str:
     return " ".join(re.sub(r"^[\s>|]+", "", line).split())
 
@@ -493,12 +496,16 @@ def reply_cases(corpora: Path) -> list[tuple[str, str, str]]:
             msg = email.message_from_bytes(raw, policy=email.policy.compat32)
         except Exception:  # noqa: BLE001
             continue
-        body = mail._Body()
-        body.walk(msg)
-        text = body.text().replace("\r\n", "\n").replace("\r", "\n")
-        mid = mail._first_id(str(msg.get("message-id", "")))
-        parents = mail._ids(str(msg.get("in-reply-to", ""))) or \
-            mail._ids(str(msg.get("references", "")))[-1:]
+        # the message's whole text (plain parts, else HTML ones as text), before any split
+        parts = list(_text_parts(raw))
+        plain = [mail.decode_bytes(d, cs) for sub, cs, d in parts if sub == "plain"]
+        text = "\n".join(plain or [mail.html_to_text(mail.decode_bytes(d, cs))
+                                    for sub, cs, d in parts if sub == "html"])
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        ids = MESSAGE_ID.findall(str(msg.get("message-id", "")))
+        mid = ids[0] if ids else ""
+        parents = MESSAGE_ID.findall(str(msg.get("in-reply-to", ""))) or \
+            MESSAGE_ID.findall(str(msg.get("references", "")))[-1:]
         parsed.append((label, text, parents))
         if mid:
             by_id.setdefault(mid, text)

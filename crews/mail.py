@@ -248,9 +248,9 @@ SIGNATURE = re.compile(r"^(-- ?|_{30,}|Sent from my \w+.*|Von meinem \w+ gesende
 
 # Ours, not a library's: on the 38 corpus messages whose parent is in the corpora too
 # (benchmarks/library_bench.py), split_reply leaves 3 of the parent's lines in the new text and
-# keeps 268 of 333 lines of the message's own; email-reply-parser 0.5.12 leaves 1 but keeps 234,
-# mail-parser-reply 1.36 keeps 289 but leaves 202 quoted lines in, quotequail 0.5.4 leaves 75 and
-# keeps 92. talon (last release 2017) was not tried.
+# keeps 268 of 341 lines of the message's own; email-reply-parser 0.5.12 leaves 1 but keeps 234,
+# mail-parser-reply 1.36 keeps 297 but leaves 222 quoted lines in, quotequail 0.5.4 leaves 95 and
+# keeps 100. talon (last release 2017) was not tried.
 def split_reply(text: str) -> tuple[str, str, str]:
     """(new text, quoted text, signature): ">" lines, "On … wrote:" lines and everything after an
     Outlook "Original Message" or From:/Sent: block are quoted; after "-- " comes the signature."""
