@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from .settings import ConfigError, find_root, load_config, resolve_options
+from .settings import FORMATS, ConfigError, find_root, load_config, resolve_options
 
 EXIT_CANNOT_RUN = 2
 
@@ -100,7 +100,6 @@ def main(ctx, root, debug):
     ctx.obj = Context(root, debug)
 
 
-FORMATS = ("csv", "tsv", "jsonl", "mbox", "maildir", "eml")
 format_option = click.option("--format", "fmt", type=click.Choice(FORMATS),
                              help="Source format (default: by suffix or content).")
 encoding_option = click.option("--encoding", help="Text encoding of the sources, e.g. cp1252 "

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import files
+
 OUTCOME_FACETS = ("status", "category", "priority", "actions", "findings", "verdict", "reply")
 CONTEXT_WORDS = 6  # words of unchanged reply text kept around each change
 LIST_LIMIT = 2000  # changed tickets listed on the HTML page
@@ -291,20 +293,16 @@ def _csv_row(t: TicketDiff) -> dict:
 
 def write_csv(d: RunDiff, path: Path) -> Path:
     """One row per ticket (changed or not), opening in a spreadsheet like results.csv."""
-    from .report import write_atomically
-
     out = io.StringIO()
     w = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\r\n")
     w.writeheader()
     for t in d.tickets:
         w.writerow(_csv_row(t))
-    return write_atomically(path, out.getvalue(), encoding="utf-8-sig")
+    return files.write_atomically(path, out.getvalue(), encoding="utf-8-sig")
 
 
 def write_html(d: RunDiff, path: Path) -> Path:
-    from .report import write_atomically
-
-    return write_atomically(path, render_html(d))
+    return files.write_atomically(path, render_html(d))
 
 
 def write(d: RunDiff, path: Path) -> Path:

@@ -13,7 +13,8 @@ from markupsafe import Markup
 
 from .metrics import NONE
 from .report import CSS, card, empty, esc, grid, hbar_chart, pill, section, table
-from .report.formats import cut, ms, pct, usd
+from .report.formats import ms, pct, usd
+from .show import cut
 
 EXAMPLES = 3        # tickets shown per confused pair
 PAIRS = 6           # confused pairs shown per field

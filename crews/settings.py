@@ -119,8 +119,13 @@ class KnowledgeSettings(_Strict):
     fusion: Literal["weighted", "rrf"] = "weighted"   # how the two rankings combine (measured)
 
 
+# The source formats --format and intake.format name (intake reads them); defined here, with the
+# settings, so the command line offers them without importing the readers.
+FORMATS = ("csv", "tsv", "jsonl", "mbox", "maildir", "eml")
+
+
 class IntakeSettings(_Strict):
-    format: str | None = None          # csv, tsv, jsonl, mbox, maildir, eml; None = by suffix/content
+    format: str | None = None          # one of FORMATS; None = by suffix/content
     encoding: str | None = None        # None = detect
     columns: dict[str, str] = {}       # crewbatch field -> the export's column name
     # A symlink inside a mail folder or matched by a glob is rejected unless this is true (a link

@@ -8,10 +8,9 @@ opens without a network: the stylesheet inlined, charts as inline SVG, no script
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from ..files import write_atomically
 from . import data, render
 from .charts import percentile
 from .render import CSS, card, empty, esc, grid, hbar_chart, pill, section, table
@@ -27,20 +26,3 @@ def write_report(ledger, run_id: str, path: Path, pricing: dict | None = None) -
     settings.yaml); without it the agents' usage is shown in tokens only.
     """
     return write_atomically(path, render.render(data.collect(ledger, run_id, pricing)))
-
-
-def write_atomically(path: Path, text: str, encoding: str = "utf-8") -> Path:
-    """Write `text` to `path` through a temporary file in its folder, so a reader never sees a
-    half-written page; return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding=encoding, newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from ..show import cut  # one truncation for every view (a template filter here)
+
 
 def n(value: float) -> str:
     return f"{value:,.0f}"
@@ -53,11 +55,6 @@ def when(utc: str | None) -> str:
 def css_name(value: str) -> str:
     """A ledger value made safe to end a class name (`s-needs_human`)."""
     return re.sub(r"[^a-z_]", "", value.lower())
-
-
-def cut(text: str, chars: int) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= chars else flat[: max(1, chars - 1)] + "…"
 
 
 def f1(value: float) -> str:
