@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 from crewai.tools import BaseTool
 from pydantic import BaseModel, Field, PrivateAttr
 
+from . import files
 from .knowledge import Orders
 from .ledger import RefundHistory, RefundRequest
 from .outputs import CachedSchema, Draft, ProposedAction
@@ -430,10 +430,7 @@ def _write_json(target: Path, data: dict) -> Path:
 
 
 def _atomic_write(target: Path, data: bytes) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    files.write_atomically(target, data)
     for stale in target.parent.glob(f".{target.name}.*.tmp"):  # an attempt killed mid-write
         stale.unlink(missing_ok=True)
     return target

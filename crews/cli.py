@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from .settings import ConfigError, find_root, load_config, resolve_options
+from .settings import FORMATS, ConfigError, find_root, load_config, resolve_options
 
 EXIT_CANNOT_RUN = 2
 
@@ -37,10 +37,10 @@ class Context:
     def ledger(self, config):
         from .ledger import Ledger
 
-        if Ledger.is_empty(config.ledger_file):
-            raise click.ClickException(f"{config.ledger_file}: no ledger yet (or an empty one); "
+        if Ledger.is_empty(config.ledger_url):
+            raise click.ClickException(f"{config.ledger_name}: no ledger yet (or an empty one); "
                                        "start a run with `crewbatch run`")
-        return Ledger(config.ledger_file)
+        return Ledger(config.ledger_url)
 
 
 def fail(message: str, code: int = EXIT_CANNOT_RUN) -> None:
@@ -101,7 +101,6 @@ def main(ctx, root, debug):
     ctx.obj = Context(root, debug)
 
 
-FORMATS = ("csv", "tsv", "jsonl", "mbox", "maildir", "eml")
 format_option = click.option("--format", "fmt", type=click.Choice(FORMATS),
                              help="Source format (default: by suffix or content).")
 encoding_option = click.option("--encoding", help="Text encoding of the sources, e.g. cp1252 "
@@ -560,17 +559,18 @@ def _check_ledger(config) -> None:
     from .ledger import SCHEMA_VERSION, Ledger, LedgerError
     from .pipeline import missing_ledger
 
-    problems = Ledger.inspect(config.ledger_file)
-    if not problems and Ledger.is_empty(config.ledger_file):
+    problems = Ledger.inspect(config.ledger_url)
+    if not problems and Ledger.is_empty(config.ledger_url):
         missing = missing_ledger(config)
         if missing is None:
-            click.echo(f"ledger: none yet ({config.ledger_file} is created by the first run)")
+            click.echo(f"ledger: none yet ({config.ledger_name} is created by the first run)")
             return
         problems.append(missing)
     if problems:
         raise LedgerError("; ".join(problems))
-    click.echo(f"ledger: ok (integrity check passed, schema version {SCHEMA_VERSION}) in "
-               f"{config.ledger_file}")
+    checked = "server reachable" if config.database_url else "integrity check passed"
+    click.echo(f"ledger: ok ({checked}, schema version {SCHEMA_VERSION}) in "
+               f"{config.ledger_name}")
 
 
 @main.command()

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import files
+
 OUTCOME_FACETS = ("status", "category", "priority", "actions", "findings", "verdict", "reply")
 CONTEXT_WORDS = 6  # words of unchanged reply text kept around each change
 LIST_LIMIT = 2000  # changed tickets listed on the HTML page
@@ -291,20 +293,16 @@ def _csv_row(t: TicketDiff) -> dict:
 
 def write_csv(d: RunDiff, path: Path) -> Path:
     """One row per ticket (changed or not), opening in a spreadsheet like results.csv."""
-    from .report import write_atomically
-
     out = io.StringIO()
     w = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\r\n")
     w.writeheader()
     for t in d.tickets:
         w.writerow(_csv_row(t))
-    return write_atomically(path, out.getvalue(), encoding="utf-8-sig")
+    return files.write_atomically(path, out.getvalue(), encoding="utf-8-sig")
 
 
 def write_html(d: RunDiff, path: Path) -> Path:
-    from .report import write_atomically
-
-    return write_atomically(path, render_html(d))
+    return files.write_atomically(path, render_html(d))
 
 
 def write(d: RunDiff, path: Path) -> Path:
@@ -318,27 +316,33 @@ def write(d: RunDiff, path: Path) -> Path:
 
 
 def _reply_html(before: str, after: str):
-    from .report import Html, esc
+    from markupsafe import Markup
+
+    from .report import esc
 
     tags = {"=": "{}", "-": "<del>{}</del>", "+": "<ins>{}</ins>"}
-    return Html('<div class="wd">' + " ".join(tags[op].format(esc(text)) for op, text in
+    return Markup('<div class="wd">' + " ".join(tags[op].format(esc(text)) for op, text in
                                               _elide(word_diff(before, after))) + "</div>")
 
 
 def _status_cell(t: TicketDiff):
-    from .report import Html, esc
+    from markupsafe import Markup
+
+    from .report import esc
 
     def pill(f: Facets | None) -> str:
         status = f.status if f else "absent"
         css = "".join(ch for ch in status.lower() if ch.isalpha() or ch == "_")
         return f'<span class="pill s-{css}">{esc(status)}</span>'
     if t.a and t.b and t.a.status == t.b.status:
-        return Html(pill(t.a))
-    return Html(f"{pill(t.a)} → {pill(t.b)}")
+        return Markup(pill(t.a))
+    return Markup(f"{pill(t.a)} → {pill(t.b)}")
 
 
 def _details_cell(t: TicketDiff):
-    from .report import Html, esc
+    from markupsafe import Markup
+
+    from .report import esc
 
     parts = []
     for c in t.changes:
@@ -353,7 +357,7 @@ def _details_cell(t: TicketDiff):
         elif c.facet != "status":
             parts.append(f"<div><b>{esc(c.facet)}</b> {esc(c.before or '(none)')} → "
                          f"{esc(c.after or '(none)')}</div>")
-    return Html("".join(parts) or '<span class="mute">—</span>')
+    return Markup("".join(parts) or '<span class="mute">—</span>')
 
 
 def _run_meta(run: dict, label: str) -> str:
@@ -377,7 +381,9 @@ table.changes td:first-child{white-space:nowrap}table.changes td:nth-child(2){wh
 
 
 def render_html(d: RunDiff) -> str:
-    from .report import CSS, Html, esc, table
+    from markupsafe import Markup
+
+    from .report import CSS, esc, table
 
     a_id, b_id = d.run_a["run_id"], d.run_b["run_id"]
     changed = d.changed
@@ -393,13 +399,13 @@ def render_html(d: RunDiff) -> str:
     summary_rows = [[label, n] for label, n in sorted(counts.items(),
                                                       key=lambda kv: (-kv[1], kv[0]))]
     summary = (table(["change", "tickets"], summary_rows, {1}, css="compact") if summary_rows
-               else Html('<p class="empty">No ticket\'s outcome changed.</p>'))
-    rows = [[Html(f'<span class="tid">{esc(t.ticket_id)}</span>'), _status_cell(t), t.headline,
+               else Markup('<p class="empty">No ticket\'s outcome changed.</p>'))
+    rows = [[Markup(f'<span class="tid">{esc(t.ticket_id)}</span>'), _status_cell(t), t.headline,
              _details_cell(t)] for t in changed[:LIST_LIMIT]]
     listing = (table(["ticket", "status", "change", "what changed"], rows, css="changes")
-               if rows else Html('<p class="empty">Nothing to list.</p>'))
+               if rows else Markup('<p class="empty">Nothing to list.</p>'))
     if len(changed) > LIST_LIMIT:
-        listing += Html(f'<p class="note">… and {len(changed) - LIST_LIMIT:,} more; every '
+        listing += Markup(f'<p class="note">… and {len(changed) - LIST_LIMIT:,} more; every '
                         "ticket is in the CSV (<code>crewbatch diff A B -o diff.csv</code>).</p>")
     tone = "warn" if changed else "good"
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -1,31 +1,20 @@
 """The eval report: one self-contained HTML page per `crewbatch eval`, built from its log.
 
-Same rules and look as the run report (report.py, whose table, card and chart helpers it uses):
-inline CSS and SVG, no scripts, nothing from the network, and every value from the log — ticket
-text above all, which is hostile — reaches the page through `esc` (tables escape whatever is not
-already `Html`). It shows each scored field's metrics beside the majority and TF-IDF baselines,
+Same rules and look as the run report (crews/report, whose table, card and chart helpers it
+uses): inline CSS and SVG, no scripts, nothing from the network, and every value from the log —
+ticket text above all, which is hostile — reaches the page through `esc` (tables escape whatever
+is not already Markup). It shows each scored field's metrics beside the majority and TF-IDF baselines,
 its confusion matrix as a heat map, per-class bars and the worst-confused tickets with their text.
 """
 
 from __future__ import annotations
 
+from markupsafe import Markup
+
 from .metrics import NONE
-from .report import (
-    CSS,
-    Html,
-    _card,
-    _cut,
-    _empty,
-    _grid,
-    _ms,
-    _pct,
-    _pill,
-    _section,
-    _usd,
-    esc,
-    hbar_chart,
-    table,
-)
+from .report import CSS, card, empty, esc, grid, hbar_chart, pill, section, table
+from .report.formats import ms, pct, usd
+from .show import cut
 
 EXAMPLES = 3        # tickets shown per confused pair
 PAIRS = 6           # confused pairs shown per field
@@ -51,7 +40,7 @@ def render(log) -> str:
              ("Records", f"{ds.records:,} read; {ds.samples:,} in the eval ({how})"),
              ("Labels", ", ".join(f"{k} = {v}" for k, v in ds.labels.items())),
              ("Map", ds.map_file or "none"), ("Run", spec.run_id),
-             ("Wall time", _ms(log.stats.wall_s * 1000)), ("Status", log.status)]
+             ("Wall time", ms(log.stats.wall_s * 1000)), ("Status", log.status)]
     head = (f'<header class="top"><div><div class="eyebrow">crewbatch · eval report</div>'
             f'<h1><span class="mute">eval</span> <span class="runid">{esc(spec.eval_id)}</span>'
             f'</h1></div></header><dl class="meta">'
@@ -59,24 +48,24 @@ def render(log) -> str:
             + "</dl>")
     tiles = [("Tickets", f"{results.total_samples:,}", f"{meta.get('rejected_records', 0)} "
               "records rejected by intake"),
-             ("Reliability", _pct(results.completed_samples, results.total_samples),
+             ("Reliability", pct(results.completed_samples, results.total_samples),
               "ended approved or needs_human"),
              ("Approval rate", f"{100 * meta.get('approval_rate', 0):.1f}%", "approved"),
-             ("Cost per ticket", _usd(meta.get("cost_per_ticket")),
+             ("Cost per ticket", usd(meta.get("cost_per_ticket")),
               f"{meta.get('tokens_per_ticket', 0):,.0f} tokens"),
-             ("Latency p50 · p95", f"{_ms(meta.get('latency_p50_ms'))}",
-              f"p95 {_ms(meta.get('latency_p95_ms'))}")]
+             ("Latency p50 · p95", f"{ms(meta.get('latency_p50_ms'))}",
+              f"p95 {ms(meta.get('latency_p95_ms'))}")]
     kpis = '<div class="kpis">' + "".join(
         f'<div class="kpi"><div class="kl">{esc(t)}</div><div class="kv">{esc(v)}</div>'
         f'<div class="ks">{esc(s)}</div></div>' for t, v, s in tiles) + "</div>"
     sections = [head, kpis,
-                _section("scores", "Scores", "The crew beside two honest reference points, "
+                section("scores", "Scores", "The crew beside two honest reference points, "
                          "cross-fitted on the same dataset (no baseline saw the ticket it "
                          "predicts).", _scores_table(log) + _baseline_notes(log))]
     for score in results.scores:
         sections.append(_field_section(log, score))
-    sections.append(_section("gate", "Gate findings", "Tickets with a finding of each check, "
-                             "over every draft round.", _card("By check", hbar_chart(
+    sections.append(section("gate", "Gate findings", "Tickets with a finding of each check, "
+                             "over every draft round.", card("By check", hbar_chart(
                                  [(k, [("tickets", v, F1_COLOR)]) for k, v in
                                   meta.get("gate_findings", {}).items()], "gate findings"))))
     if log.comparison is not None:
@@ -120,12 +109,12 @@ def _scores_table(log) -> str:
     headers = ["field", "metric", "crew", "majority", "TF-IDF + LR"]
     if log.comparison:
         headers.append(f"Δ vs {log.comparison.baseline_eval_id}")
-    return _card("Metrics", table(headers, rows, numeric={2, 3, 4, 5}, css="compact"))
+    return card("Metrics", table(headers, rows, numeric={2, 3, 4, 5}, css="compact"))
 
 
-def _delta(value: float) -> Html:
+def _delta(value: float) -> Markup:
     css = "up" if value > 1e-9 else "down" if value < -1e-9 else "mute"
-    return Html(f'<span class="{css}">{value:+.3f}</span>')
+    return Markup(f'<span class="{css}">{value:+.3f}</span>')
 
 
 def _baseline_notes(log) -> str:
@@ -135,7 +124,7 @@ def _baseline_notes(log) -> str:
                    ", and cross-fitted on the eval's other folds)")
                 if b.get("available") and "training_pool" in b else "")
              + "</li>" for name, b in log.baselines.items()]
-    return f'<ul class="note">{"".join(notes)}</ul>' if notes else ""
+    return Markup(f'<ul class="note">{"".join(notes)}</ul>') if notes else Markup("")
 
 
 def _field_section(log, score) -> str:
@@ -145,7 +134,7 @@ def _field_section(log, score) -> str:
     cards = []
     if score.name == "needs_human":
         c = meta.get("counts", {})
-        cards.append(_card("Escalation", table(
+        cards.append(card("Escalation", table(
             ["", "a person handled it", "it did not"],
             [["crew sent it to a person", c.get("tp", 0), c.get("fp", 0)],
              ["crew did not", c.get("fn", 0), c.get("tn", 0)]], numeric={1, 2}, css="compact"),
@@ -153,20 +142,20 @@ def _field_section(log, score) -> str:
             "recall: of those a person handled, how many the crew sent."))
     else:
         labels, matrix = meta["confusion"]["labels"], meta["confusion"]["matrix"]
-        cards.append(_card("Confusion matrix", heat_map(labels, matrix),
+        cards.append(card("Confusion matrix", heat_map(labels, matrix),
                            "Rows: the label; columns: the crew's answer (shade: share of the "
                            "row). The last column counts tickets the crew gave no answer for."))
         per = meta["per_class"]
         bars = [(label, [("F1", per[label]["f1"], F1_COLOR)]) for label in labels]
-        cards.append(_card("Per class", hbar_chart(bars, f"{score.name} F1 per class",
+        cards.append(card("Per class", hbar_chart(bars, f"{score.name} F1 per class",
                                                    fmt=lambda v: f"{v:.2f}")
                            + table(["class", "precision", "recall", "F1", "support"],
                                    [[k, _f(v["precision"]), _f(v["recall"]), _f(v["f1"]),
                                      v["support"]] for k, v in per.items()],
                                    numeric={1, 2, 3, 4}, css="compact")))
-    body = _grid(*cards) if len(cards) > 1 else "".join(cards)
+    body = grid(*cards) if len(cards) > 1 else Markup("").join(cards)
     if meta.get("unmapped"):
-        body += _card("Label values that map to nothing", table(
+        body += card("Label values that map to nothing", table(
             ["dataset value", "tickets"], [[k, v] for k, v in meta["unmapped"].items()],
             numeric={1}, css="compact"),
             "Kept and scored: the crew cannot predict them, so they count as misses"
@@ -174,12 +163,12 @@ def _field_section(log, score) -> str:
                else ". Add them to the map file (--map) to score them."))
     if score.name != "needs_human":
         body += _confused(log, score)
-    return _section(f"f-{score.name}", f"{score.name}", esc(intro), body)
+    return section(f"f-{score.name}", f"{score.name}", esc(intro), body)
 
 
-def heat_map(labels: list[str], matrix: list[list[int]], cell: int = 34) -> Html:
+def heat_map(labels: list[str], matrix: list[list[int]], cell: int = 34) -> Markup:
     if not labels:
-        return _empty("Nothing to show.")
+        return empty("Nothing to show.")
     cols = [*labels, NONE]
     left = min(180, max(70, int(max(len(x) for x in labels) * 6.7) + 12))
     top = min(140, max(60, int(max(len(x) for x in cols) * 5.2) + 16))
@@ -189,12 +178,12 @@ def heat_map(labels: list[str], matrix: list[list[int]], cell: int = 34) -> Html
     for j, name in enumerate(cols):
         x = left + j * cell + cell / 2
         out.append(f'<text transform="translate({x:.1f},{top - 6}) rotate(-45)">'
-                   f"<title>{esc(name)}</title>{esc(_cut(name, 22))}</text>")
+                   f"<title>{esc(name)}</title>{esc(cut(name, 22))}</text>")
     for i, (name, row) in enumerate(zip(labels, matrix, strict=True)):
         y = top + i * cell
         total = sum(row) or 1
         out.append(f'<text x="{left - 6}" y="{y + cell / 2 + 4:.1f}" text-anchor="end">'
-                   f"<title>{esc(name)}</title>{esc(_cut(name, 26))}</text>")
+                   f"<title>{esc(name)}</title>{esc(cut(name, 26))}</text>")
         for j, count in enumerate(row):
             share = count / total
             diagonal = j == i
@@ -211,7 +200,7 @@ def heat_map(labels: list[str], matrix: list[list[int]], cell: int = 34) -> Html
                            f'y="{y + cell / 2 + 3:.1f}" text-anchor="middle" '
                            f'style="fill:{ink}">{count}</text>')
     out.append("</svg>")
-    return Html("".join(out))
+    return Markup("".join(out))
 
 
 def _confused(log, score) -> str:
@@ -221,15 +210,15 @@ def _confused(log, score) -> str:
                     for j in range(len(cols)) if cols[j] != labels[i] and matrix[i][j]),
                    key=lambda p: -p[0])[:PAIRS]
     if not pairs:
-        return _card("Worst confusions", _empty("No ticket was confused."))
+        return card("Worst confusions", empty("No ticket was confused."))
     rows = []
     for count, gold, answer in pairs:
         examples = [s for s in log.samples if s.target.get(score.name) == gold and
                     (s.output.get(score.name) or NONE) == answer][:EXAMPLES]
-        text = Html("".join(f'<div class="ex">{esc(s.id)}: {esc(_cut(s.input, 400))}</div>'
+        text = Markup("".join(f'<div class="ex">{esc(s.id)}: {esc(cut(s.input, 400))}</div>'
                             for s in examples))
-        rows.append([gold, answer, count, text, Html("".join(_pill(s.status) for s in examples))])
-    return _card("Worst confusions", table(["label", "crew said", "tickets", "examples",
+        rows.append([gold, answer, count, text, Markup("".join(pill(s.status) for s in examples))])
+    return card("Worst confusions", table(["label", "crew said", "tickets", "examples",
                                             "status"], rows, numeric={2}))
 
 
@@ -241,8 +230,8 @@ def _comparison(log) -> str:
     note = (f"--max-drop {c.max_drop:g}: " + (", ".join(c.dropped) + " fell by more"
                                                if c.dropped else "no metric fell by more")
             if c.max_drop is not None else "")
-    return _section("comparison", f"Against eval {c.baseline_eval_id}",
+    return section("comparison", f"Against eval {c.baseline_eval_id}",
                     "Tickets of both evals (the same dataset record) whose answer became right "
-                    "or wrong.", _card("Better and worse", table(
+                    "or wrong.", card("Better and worse", table(
                         ["field", "better", "worse", "worse tickets (first 20)"], rows,
-                        numeric={1, 2}) if rows else _empty("No ticket changed."), note))
+                        numeric={1, 2}) if rows else empty("No ticket changed."), note))

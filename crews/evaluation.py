@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
 import random
 import secrets
 import time
@@ -34,6 +33,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import baselines, intake, metrics
 from .export import neutralise
+from .files import write_atomically
 from .settings import Config, ConfigError, RunOptions, _suggest
 from .ticket import Rejection, Status, Ticket
 
@@ -321,7 +321,7 @@ def run_eval(config: Config, options: RunOptions, spec: EvalOptions,
     run_options = dataclasses.replace(options, side_effects=False, limit=None, reprocess=False)
     summary = pipeline.run(config, run_options, [str(f) for f in files], intake_options,
                            stop=stop, progress=progress, records=records)
-    with Ledger(config.ledger_file) as ledger:
+    with Ledger(config.ledger_url) as ledger:
         outcomes = {(o["source"], o["record_no"]): o for o in ledger.outcomes(summary.run_id)}
         checks = ledger.step_outputs(summary.run_id, ("checks",))
     log = score(config, options.model, summary, dataset, records, outcomes, checks, spec,
@@ -331,7 +331,7 @@ def run_eval(config: Config, options: RunOptions, spec: EvalOptions,
     directory = Path(spec.output) if spec.output else config.runs_dir / EVALS_DIR / log.eval.eval_id
     write_log(log, directory / LOG_FILE)
     write_samples(log, directory / SAMPLES_FILE)
-    _atomic(directory / REPORT_FILE, render(log).encode("utf-8"))
+    write_atomically(directory / REPORT_FILE, render(log).encode("utf-8"))
     exit_code = (pipeline.EXIT_STOPPED if summary.exit_code == pipeline.EXIT_STOPPED else
                  1 if log.comparison is not None and log.comparison.dropped else 0)
     return EvalOutcome(log, directory, exit_code, summary)
@@ -565,15 +565,8 @@ def load_baseline(config: Config, ref: str) -> EvalLog:
 # --- writing -------------------------------------------------------------------------------------
 
 
-def _atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_log(log: EvalLog, path: Path) -> None:
-    _atomic(path, log.model_dump_json(indent=1).encode("utf-8"))
+    write_atomically(path, log.model_dump_json(indent=1).encode("utf-8"))
 
 
 SAMPLE_COLUMNS = ["id", "ticket_id", "field", "label", "dataset_value", "prediction", "correct",
@@ -596,7 +589,7 @@ def write_samples(log: EvalLog, path: Path) -> None:
                    _cell(s.baselines.get("majority", {}).get(field)),
                    _cell(s.baselines.get("tfidf_logreg", {}).get(field)), s.input]
             out.writerow([neutralise(c) for c in row])
-    _atomic(path, buffer.getvalue().encode("utf-8-sig"))
+    write_atomically(path, buffer.getvalue().encode("utf-8-sig"))
 
 
 def _cell(value: Any) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import files
 from .settings import ConfigError
 
 COLUMNS = [
@@ -143,15 +144,13 @@ def write_results(ledger, run_id: str, path: Path, runs_dir: Path, taxonomy=None
     `crewbatch eval`; `review apply` does not act on them)."""
     frame = rows(ledger, run_id, review_key(runs_dir)).map(neutralise)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if path.suffix.lower() == ".xlsx":
-        choices = {} if taxonomy is None else {"category": list(taxonomy.categories),
-                                               "priority": list(taxonomy.priorities)}
-        _write_xlsx(frame[XLSX_COLUMNS], tmp, choices)
-    else:
-        frame.to_csv(tmp, index=False, encoding="utf-8-sig", lineterminator="\r\n")
-    os.replace(tmp, path)
+    with files.replacing(path) as tmp:
+        if path.suffix.lower() == ".xlsx":
+            choices = {} if taxonomy is None else {"category": list(taxonomy.categories),
+                                                   "priority": list(taxonomy.priorities)}
+            _write_xlsx(frame[XLSX_COLUMNS], tmp, choices)
+        else:
+            frame.to_csv(tmp, index=False, encoding="utf-8-sig", lineterminator="\r\n")
     return path
 
 

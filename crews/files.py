@@ -9,6 +9,10 @@ opened with O_NOFOLLOW | O_NONBLOCK and fstat on the descriptor confirms a regul
 swapped in between the two is read. Links: a SOURCE named on the command line is followed (the
 operator named it); a link found by walking a folder or matched by a glob is not, unless
 settings.yaml `intake.follow_symlinks: true`. FIFOs, devices and sockets are never read.
+
+Output files (the results sheet, reply files, eval logs, reports) are written here too, through
+a temporary file beside them renamed over the old one, so a reader or a killed run never leaves
+half a file.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import errno
 import os
 import pwd
 import stat
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -116,6 +122,30 @@ def read_problem(path: Path | str, exc: OSError) -> str:
         return f"{where}: no such file (it was removed while crewbatch read the source?)"
     return (f"{where}: cannot be read ({exc.strerror or exc}); the disk or share it is on may be "
             "failing: copy it elsewhere and pass the copy")
+
+
+@contextlib.contextmanager
+def replacing(path: Path | str) -> Iterator[Path]:
+    """A temporary path beside `path` (its folder made if need be) for the caller to write the new
+    content to; when the block ends it replaces `path` in one rename. If the block raises, the
+    temporary file is removed and `path` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomically(path: Path | str, data: bytes | str, encoding: str = "utf-8") -> Path:
+    """Write `data` (text is encoded as is: no newline translation) to `path` through `replacing`;
+    return the path."""
+    with replacing(path) as tmp:
+        tmp.write_bytes(data.encode(encoding) if isinstance(data, str) else data)
+    return Path(path)
 
 
 def _readlink(path: Path | str) -> str:

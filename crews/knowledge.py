@@ -24,7 +24,6 @@ from typing import Any
 import pandas as pd
 
 WORD = re.compile(r"[^\W_]+", re.UNICODE)
-ORDER_ID = re.compile(r"\b[A-Z]{2,4}-\d{4,8}\b")
 STOPWORDS = frozenset(
     ["a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "for", "from", "has", "have", "how", "i", "if", "in", "is", "it", "its", "me", "my", "no", "not", "of", "on", "or", "our", "please", "the", "their", "there", "this", "to", "was", "we", "what", "when", "where", "which", "who", "will", "with", "you", "your", "hi", "hello", "thanks", "thank", "about", "does", "did", "am", "m", "s", "t"])
 

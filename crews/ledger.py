@@ -3,16 +3,19 @@
 It is the resume point (every input record has an outcome row from the moment it is read), the
 idempotency store (ticket key + content hash; one row per performed side effect), the audit trail
 (an append-only event per state transition, written in the same transaction as the change) and the
-source of every export. SQLite in WAL mode, so `export` and `show` read while a run writes.
-Schema changes are numbered migrations applied on open. The SQL is plain and portable (no
-INSERT OR REPLACE, `ON CONFLICT DO NOTHING` instead) so a PostgreSQL backend is a new class with the
-same methods, not a rewrite.
+source of every export. SQLite in WAL mode by default, so `export` and `show` read while a run
+writes; PostgreSQL (psycopg 3) when `ledger.url` / CREWBATCH_DATABASE_URL names one, for runs that
+span hosts. One code path serves both: the SQL is written in the subset both accept (`?`
+placeholders, `ON CONFLICT DO NOTHING`, `RETURNING`), and the few differences — column types in
+the migrations, row locks where SQLite relies on its single writer, error wording — are the
+`_Dialect` tables below. Schema changes are numbered migrations applied on open.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -187,7 +190,7 @@ INSERT INTO refunds (idempotency_key, outcome_id, order_id, customer, amount, cu
                      requested_utc)
     SELECT 'before-migration-4:' || a.action_id, a.outcome_id,
            UPPER(json_extract(a.args_json, '$.order_id')), t.customer,
-           json_extract(a.args_json, '$.amount'),
+           CAST(json_extract(a.args_json, '$.amount') AS REAL),
            UPPER(COALESCE(json_extract(a.args_json, '$.currency'), '')), 1, a.created_utc
     FROM actions a JOIN outcomes o ON o.outcome_id = a.outcome_id
     JOIN tickets t ON t.ticket_key = o.ticket_key AND t.content_hash = o.content_hash
@@ -264,6 +267,175 @@ def _explain(path: Path, exc: BaseException) -> str:
                 "it, then run again")
     return f"{path}: ledger error ({type(exc).__name__}: {text}); run `crewbatch check`"
 
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+_PASSWORD_PARAM = re.compile(r"([?&]password)=[^&]*", re.IGNORECASE)
+
+
+def is_postgres_url(target: str | Path) -> bool:
+    """Whether a configured ledger names a PostgreSQL database rather than an SQLite file."""
+    return isinstance(target, str) and target.lower().startswith(POSTGRES_SCHEMES)
+
+
+def redact_url(url: str) -> str:
+    """A database URL as logs, messages, `crewbatch check` and reports show it: the password, in
+    the authority or as a `password=` parameter, replaced by ***. Anything else is unchanged.
+    Everything between the user's `:` and the last `@` counts as the password, so an `@` left
+    unescaped hides more of the URL, never shows a password."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, after = rest.rpartition("@")
+    if sep and at and ":" in userinfo:
+        rest = f"{userinfo.split(':', 1)[0]}:***@{after}"
+    return _PASSWORD_PARAM.sub(r"\1=***", scheme + sep + rest)
+
+
+def _pg_conninfo(url: str) -> dict[str, str]:
+    """libpq's reading of the URL (host, port, dbname, user, password …), {} if it has none."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        return {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
+    except Exception:  # noqa: BLE001 — unparsable: the connection attempt says why
+        return {}
+
+
+def _pg_where(info: dict[str, str]) -> str:
+    """Host, port, database and user of a connection, for messages (never the password)."""
+    host, port = info.get("host") or "", info.get("port") or "5432"
+    user = info.get("user") or "(the login user)"
+    server = (f"{host}:{port}" if host and not host.startswith("/") else
+              f"the Unix socket in {host or 'the default directory'} (port {port})")
+    return f"{server}, database {info.get('dbname') or user}, user {user}"
+
+
+def _explain_pg(location: str, info: dict[str, str], exc: BaseException) -> str:
+    """One line for a psycopg error on the ledger: what is wrong, where, and what to do."""
+    text = " ".join(str(exc).split())  # libpq's messages run over several lines
+    if info.get("password"):
+        text = text.replace(info["password"], "***")
+    lowered = text.lower()
+    state = getattr(exc, "sqlstate", None) or ""
+    where = _pg_where(info)
+    url_fix = "fix ledger.url in config/settings.yaml or CREWBATCH_DATABASE_URL"
+    if state.startswith("28") or "authentication failed" in lowered or \
+            "no password supplied" in lowered:
+        return (f"{location}: PostgreSQL at {where} refused the login ({text}); check the user "
+                "and password in CREWBATCH_DATABASE_URL (or PGPASSWORD / ~/.pgpass) and the "
+                "server's pg_hba.conf")
+    if state == "3D000" or ("database" in lowered and "does not exist" in lowered):
+        return (f"{location}: no such database at {where} ({text}); create it "
+                f"(`createdb {info.get('dbname', 'NAME')}`) or {url_fix}")
+    if state == "42501" or "permission denied" in lowered:
+        return (f"{location}: the user may not create or change the ledger's tables at {where} "
+                f"({text}); grant it CREATE on the schema (or use a database it owns)")
+    if state == "53100" or "no space left" in lowered or "could not extend file" in lowered:
+        return (f"{location}: the database server's disk is full ({text}); free space on it and "
+                "run again — tickets in flight stay pending")
+    if state == "25006" or "read-only transaction" in lowered:
+        return (f"{location}: the server at {where} only reads ({text}); point the URL at the "
+                "primary, not a standby")
+    if state.startswith(("08", "57P")) or not state:
+        probe = " ".join(["pg_isready", *(f"-{flag} {info[key]}" for flag, key in
+                                          (("h", "host"), ("p", "port")) if info.get(key))])
+        return (f"{location}: cannot reach PostgreSQL at {where} ({text}); check that the "
+                f"server runs and accepts connections there (`{probe}`), or {url_fix}; "
+                "tickets in flight stay pending")
+    return f"{location}: ledger error ({type(exc).__name__}: {text}); run `crewbatch check`"
+
+
+class _Row(dict):
+    """A PostgreSQL row read as sqlite3.Row reads: by column name or by position."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, names: list[str], values):
+        super().__init__(zip(names, values, strict=True))
+        self._values = values
+
+    def __getitem__(self, key):
+        return self._values[key] if isinstance(key, int) else dict.__getitem__(self, key)
+
+
+def _pg_rows(cursor):
+    names = [c.name for c in cursor.description or ()]
+    return lambda values: _Row(names, values)
+
+
+@functools.lru_cache(maxsize=1024)
+def _pg_sql(sql: str) -> str:
+    """This module's SQL (sqlite3's `?` placeholders) in psycopg's: `%s`, a literal % doubled."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def _pg_param(value):
+    # PostgreSQL text cannot hold NUL (intake drops it from tickets; model output may carry it),
+    # and a bool is no integer to it (SQLite stores True as 1, as the ledger's columns expect).
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "")
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+class _PgConnection:
+    """A psycopg connection that takes this module's SQL the way sqlite3 does: `?` placeholders,
+    rows by name or position, `execute` returning the cursor. In autocommit, so a read is a
+    statement of its own and `Ledger._tx` brackets a write with BEGIN … COMMIT, as on SQLite."""
+
+    def __init__(self, url: str):
+        import psycopg
+
+        given = _pg_conninfo(url)
+        defaults = {k: v for k, v in (("connect_timeout", "10"), ("application_name", "crewbatch"))
+                    if k not in given}
+        self._conn = psycopg.connect(url, autocommit=True, row_factory=_pg_rows, **defaults)
+
+    def execute(self, sql: str, params: Iterable = ()):
+        return self._conn.execute(_pg_sql(sql), tuple(_pg_param(p) for p in params))
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+@dataclass(frozen=True)
+class _Dialect:
+    """Where SQLite and PostgreSQL differ, in one place; every other statement is shared."""
+
+    name: str
+    begin: str            # opens a write transaction
+    # Appended to a SELECT of the outcome rows a transaction then changes. SQLite needs none:
+    # BEGIN IMMEDIATE takes its single write lock first, so transactions never interleave.
+    # PostgreSQL (read committed) locks the rows, so a second claim or a recovery racing a
+    # result waits for the first and then sees its status.
+    for_update: str
+    # Serialises transactions that check rows which may not exist yet (the refund caps, the
+    # migrations) — what SQLite's single writer does for every transaction. '' = not needed.
+    serialize: str
+    migration_types: tuple[tuple[str, str], ...]  # regex substitutions on the migrations
+
+    def migration(self, sql: str) -> str:
+        for pattern, replacement in self.migration_types:
+            sql = re.sub(pattern, replacement, sql)
+        return sql
+
+
+SQLITE = _Dialect("sqlite", "BEGIN IMMEDIATE", "", "", ())
+POSTGRES = _Dialect(
+    "postgresql", "BEGIN", " FOR UPDATE",
+    "SELECT pg_advisory_xact_lock(?)",
+    (
+        # SQLite's INTEGER PRIMARY KEY is an alias of its rowid, numbered on insert.
+        (r"\bINTEGER PRIMARY KEY\b", "INTEGER GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"),
+        (r"\bREAL\b", "DOUBLE PRECISION"),  # SQLite's REAL is 8 bytes; PostgreSQL's is 4
+        (r"\bBLOB\b", "BYTEA"),
+        (r"json_extract\(([\w.]+), '\$\.(\w+)'\)", r"(\1::json ->> '\2')"),
+    ))
+# Keys of the transaction-scoped advisory locks `_Dialect.serialize` takes on PostgreSQL.
+MIGRATIONS_LOCK, REFUNDS_LOCK = 0x63726577_0001, 0x63726577_0002
+
+
 RESULT_FIELDS = ("category", "priority", "language", "draft_reply", "critic_verdict",
                  "critic_notes", "revisions", "actions_json", "needs_human_reason", "model",
                  "prompt_tokens", "completion_tokens", "cost_usd", "duration_ms", "error", "reason",
@@ -325,16 +497,65 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class Ledger:
-    """SQLite ledger. One connection, serialised by a lock, safe to use from worker threads."""
+def _too_new(location: str, version: int | None) -> list[str]:
+    if version is not None and version > SCHEMA_VERSION:
+        return [f"{location}: schema version {version} is newer than this crewbatch knows "
+                f"({SCHEMA_VERSION}); upgrade crewbatch"]
+    return []
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+
+def _inspect_pg(url: str) -> list[str]:
+    """`Ledger.inspect` of a PostgreSQL ledger: can we log in, may we create the tables (a new
+    database), is the schema one we know. PostgreSQL checks its own pages."""
+    location, info = redact_url(url), _pg_conninfo(url)
+    try:
+        import psycopg
+    except ImportError as exc:
+        return [f"{location}: a PostgreSQL ledger needs psycopg ({exc}); install it with "
+                "`pip install 'psycopg[binary]>=3.2'`"]
+    try:
+        db = _PgConnection(url)
+        try:
+            if db.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:
+                if not db.execute("SELECT has_schema_privilege(current_schema(), 'CREATE')"
+                                  ).fetchone()[0]:
+                    return [_explain_pg(location, info, psycopg.errors.InsufficientPrivilege(
+                        "permission denied to create tables in the current schema"))]
+                return []
+            version = db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0]
+            return _too_new(location, version)
+        finally:
+            db.close()
+    except psycopg.Error as exc:
+        return [_explain_pg(location, info, exc)]
+
+
+class Ledger:
+    """The ledger at `target`: an SQLite file (a path) or a PostgreSQL database (a
+    `postgresql://` URL). One connection, serialised by a lock, safe to use from worker threads.
+    `location` names it in messages: the path, or the URL without its password."""
+
+    def __init__(self, target: str | Path):
         self._lock = threading.RLock()
         self._known_blobs: set[str] = set()  # stored already: not compressed or sent again
         # The worker (engine executor) this connection records for: a result is recorded only
         # for a ticket it holds. '' = no fence (tools and tests that record directly).
         self.owner = ""
+        if is_postgres_url(target):
+            self.path, self.location = None, redact_url(str(target))
+            self._dialect, self._pg = POSTGRES, _pg_conninfo(str(target))
+            self._open_postgres(str(target))
+        else:
+            self.path = Path(target)
+            self.location, self._dialect, self._pg = str(self.path), SQLITE, {}
+            self._errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+            self._open_sqlite()
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise LedgerError(f"{self.location}: the ledger has schema version {version}, newer "
+                              f"than this crewbatch knows ({SCHEMA_VERSION}); upgrade crewbatch")
+
+    def _open_sqlite(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "ab+") as f:  # fails now, with the file's name, if unwritable
@@ -356,15 +577,43 @@ class Ledger:
             self._migrate()
         except sqlite3.Error as exc:
             raise LedgerError(_explain(self.path, exc)) from exc
-        version = self.schema_version()
-        if version > SCHEMA_VERSION:
-            raise LedgerError(f"{self.path}: the ledger has schema version {version}, newer than "
-                              f"this crewbatch knows ({SCHEMA_VERSION}); upgrade crewbatch")
+
+    def _open_postgres(self, url: str) -> None:
+        try:
+            import psycopg
+        except ImportError as exc:
+            raise LedgerError(f"{self.location}: a PostgreSQL ledger needs psycopg ({exc}); "
+                              "install it with `pip install 'psycopg[binary]>=3.2'`") from exc
+        self._errors = (psycopg.Error,)
+        try:
+            self._db = _PgConnection(url)
+            self._migrate()
+        except psycopg.Error as exc:
+            raise LedgerError(self._explain(exc)) from exc
+
+    def _explain(self, exc: BaseException) -> str:
+        if self._dialect is POSTGRES:
+            return _explain_pg(self.location, self._pg, exc)
+        return _explain(self.path, exc)
 
     @staticmethod
-    def is_empty(path: Path) -> bool:
-        """No ledger at `path`, or one without any run (a 0-byte or freshly created file)."""
-        path = Path(path)
+    def is_empty(target: str | Path) -> bool:
+        """No ledger at `target`, or one without any run (a 0-byte or freshly created file, a
+        database without the ledger's tables)."""
+        if is_postgres_url(target):
+            try:
+                db = _PgConnection(str(target))
+            except Exception:  # noqa: BLE001 — unreachable, not empty: opening it says why
+                return False
+            try:
+                if db.execute("SELECT to_regclass('runs')").fetchone()[0] is None:
+                    return True
+                return db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+            except Exception:  # noqa: BLE001
+                return False
+            finally:
+                db.close()
+        path = Path(target)
         if not path.exists() or path.stat().st_size == 0:
             return True
         try:
@@ -377,10 +626,13 @@ class Ledger:
             return False  # damaged, not empty: opening it says so
 
     @staticmethod
-    def inspect(path: Path) -> list[str]:
-        """What is wrong with the ledger at `path`, read-only (for `crewbatch check`): the file,
-        SQLite's integrity check and the schema version. Empty when it is sound or absent."""
-        path = Path(path)
+    def inspect(target: str | Path) -> list[str]:
+        """What is wrong with the ledger at `target`, read-only (for `crewbatch check`): the
+        file and SQLite's integrity check, or whether the PostgreSQL server lets us in and may
+        create the tables; and the schema version. Empty when it is sound or absent."""
+        if is_postgres_url(target):
+            return _inspect_pg(str(target))
+        path = Path(target)
         if not path.exists() or path.stat().st_size == 0:
             return []
         try:
@@ -396,9 +648,7 @@ class Ledger:
                             for r in rows if r[0] != "ok"][:5]
                 if not problems:
                     version = db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0]
-                    if version > SCHEMA_VERSION:
-                        problems.append(f"{path}: schema version {version} is newer than this "
-                                        f"crewbatch knows ({SCHEMA_VERSION}); upgrade crewbatch")
+                    problems += _too_new(str(path), version)
                 return problems
             finally:
                 db.close()
@@ -416,9 +666,9 @@ class Ledger:
         self.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[sqlite3.Connection | _PgConnection]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(self._dialect.begin)
             try:
                 yield self._db
             except BaseException:
@@ -426,8 +676,15 @@ class Ledger:
                 raise
             self._db.execute("COMMIT")
 
+    def _serialize(self, db, key: int) -> None:
+        """Make this transaction wait for any other holding `key` (PostgreSQL's advisory lock;
+        on SQLite every write transaction is serialised already)."""
+        if self._dialect.serialize:
+            db.execute(self._dialect.serialize, (key,))
+
     def _migrate(self) -> None:
         with self._tx() as db:
+            self._serialize(db, MIGRATIONS_LOCK)  # two hosts opening a new database at once
             db.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
                        "(version INTEGER PRIMARY KEY, applied_utc TEXT NOT NULL)")
             done = {r[0] for r in db.execute("SELECT version FROM schema_migrations")}
@@ -435,7 +692,7 @@ class Ledger:
                 if version in done:
                     continue
                 for statement in filter(str.strip, sql.split(";\n")):
-                    db.execute(statement)
+                    db.execute(self._dialect.migration(statement))
                 db.execute("INSERT INTO schema_migrations (version, applied_utc) VALUES (?, ?)",
                            (version, utc_now()))
 
@@ -530,12 +787,12 @@ class Ledger:
 
     def _insert_outcome(self, db, run_id, record_no, source, ticket_id, key, chash, status, reason,
                         now) -> int:
-        cur = db.execute(
+        oid = db.execute(
             "INSERT INTO outcomes (run_id, record_no, source, ticket_id, ticket_key, content_hash, "
-            "status, reason, updated_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, record_no, source, ticket_id, key, chash, status, reason, now))
-        self._event(db, run_id, cur.lastrowid, "", status, reason)
-        return cur.lastrowid
+            "status, reason, updated_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING outcome_id",
+            (run_id, record_no, source, ticket_id, key, chash, status, reason, now)).fetchone()[0]
+        self._event(db, run_id, oid, "", status, reason)
+        return oid
 
     def claim(self, outcome_id: int, worker: str) -> Ticket | None:
         """Take a ticket for this worker: a pending one, one it holds already (its own work
@@ -557,10 +814,9 @@ class Ledger:
             self._transition(db, outcome_id, RUNNING, detail, {"claimed_by": worker})
             return _ticket_from_row(row)
 
-    @staticmethod
-    def _claim_state(db, outcome_id: int) -> tuple[str, str]:
-        row = db.execute("SELECT status, claimed_by FROM outcomes WHERE outcome_id = ?",
-                         (outcome_id,)).fetchone()
+    def _claim_state(self, db, outcome_id: int) -> tuple[str, str]:
+        row = db.execute("SELECT status, claimed_by FROM outcomes WHERE outcome_id = ?"
+                         + self._dialect.for_update, (outcome_id,)).fetchone()
         return row["status"], row["claimed_by"]
 
     @staticmethod
@@ -665,8 +921,8 @@ class Ledger:
             raise ValueError(f"unknown outcome fields: {sorted(unknown)}")
         packed = self._pack(blobs or {})
         with self._tx() as db:
-            current = db.execute("SELECT status, claimed_by FROM outcomes WHERE outcome_id = ?",
-                                 (outcome_id,)).fetchone()
+            current = db.execute("SELECT status, claimed_by FROM outcomes WHERE outcome_id = ?"
+                                 + self._dialect.for_update, (outcome_id,)).fetchone()
             if current is not None and (current["status"] != RUNNING or not self._holds(current)):
                 return False
             now = utc_now()
@@ -772,8 +1028,8 @@ class Ledger:
         return len(rows)
 
     def _transition(self, db, outcome_id: int, to_status: str, detail: str, fields: dict) -> None:
-        row = db.execute("SELECT run_id, status FROM outcomes WHERE outcome_id = ?",
-                         (outcome_id,)).fetchone()
+        row = db.execute("SELECT run_id, status FROM outcomes WHERE outcome_id = ?"
+                         + self._dialect.for_update, (outcome_id,)).fetchone()
         if row is None:
             raise KeyError(f"no outcome {outcome_id}")
         cols = ", ".join(f"{k} = ?" for k in fields)
@@ -794,9 +1050,13 @@ class Ledger:
             return [r[0] for r in rows]
 
     def release_unfinished(self, run_id: str, detail: str) -> int:
-        """Put tickets that were handed out but not finished back to pending (run interrupted)."""
-        ids = [oid for oid in self.unfinished(run_id)]
+        """Put tickets that were handed out but not finished back to pending (run interrupted).
+        Read in the transaction that changes them (rows locked on PostgreSQL): a ticket whose
+        result lands meanwhile keeps it."""
         with self._tx() as db:
+            ids = [r[0] for r in db.execute(
+                "SELECT outcome_id FROM outcomes WHERE run_id = ? AND status IN (?, ?) "
+                "ORDER BY outcome_id" + self._dialect.for_update, (run_id, PENDING, RUNNING))]
             for oid in ids:
                 self._transition(db, oid, PENDING, detail, {"claimed_by": ""})
         return len(ids)
@@ -833,8 +1093,8 @@ class Ledger:
     def record_review(self, outcome_id: int, decision: str, note: str, detail: str) -> None:
         """A reviewer's decision, with its event, in one transaction (the status is unchanged)."""
         with self._tx() as db:
-            status = db.execute("SELECT status FROM outcomes WHERE outcome_id = ?",
-                                (outcome_id,)).fetchone()[0]
+            status = db.execute("SELECT status FROM outcomes WHERE outcome_id = ?"
+                                + self._dialect.for_update, (outcome_id,)).fetchone()[0]
             self._transition(db, outcome_id, status, f"review: {detail}",
                              {"decision": decision, "reviewer_note": note})
 
@@ -892,6 +1152,10 @@ class Ledger:
         already recorded (a redo of the same action) passes again without a second row."""
         try:
             with self._tx() as db:
+                # The caps are checked against rows a racing transaction may be adding: on
+                # PostgreSQL every reservation waits for the one before (an advisory lock), as
+                # SQLite's single writer makes it.
+                self._serialize(db, REFUNDS_LOCK)
                 for r in requests:
                     if db.execute("SELECT 1 FROM refunds WHERE idempotency_key = ?",
                                   (r.key,)).fetchone():
@@ -1015,7 +1279,8 @@ class Ledger:
         """The side effects recorded for one outcome (kind, detail: a file or the arguments)."""
         with self._lock:
             rows = self._db.execute("SELECT kind, detail, performed_utc FROM side_effects WHERE "
-                                    "outcome_id = ? ORDER BY rowid", (outcome_id,)).fetchall()
+                                    "outcome_id = ? ORDER BY performed_utc, idempotency_key",
+                                    (outcome_id,)).fetchall()
             return [dict(r) for r in rows]
 
 
@@ -1024,13 +1289,16 @@ def _guard(method):
     def guarded(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
-        except sqlite3.Error as exc:
-            raise LedgerError(_explain(self.path, exc)) from exc
+        except Exception as exc:
+            if isinstance(exc, self._errors):
+                raise LedgerError(self._explain(exc)) from exc
+            raise
     return guarded
 
 
-# Every public method turns an SQLite error (disk full, read-only, damaged file) into a
-# LedgerError naming the file and the fix: the CLI prints it as one line and exits 2.
+# Every public method turns a database error (disk full, read-only, damaged file, a server that
+# went away) into a LedgerError naming the ledger and the fix: the CLI prints it as one line and
+# exits 2.
 for _name, _member in list(vars(Ledger).items()):
     if isinstance(_member, types.FunctionType) and not _name.startswith("_"):
         setattr(Ledger, _name, _guard(_member))

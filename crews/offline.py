@@ -27,7 +27,7 @@ from crewai.events.types.llm_events import LLMCallType
 from crewai.llms.base_llm import BaseLLM, llm_call_context
 from pydantic import Field
 
-from .gate import INJECTION
+from .gate import INJECTION, ORDER_ID
 from .knowledge import AGENTS, CUSTOMERS, words
 from .replies import Replies, generic_replies
 from .settings import BATCH_TOOL, EXECUTOR_TOOLS
@@ -36,7 +36,6 @@ from .taxonomy import Taxonomy
 MODEL_NAME = "offline"
 BLOCK = re.compile(r"<(ticket|lookups|research_notes|evidence|draft|feedback|checks|actions)>\n(.*?)\n</\1>",
                    re.DOTALL)
-ORDER_ID = re.compile(r"\b[A-Z]{2,4}-\d{4,8}\b")
 AMOUNT = re.compile(r"(?:(?P<sym>[$€£])\s?(?P<a>\d[\d.,]*\d|\d))|(?:(?P<b>\d[\d.,]*\d|\d)\s?"
                     r"(?P<code>EUR|USD|GBP|€|euros?|dollars?|pounds?)\b)", re.IGNORECASE)
 SYMBOLS = {"$": "USD", "€": "EUR", "£": "GBP", "euro": "EUR", "euros": "EUR", "dollar": "USD",

@@ -132,7 +132,7 @@ def _stop_watchdog(config: Config, run_id: str, stop: threading.Event,
            f"in-flight work did not finish within stop_grace_s={config.settings.stop_grace_s:g}s")
     try:
         # A connection of its own: the run's may be held by the very call that is stuck.
-        with Ledger(config.ledger_file) as ledger:
+        with Ledger(config.ledger_url) as ledger:
             ledger.release_unfinished(run_id, f"run interrupted ({why}) before this ticket "
                                               "finished")
             ledger.finish_run(run_id, "interrupted", EXIT_STOPPED, f"forced stop: {why}")
@@ -302,15 +302,15 @@ def missing_ledger(config: Config) -> str | None:
     """Why the project's ledger must not be started afresh, or None: it is missing or empty
     while run folders exist, so it would forget which tickets were answered and answer them
     again. `run` refuses then (unless --new-ledger) and `check` reports it."""
-    path = config.ledger_file
-    if not Ledger.is_empty(path) or not config.runs_dir.is_dir():
+    if not Ledger.is_empty(config.ledger_url) or not config.runs_dir.is_dir():
         return None
     earlier = sorted(p.name for p in config.runs_dir.glob("*") if RUN_DIR.match(p.name)
                      and p.is_dir())
     if not earlier:
         return None
-    state = "is empty (0 bytes or no runs)" if path.exists() else "is missing"
-    return (f"{path}: the ledger {state}, but {config.runs_dir} holds {len(earlier)} earlier "
+    state = ("is empty (0 bytes or no runs)" if config.database_url or config.ledger_file.exists()
+             else "is missing")
+    return (f"{config.ledger_name}: the ledger {state}, but {config.runs_dir} holds {len(earlier)} earlier "
             f"run folder(s) (latest {earlier[-1]}); without the ledger those tickets would be "
             "answered and refunded again. Restore the ledger from a backup, or run with "
             "`--new-ledger` to start over knowingly")
@@ -321,7 +321,7 @@ def open_ledger(config: Config, new_ledger: bool = False) -> Ledger:
     problem = None if new_ledger else missing_ledger(config)
     if problem:
         raise LedgerError(problem)
-    return Ledger(config.ledger_file)
+    return Ledger(config.ledger_url)
 
 
 def _feed(ledger: Ledger, engine, run_id: str, records: Iterator, options: RunOptions,

@@ -22,7 +22,8 @@ from typing import Any
 from crewai.tools import BaseTool
 from pydantic import BaseModel, Field, PrivateAttr
 
-from .knowledge import ORDER_ID, KnowledgeBase, Orders
+from .gate import ORDER_ID
+from .knowledge import KnowledgeBase, Orders
 from .outputs import CachedSchema
 from .ticket import Ticket
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import export
+from .show import cut
 from .ticket import PENDING, RUNNING, Status
 
 DECISIONS = {"approve": "approve", "approved": "approve", "yes": "approve", "ok": "approve",
@@ -75,18 +76,23 @@ def read_sheet(path: Path) -> pd.DataFrame:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    raw = path.read_bytes()
-    for encoding in ("utf-8-sig", "utf-16", "cp1252"):
-        try:
-            text = raw.decode(encoding)
-            break
-        except UnicodeDecodeError:
-            continue
-    first = text.split("\n", 1)[0]
-    sep = max((",", ";", "\t"), key=first.count)
-    from io import StringIO
+    """The sheet read as intake reads a ticket export (its encodings, delimiter sniffing and
+    quoting). A short row is padded, as a spreadsheet leaves trailing empty cells out; a row
+    that does not fit otherwise stops the sheet, naming its line."""
+    from . import intake
 
-    return pd.read_csv(StringIO(text), sep=sep, dtype=str, keep_default_na=False)
+    try:
+        with intake.Table(path, intake.IntakeOptions()) as table:
+            width = len(table.headers)
+            rows = []
+            for record in table.records():
+                if record.problem and not 0 < len(record.cells) < width:
+                    raise SheetError(f"{path}: {record.problem}; save the sheet as CSV again "
+                                     "(or XLSX) from the spreadsheet")
+                rows.append(record.cells + [""] * (width - len(record.cells)))
+            return pd.DataFrame(rows, columns=table.keys, dtype=str)
+    except intake.SourceError as exc:
+        raise SheetError(f"{exc}") from exc
 
 
 def _clean_id(value: str) -> str:
@@ -105,8 +111,7 @@ def _same(a: str, b: str) -> bool:
 
 
 def _shown(value: str, limit: int = 120) -> str:
-    text = " ".join(_unneutralise(value).split())
-    return repr(text if len(text) <= limit else text[:limit] + "…")
+    return repr(cut(_unneutralise(value), limit + 1))
 
 
 def apply(config, ledger, path: Path) -> ReviewReport:
@@ -118,7 +123,7 @@ def apply(config, ledger, path: Path) -> ReviewReport:
     run_id = run_ids[0]
     if ledger.run(run_id) is None:
         raise SheetError(f"{path}: the sheet is from run {run_id}, which is not in this project's "
-                         f"ledger ({config.ledger_file}); apply it in the project that made it")
+                         f"ledger ({config.ledger_name}); apply it in the project that made it")
     if json.loads(ledger.run(run_id)["options_json"] or "{}").get("side_effects") is False:
         raise SheetError(f"{path}: the sheet is from run {run_id}, an eval (`crewbatch eval`, "
                          "side effects off): its tickets are a labelled dataset, not customers "
@@ -248,8 +253,7 @@ def _already_final(config, ledger, report, outcome, decision, note) -> None:
         report.problems.append(f"{ticket_id}: already approved: {done}; {cannot} — nothing "
                                "recorded")
         return
-    reason = " ".join((outcome["reason"] or outcome["error"] or "no reason recorded").split())
-    reason = reason if len(reason) <= 160 else reason[:160] + "…"
+    reason = cut(outcome["reason"] or outcome["error"] or "no reason recorded", 161)
     if status == Status.REJECTED.value and decision == "reject":
         ledger.record_review(outcome["outcome_id"], decision, note, "closed by the reviewer")
         report.applied.append(f"{ticket_id}: reject: closed (the input record was already "

@@ -100,6 +100,13 @@ class Paths(_Strict):
     ledger: str = "runs/ledger.db"
 
 
+class LedgerSettings(_Strict):
+    # A PostgreSQL database for the ledger (postgresql://user@host:5432/dbname), for runs whose
+    # workers are on several hosts; null = the SQLite file at `paths.ledger`. No password here:
+    # CREWBATCH_DATABASE_URL (environment or .env) overrides the whole URL, or PGPASSWORD.
+    url: str | None = None
+
+
 class Limits(_Strict):
     max_body_chars: int = Field(20_000, ge=100)
     max_reply_chars: int = Field(4_000, ge=100)
@@ -112,8 +119,13 @@ class KnowledgeSettings(_Strict):
     fusion: Literal["weighted", "rrf"] = "weighted"   # how the two rankings combine (measured)
 
 
+# The source formats --format and intake.format name (intake reads them); defined here, with the
+# settings, so the command line offers them without importing the readers.
+FORMATS = ("csv", "tsv", "jsonl", "mbox", "maildir", "eml")
+
+
 class IntakeSettings(_Strict):
-    format: str | None = None          # csv, tsv, jsonl, mbox, maildir, eml; None = by suffix/content
+    format: str | None = None          # one of FORMATS; None = by suffix/content
     encoding: str | None = None        # None = detect
     columns: dict[str, str] = {}       # crewbatch field -> the export's column name
     # A symlink inside a mail folder or matched by a glob is rejected unless this is true (a link
@@ -130,6 +142,7 @@ class Settings(_Strict):
     revision_limit: int = Field(2, ge=0, le=10)
     sources: list[str] = []
     paths: Paths = Paths()
+    ledger: LedgerSettings = LedgerSettings()
     limits: Limits = Limits()
     pricing: dict[str, Price] = {}
     retry: RetrySettings = RetrySettings()
@@ -246,6 +259,8 @@ class Config:
     warnings: list[str] = field(default_factory=list)
     escalation: dict[str, EscalationKind] = field(default_factory=dict)
     taxonomy: Taxonomy | None = None
+    # CREWBATCH_DATABASE_URL, else settings `ledger.url` (`database_url` merges them); None = SQLite.
+    database_url: str | None = None
 
     def path(self, relative: str) -> Path:
         """A configured path, resolved from the project root (never the working directory)."""
@@ -270,7 +285,15 @@ class Config:
 
     @property
     def ledger_url(self) -> str:
-        return str(self.ledger_file)
+        """What `Ledger(...)` opens: the PostgreSQL URL, else the SQLite file's path."""
+        return self.database_url or str(self.ledger_file)
+
+    @property
+    def ledger_name(self) -> str:
+        """The ledger as messages, logs and reports name it: never with its password."""
+        from .ledger import redact_url
+
+        return redact_url(self.database_url) if self.database_url else str(self.ledger_file)
 
     def model_for(self, role: str, default_model: str) -> str:
         override = self.agents[role].llm
@@ -437,12 +460,39 @@ def load_config(root: Path, check_files: bool = True) -> Config:
 
     problems.extend(override_problems(policy.checks, POLICY_FILE))
 
-    config = Config(root, settings, agents, tasks, policy, warnings, escalation, taxonomy)
+    config = Config(root, settings, agents, tasks, policy, warnings, escalation, taxonomy,
+                    database_url(settings, os.environ, problems))
     if check_files:
         _check_files(config, problems)
     if problems:
         raise ConfigError(problems)
     return config
+
+
+DATABASE_URL_ENV = "CREWBATCH_DATABASE_URL"
+
+
+def database_url(settings: Settings, environ, problems: list[str]) -> str | None:
+    """The ledger's PostgreSQL URL: CREWBATCH_DATABASE_URL > settings `ledger.url`; None = the
+    SQLite file. A URL is checked, never echoed with its password."""
+    from .ledger import POSTGRES_SCHEMES, redact_url
+
+    fix = "postgresql://USER@HOST:5432/DBNAME"
+    configured = settings.ledger.url or None
+    if configured and not configured.lower().startswith(POSTGRES_SCHEMES):
+        problems.append(f"{SETTINGS_FILE}: `ledger.url` is {redact_url(configured)!r}, not a "
+                        f"PostgreSQL URL; write it as {fix}, or remove it for the SQLite ledger "
+                        f"at `paths.ledger`")
+    elif configured and redact_url(configured) != configured:
+        problems.append(f"{SETTINGS_FILE}: `ledger.url` holds a password; config/ is no place for "
+                        f"a secret — put the whole URL in {DATABASE_URL_ENV} (environment or "
+                        ".env) or the password in PGPASSWORD or ~/.pgpass, and keep "
+                        f"{redact_url(configured).replace(':***@', '@')!r} here")
+    env = environ.get(DATABASE_URL_ENV) or None
+    if env and not env.lower().startswith(POSTGRES_SCHEMES):
+        problems.append(f"environment: {DATABASE_URL_ENV}={redact_url(env)!r} is not a "
+                        f"PostgreSQL URL; write it as {fix}, or unset it")
+    return env or configured
 
 
 def _load_escalation(root: Path, policy: Policy, problems: list[str]

@@ -1,6 +1,10 @@
 """Plain-text views of the ledger for `crewbatch runs` and `crewbatch show`.
 
-Tables and trails are data, so they go to stdout; each view has a JSON twin for scripts.
+Tables and trails are data, so they go to stdout; each view has a JSON twin for scripts. The
+tables are formatted here, not by rich: piped (80 columns unless told otherwise), a rich table of
+two runs cut the run ids to `2026120…` and wrapped COUNTS over six lines (13 lines for 2 runs);
+given a width wide enough not to, it prints these same padded columns. A rich layout for
+terminals only would be a second layout that no test (CliRunner is not a terminal) reads.
 """
 
 from __future__ import annotations
@@ -50,13 +54,15 @@ def run_table(run: dict, outcomes: list[dict]) -> str:
     for o in outcomes:
         why = o["needs_human_reason"] or o["error"] or o["reason"] or o.get("subject") or ""
         lines.append(f"{o['ticket_id'][:16]:<16} {o['status']:<12} {o['category']:<13} "
-                     f"{o['priority']:<8} {o['revisions']:>3}  {_one_line(why, 90)}")
+                     f"{o['priority']:<8} {o['revisions']:>3}  {cut(why, 90)}")
     return "\n".join(lines)
 
 
-def _one_line(text: str, width: int) -> str:
+def cut(text: object, chars: int) -> str:
+    """`text` on one line (runs of whitespace as one space), cut to `chars` with "…" if longer:
+    how every view shows a subject, a reason or a label in a column."""
     flat = " ".join(str(text).split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
+    return flat if len(flat) <= chars else flat[: max(1, chars - 1)] + "…"
 
 
 def trail_text(trail: dict) -> str:
@@ -102,7 +108,7 @@ def _searches(searches: list[dict]) -> list[str]:
         cost = f", {search['embedding_tokens']} embedding tokens" \
             if search.get("embedding_tokens") else ""
         out.append(f"  knowledge search ({search['method']}{cost}): "
-                   f"{_one_line(search['query'], 70)!r}")
+                   f"{cut(search['query'], 70)!r}")
         if search.get("embedding_error"):
             out.append(f"    embedding failed, BM25 only: {search['embedding_error']}")
         for n, hit in enumerate(search["sections"], 1):

@@ -148,15 +148,14 @@ def work_run(config: Config, ledger, run_id: str, concurrency: int | None,
 def main(config: Config, run_id: str | None, concurrency: int | None, once: bool,
          stop: threading.Event, echo) -> None:
     """`crewbatch worker`: join the run (or the next one) and work it; repeat unless `once`."""
-    from .ledger import Ledger
-
     from . import framework
+    from .ledger import Ledger
 
     # CrewAI's import is most of a worker's start-up: done while the run is awaited.
     framework.prepare(config.runs_dir / ".crewai")
     from . import crew  # noqa: F401
 
-    with Ledger(config.ledger_file) as ledger:
+    with Ledger(config.ledger_url) as ledger:
         while not stop.is_set():
             joined = wait_for_run(ledger, run_id, stop)
             if joined is None:

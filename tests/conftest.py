@@ -19,6 +19,8 @@ SHARED = REPO.parent / "shared"
 CORPORA = SHARED / "corpora"
 sys.path.insert(0, str(Path(__file__).parent))
 
+from pg import pg_server, pg_url  # noqa: E402,F401 — the PostgreSQL fixtures (tests/pg.py)
+
 os.environ.update({
     "CREWAI_DISABLE_TELEMETRY": "true",
     "CREWAI_TRACING_ENABLED": "false",
@@ -28,7 +30,8 @@ os.environ.update({
     "CREWAI_STORAGE_DIR": tempfile.mkdtemp(prefix="crewbatch-tests-crewai-"),
 })
 for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "CREWBATCH_ROOT", "CREWBATCH_MODEL",
-            "CREWBATCH_CONCURRENCY", "CREWBATCH_BATCH_SIZE", "CREWBATCH_REVISION_LIMIT"):
+            "CREWBATCH_CONCURRENCY", "CREWBATCH_BATCH_SIZE", "CREWBATCH_REVISION_LIMIT",
+            "CREWBATCH_DATABASE_URL"):
     os.environ.pop(var, None)
 
 

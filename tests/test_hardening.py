@@ -143,9 +143,9 @@ def test_a_reply_the_mail_library_refuses_fails_that_ticket_only(project, ticket
 
 def test_process_safely_records_a_failure_instead_of_raising(project):
     from crews.ledger import Ledger
-    from crews.work import process_safely
     from crews.settings import load_config
     from crews.ticket import Status, Ticket
+    from crews.work import process_safely
 
     config = load_config(project)
     ticket = Ticket(key="P", ticket_id="P", source="s", received_at="", customer=JESS,

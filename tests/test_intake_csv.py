@@ -15,6 +15,7 @@ from conftest import CORPORA
 from crews.intake import (
     IntakeOptions,
     SourceError,
+    detect_encoding,
     detect_format,
     expand_sources,
     inspect_source,
@@ -185,7 +186,25 @@ def test_cp1252_utf16_without_bom_and_named_encodings(tmp_path):
     mixed = tmp_path / "mixed.csv"  # UTF-8 with one stray cp1252 byte far down: no crash, no U+FFFD
     mixed.write_bytes(b"id,body\n" + b"".join(b"%d,ok \xc3\xa9\n" % i for i in range(40_000))
                       + b"40000,caf\xe9\n")
-    assert items(mixed)[-1].body == "café"
+    got = items(mixed)
+    assert got[0].body == "ok é" and got[-1].body == "café"
+
+
+def test_legacy_cjk_encodings_are_detected(tmp_path):
+    # charset-normalizer's part of detect_encoding: 8-bit text that does not read as cp1252. It
+    # is not always right (short Japanese text in Shift_JIS it often reads as cp949; see
+    # benchmarks/library_bench.py), but cp1252 was never right for these.
+    korean = tmp_path / "kr.csv"
+    korean.write_bytes("id,body\n1,주문한 상품이 아직 도착하지 않았습니다. 확인 부탁드립니다.\n"
+                       .encode("euc-kr"))
+    assert items(korean)[0].body == "주문한 상품이 아직 도착하지 않았습니다. 확인 부탁드립니다."
+    japanese = tmp_path / "jp.csv"
+    body = ("お世話になっております。先週注文した商品がまだ届いていません。注文番号はNW-10335です。"
+            "配送状況を確認していただけますか。よろしくお願いいたします。")
+    japanese.write_bytes(f"id,body\n1,{body}\n".encode("euc-jp"))
+    assert items(japanese)[0].body == body
+    assert detect_encoding("Grüße aus Köln".encode("cp1252")) == \
+        ("cp1252", "detected: not valid UTF-8")
 
 
 def test_files_that_cannot_be_decoded_are_clear_errors(tmp_path):

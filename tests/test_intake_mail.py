@@ -73,6 +73,18 @@ def test_html_only_bodies_become_readable_text():
     assert "alert" not in m.text and "color" not in m.text
 
 
+def test_html_as_mail_clients_break_it_keeps_its_text():
+    # an unclosed <head> (ruby-mail's email_with_similar_boundaries.eml), a malformed tag in an
+    # export cell (Kaggle ticket 290), a link left open, quotes closed together
+    assert mail.html_to_text("<html><head>\n<title>T</title>\n<body>\n<p>Test</p>") == "Test"
+    assert mail.html_to_text("Please assist.\n<div id='c'> <div I'm not sure why.") == \
+        "Please assist.\n <div I'm not sure why."
+    assert mail.html_to_text('see <a href="https://e.example/x">this') == \
+        "see this <https://e.example/x>"
+    assert mail.html_to_text("<blockquote><blockquote>x</blockquote></blockquote>after") == \
+        ">\n> > x\nafter"
+
+
 def test_alternative_prefers_plain_and_attachments_are_listed_not_opened():
     m = mail.parse(message(
         'Subject: x\nContent-Type: multipart/mixed; boundary="OUT"',

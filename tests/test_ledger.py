@@ -1,8 +1,15 @@
-"""The ledger: migrations, idempotency, events written with the change, side effects once."""
+"""The ledger: migrations, idempotency, events written with the change, side effects once.
+
+The tests of its behaviour run on both backends (`target`: an SQLite file, or a database on the
+session's PostgreSQL server, tests/pg.py); those that build an old SQLite file by hand are
+SQLite's own.
+"""
 
 from __future__ import annotations
 
 import sqlite3
+
+import pytest
 
 from crews.ledger import SCHEMA_VERSION, Ledger
 from crews.ticket import Rejection, Status, Ticket
@@ -14,6 +21,14 @@ def t(key: str, body: str = "hello") -> Ticket:
     n = next(_records)
     return Ticket(key=key, ticket_id=key, source=f"x.csv:{n}", received_at="",
                   customer="a@x.example", customer_name="", subject="s", body=body, record_no=n)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request, tmp_path):
+    """Where a test's ledger lives: an SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "l.db"
+    return request.getfixturevalue("pg_url")
 
 
 def test_migrations_are_applied_once_and_wal_is_on(tmp_path):
@@ -45,8 +60,8 @@ def test_a_version_1_ledger_is_migrated_in_place(tmp_path):
         assert ledger.run("old")["replay_of"] is None
 
 
-def test_finished_tickets_are_skipped_and_edits_are_processed(tmp_path):
-    with Ledger(tmp_path / "l.db") as ledger:
+def test_finished_tickets_are_skipped_and_edits_are_processed(target):
+    with Ledger(target) as ledger:
         ledger.start_run("r1", "offline", {}, [])
         todo = ledger.add_records("r1", [t("A"), t("B"), t("A"),
                                          Rejection(4, "x.csv:4", "empty")], reprocess=False)
@@ -67,8 +82,8 @@ def test_finished_tickets_are_skipped_and_edits_are_processed(tmp_path):
         assert len(ledger.add_records("r3", [t("A")], reprocess=True)) == 1
 
 
-def test_status_and_event_are_one_transaction(tmp_path):
-    with Ledger(tmp_path / "l.db") as ledger:
+def test_status_and_event_are_one_transaction(target):
+    with Ledger(target) as ledger:
         ledger.start_run("r1", "offline", {}, [])
         (oid, _), = ledger.add_records("r1", [t("A")], reprocess=False)
         assert ledger.claim(oid, "test")
@@ -90,8 +105,8 @@ def test_status_and_event_are_one_transaction(tmp_path):
         assert trail["actions"][0]["decision"] == "refused"
 
 
-def test_interrupted_tickets_go_back_to_pending(tmp_path):
-    with Ledger(tmp_path / "l.db") as ledger:
+def test_interrupted_tickets_go_back_to_pending(target):
+    with Ledger(target) as ledger:
         ledger.start_run("r1", "offline", {}, [])
         (oid, _), = ledger.add_records("r1", [t("A")], reprocess=False)
         assert ledger.claim(oid, "test")
@@ -99,17 +114,17 @@ def test_interrupted_tickets_go_back_to_pending(tmp_path):
         assert ledger.counts("r1") == {"pending": 1}
 
 
-def test_side_effects_are_recorded_once(tmp_path):
-    with Ledger(tmp_path / "l.db") as ledger:
+def test_side_effects_are_recorded_once(target):
+    with Ledger(target) as ledger:
         assert ledger.record_side_effect("k", 1, "queue_reply", "f.eml") is True
         assert ledger.record_side_effect("k", 1, "queue_reply", "f.eml") is False
         assert ledger.side_effect_done("k")
 
 
-def test_a_result_for_a_ticket_recovery_gave_back_is_dropped(tmp_path):
+def test_a_result_for_a_ticket_recovery_gave_back_is_dropped(target):
     """A straggler of a crashed run finishing after the next run's recovery must not record
     its ticket a second time."""
-    with Ledger(tmp_path / "l.db") as ledger:
+    with Ledger(target) as ledger:
         ledger.start_run("r1", "offline", {}, [])
         (oid, _), = ledger.add_records("r1", [t("A")], reprocess=False)
         assert ledger.claim(oid, "worker 1")
@@ -119,8 +134,8 @@ def test_a_result_for_a_ticket_recovery_gave_back_is_dropped(tmp_path):
         assert ledger.counts("r1") == {"pending": 1}
 
 
-def test_a_side_effect_target_is_fixed_before_the_write(tmp_path):
-    with Ledger(tmp_path / "l.db") as ledger:
+def test_a_side_effect_target_is_fixed_before_the_write(target):
+    with Ledger(target) as ledger:
         assert ledger.intend_side_effect("k", 1, "queue_reply", "runs/a/outbox/x.eml") == \
             ("runs/a/outbox/x.eml", False)
         # A crash here (file written or not): the redo in another run gets the same target.
@@ -133,15 +148,19 @@ def test_a_side_effect_target_is_fixed_before_the_write(tmp_path):
             ("runs/a/outbox/x.eml", True)
 
 
-def test_refunds_made_before_migration_4_count_against_the_caps(tmp_path):
-    """An upgraded ledger knows the refunds performed before the `refunds` table existed."""
-    from crews.ledger import MIGRATIONS
+def test_refunds_made_before_migration_4_count_against_the_caps(target):
+    """An upgraded ledger knows the refunds performed before the `refunds` table existed (on
+    PostgreSQL too: migration 4 reads the actions' JSON with ->> there)."""
+    from crews.ledger import MIGRATIONS, POSTGRES, SQLITE, _PgConnection
 
-    path = tmp_path / "v3.db"
-    db = sqlite3.connect(path)
+    if isinstance(target, str):
+        db, dialect = _PgConnection(target), POSTGRES
+    else:
+        db, dialect = sqlite3.connect(target, isolation_level=None), SQLITE
     db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_utc TEXT)")
     for version, sql in MIGRATIONS[:3]:
-        db.executescript(sql)
+        for statement in filter(str.strip, sql.split(";\n")):
+            db.execute(dialect.migration(statement))
         db.execute("INSERT INTO schema_migrations VALUES (?, 'then')", (version,))
     db.execute("INSERT INTO runs (run_id, started_utc, status, model, options_json, sources_json) "
                "VALUES ('old', 'then', 'completed', 'offline', '{}', '[]')")
@@ -154,9 +173,62 @@ def test_refunds_made_before_migration_4_count_against_the_caps(tmp_path):
     db.execute("INSERT INTO actions (outcome_id, kind, args_json, decision, created_utc) VALUES "
                "(7, 'request_refund', '{\"order_id\": \"nw-1\", \"amount\": 24.0, \"currency\": "
                "\"usd\"}', 'performed', '2026-11-20T00:00:00.000000Z')")
-    db.commit()
     db.close()
-    with Ledger(path) as ledger:
+    with Ledger(target) as ledger:
         history = ledger.refund_history("NW-1", "jess@x.example")
     assert [(r["order_id"], r["amount"], r["currency"], r["outcome_id"]) for r in history.rows] \
         == [("NW-1", 24.0, "USD", 7)]
+
+
+def test_every_reading_method_returns_plain_values(target):
+    """The rows the exports, `show` and the report read are the same on both backends: ints,
+    floats, text and bytes, by name."""
+    with Ledger(target) as ledger:
+        ledger.start_run("r1", "offline", {"concurrency": 2}, ["x.csv"])
+        (oid, _), = ledger.add_records("r1", [t("A")], reprocess=False)
+        assert ledger.claim(oid, "w").ticket_id == "A"
+        assert ledger.claim(oid, "other") is None
+        call = {"round": 0, "step": "draft", "agent": "writer", "model": "m", "prompt_tokens": 10,
+                "completion_tokens": 5, "cached_tokens": 0, "cost_usd": 0.125, "seq": 1,
+                "request_hash": "req", "response_hash": "resp", "replayed": True}
+        raw = b"\x00\xff" + b"x" * 300
+        assert ledger.record_result(
+            oid, Status.APPROVED, {"cost_usd": 0.125, "prompt_tokens": 10, "revisions": 1,
+                                   "draft_reply": "nul\x00gone"},
+            [{"round": 0, "step": "draft", "agent": "writer", "model": "m", "output_text": "t",
+              "prompt_tokens": 10, "completion_tokens": 5, "duration_ms": 7}], [], "ok",
+            [call], {"req": raw, "resp": b"short"})
+        assert ledger.blobs(["req", "resp", "missing"]) == {"req": raw, "resp": b"short"}
+        assert ledger.recorded_calls(oid)[0]["replayed"] == 1
+        assert ledger.run_cost("r1") == 0.125
+        run, = ledger.runs()
+        assert (run["records"], run["cost_usd"], run["counts"]) == (1, 0.125, {"approved": 1})
+        assert ledger.run_ids_like("r") == ["r1"]
+        usage, = ledger.step_usage("r1")
+        assert usage == {"agent": "writer", "step": "draft", "model": "m", "calls": 1,
+                         "prompt_tokens": 10, "completion_tokens": 5, "duration_ms": 7}
+        assert all(type(usage[k]) is int for k in ("calls", "prompt_tokens", "duration_ms"))
+        outcome, = ledger.outcomes("r1")
+        assert (outcome["revisions"], outcome["customer"]) == (1, "a@x.example")
+        assert outcome["draft_reply"] in ("nul\x00gone", "nulgone")  # PostgreSQL text has no NUL
+        assert ledger.outcome_ticket(oid).body == "hello"
+        assert [e["to_status"] for e in ledger.trail("r1", "A")["events"]] == \
+            ["pending", "running", "approved"]
+
+
+def test_refund_caps_are_checked_in_the_reserving_transaction(target):
+    from crews.ledger import RefundRequest
+
+    def request(key: str, amount: float) -> RefundRequest:
+        def guard(history):
+            spent = sum(r["amount"] for r in history.on_order())
+            return f"cap: {spent} already" if spent + amount > 50 else None
+        return RefundRequest(key, 1, "nw-1", "A@x.example", amount, "usd", True, guard)
+
+    with Ledger(target) as ledger:
+        assert ledger.reserve_refunds([request("k1", 30)]) is None
+        assert ledger.reserve_refunds([request("k1", 30)]) is None  # a redo: no second row
+        assert ledger.reserve_refunds([request("k2", 10), request("k3", 30)]) == "cap: 40.0 already"
+        history = ledger.refund_history("NW-1", "a@x.example")
+        assert [(r["idempotency_key"], r["amount"], r["currency"]) for r in history.rows] == \
+            [("k1", 30.0, "USD")]

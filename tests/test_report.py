@@ -7,7 +7,6 @@ ledger API (every text field a model or an input can fill).
 
 from __future__ import annotations
 
-import html
 import json
 import re
 import shutil
@@ -18,10 +17,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import REPO
+from markupsafe import escape
 
 from crews.cli import main
 from crews.ledger import Ledger
 from crews.report import percentile, write_report
+from crews.report.data import RUN_TONE
 from crews.ticket import Rejection, Status, Ticket
 
 HOSTILE = "<script>alert(1)</script>"
@@ -106,7 +107,7 @@ def test_needs_human_queue_lists_reasons_and_proposed_actions(sample, sample_htm
     assert f"Needs a person ({len(queue)})" in section
     for o in queue:
         assert f'<span class="tid">{o["ticket_id"]}</span>' in section
-        assert html.escape(o["needs_human_reason"]) in section
+        assert escape(o["needs_human_reason"]) in section
     assert ('<li class="d-refused">request_refund(order_id=NW-10323, amount=249.0, currency=EUR): '
             "refused (a refund of 249.00 EUR is above the auto-approve limit") in section
     assert "No ticket failed." in sample_html
@@ -190,11 +191,66 @@ def test_every_text_field_from_the_ledger_is_escaped(tmp_path):
                             ).read_text("utf-8")
     assert not re.search(r"<script|<svg onload", page, re.IGNORECASE)
     assert page.count("<svg") == page.count('<svg class="chart')
-    escaped = html.escape(evil)
+    escaped = escape(evil)
     for text in (f"E-1{escaped}", f"s{escaped}", f"why{escaped}", f"Boom{escaped}", f"c{escaped}",
                  f"empty{escaped}", f"cat{escaped}", f"in{escaped}.csv", f"model{escaped}"):
         assert text in page, text
     assert "1 · some tickets failed" in page
+
+
+def test_markup_breaking_out_of_attributes_is_escaped_and_nothing_links_out(tmp_path):
+    """Ticket text that closes an attribute and opens a tag, in every place it reaches: cells,
+    SVG labels and titles (category, check), knowledge sections; a URL in it stays text."""
+    attr = '"><img src=x onerror=alert(1)>'
+    url = "http://evil.example/a.png"
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        ledger.start_run("r-attr", "offline", {}, [])
+        (oid, _), = ledger.add_records("r-attr", [Ticket(
+            key="A-1", ticket_id="A-1", source="in.csv:1", received_at="", customer=f"c{attr}",
+            customer_name="", subject=f"{HOSTILE}{attr} {url}", body="b", record_no=1)],
+            reprocess=False)
+        steps = [{"round": 0, "step": "checks", "agent": "gate", "model": "deterministic",
+                  "output_text": "", "output_json": json.dumps(
+                      [{"check": f"k{attr}", "severity": "major", "detail": url}])},
+                 {"round": 0, "step": "research", "agent": "researcher", "model": "offline",
+                  "output_text": "", "prompt_tokens": 3, "completion_tokens": 2,
+                  "output_json": json.dumps({"knowledge_searches": [{"sections": [
+                      {"source": f"{url}{attr}", "title": f"t{attr}"}]}]})}]
+        assert ledger.claim(oid, "test")
+        ledger.record_result(oid, Status.NEEDS_HUMAN, {
+            "category": f"cat{attr}", "priority": "high", "needs_human_reason": f"{attr}: why",
+            "actions_json": "[]", "duration_ms": 700}, steps, [], "held")
+        ledger.finish_run("r-attr", "completed", 0)
+        page = write_report(ledger, "r-attr", tmp_path / "report.html").read_text("utf-8")
+    assert "<script" not in page.lower() and "<img" not in page.lower()
+    assert str(escape(attr)) in page and str(escape(HOSTILE)) in page
+    # Every onerror on the page is inside escaped text: the tag never opened.
+    assert page.count("onerror") == page.count("&lt;img src=x onerror") >= 6
+    assert url in page
+    assert not re.search(r"""\b(?:src|href|xlink:href)\s*=\s*["']?\s*(?:https?:)?//""", page, re.I)
+    assert not re.search(r"@import|url\(", page)
+
+
+def test_every_run_status_has_a_tone_and_a_stopped_run_is_a_warning(tmp_path):
+    # The statuses pipeline.run and the ledger record for a run.
+    assert set(RUN_TONE) == {"running", "completed", "interrupted", "stopped", "crashed"}
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        ledger.start_run("r-stop", "offline", {}, [])
+        ledger.finish_run("r-stop", "stopped", 3)
+        page = write_report(ledger, "r-stop", tmp_path / "report.html").read_text("utf-8")
+    assert '<span class="badge warn">stopped</span>' in page
+    assert "3 · it stopped early; the rest is pending" in page
+
+
+def test_templates_and_stylesheet_are_package_data():
+    """A non-editable install ships what the loader reads: pyproject's globs cover every file."""
+    folder = REPO / "crews/report/templates"
+    line = re.search(r'^"crews\.report\.templates" = (\[.*\])$',
+                     (REPO / "pyproject.toml").read_text(), re.M)
+    globs = json.loads(line.group(1))  # tomllib is 3.11+
+    files = {p.name for p in folder.iterdir() if p.name != "__pycache__"}
+    assert {"report.html.j2", "macros.html.j2", "charts.html.j2", "report.css"} <= files
+    assert all(any(Path(f).match(g) for g in globs) for f in files), (files, globs)
 
 
 def test_a_run_without_records_still_renders(tmp_path):

@@ -185,3 +185,26 @@ def test_approval_carries_out_the_drafts_plan_never_what_the_executor_tried_beyo
     assert len(refunds) == 1
     assert json.loads(refunds[0].read_text())["amount"] == 249.0
     assert "delete_account" not in applied.stdout and "4999" not in applied.stdout
+
+
+def test_sheets_are_read_as_intake_reads_exports(tmp_path):
+    # review.read_sheet goes through intake.Table: the same encodings, delimiter and quoting as
+    # a ticket export. (Before, this cp1252 sheet was decoded as UTF-16: 64 bytes, no error.)
+    from crews.review import SheetError, read_sheet
+
+    header = "ticket_id;run_id;ref;decision;note\r\n"
+    path = tmp_path / "sheet.csv"
+    path.write_bytes((header + "T-1;r;1.ab;approve;café ok\r\n").encode("cp1252"))
+    frame = read_sheet(path)
+    assert list(frame.columns) == ["ticket_id", "run_id", "ref", "decision", "note"]
+    assert frame.iloc[0]["note"] == "café ok"
+    path.write_text(header + 'T-1;r;1.ab;approve;"Grüße; Ana"\r\nT-2;r;2.cd\r\n',
+                    encoding="utf-8-sig")
+    frame = read_sheet(path)
+    assert frame.iloc[0]["note"] == "Grüße; Ana"
+    assert frame.iloc[1]["decision"] == ""  # a short row is padded, as spreadsheets write them
+    path.write_text(header + "T-1;r;1.ab;approve;x;extra\r\n", encoding="utf-8")
+    with pytest.raises(SheetError) as err:
+        read_sheet(path)
+    assert str(err.value) == (f"{path}: line 2: row has 6 fields, the header has 5; save the "
+                              "sheet as CSV again (or XLSX) from the spreadsheet")

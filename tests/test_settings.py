@@ -117,3 +117,37 @@ def test_a_policy_file_that_is_not_a_mapping_is_a_problem_not_the_defaults(proje
         load_config(project)
     assert ("config/policy.yaml: must be a mapping of keys (refunds, allowed_actions, queues, ...)"
             in err.value.problems)
+
+
+def test_the_ledger_is_sqlite_unless_a_database_url_is_set(project, monkeypatch):
+    config = load_config(project)
+    assert config.ledger_url == str(project / "runs/ledger.db") == config.ledger_name
+    settings = project / "config/settings.yaml"
+    settings.write_text(settings.read_text().replace(
+        "  url: null", "  url: postgresql://crew@db.example:5432/support"))
+    assert load_config(project).ledger_url == "postgresql://crew@db.example:5432/support"
+    # The environment beats settings.yaml, and its password is never shown.
+    monkeypatch.setenv("CREWBATCH_DATABASE_URL", "postgresql://crew:s3cret@db2.example/support")
+    config = load_config(project)
+    assert config.ledger_url == "postgresql://crew:s3cret@db2.example/support"
+    assert config.ledger_name == "postgresql://crew:***@db2.example/support"
+
+
+def test_a_database_url_is_checked_and_its_password_kept_out_of_config(project, monkeypatch):
+    settings = project / "config/settings.yaml"
+    text = settings.read_text()
+    settings.write_text(text.replace("  url: null", "  url: postgresql://crew:s3cret@db/support"))
+    found = problems(project)
+    assert ("config/settings.yaml: `ledger.url` holds a password; config/ is no place for a "
+            "secret — put the whole URL in CREWBATCH_DATABASE_URL (environment or .env) or the "
+            "password in PGPASSWORD or ~/.pgpass, and keep 'postgresql://crew@db/support' here"
+            ) in found
+    assert not any("s3cret" in p for p in found)
+    settings.write_text(text.replace("  url: null", "  url: mysql://crew@db/support"))
+    monkeypatch.setenv("CREWBATCH_DATABASE_URL", "sqlite:///x:s3cret@y")
+    found = problems(project)
+    assert ("config/settings.yaml: `ledger.url` is 'mysql://crew@db/support', not a PostgreSQL "
+            "URL; write it as postgresql://USER@HOST:5432/DBNAME, or remove it for the SQLite "
+            "ledger at `paths.ledger`") in found
+    assert ("environment: CREWBATCH_DATABASE_URL='sqlite:///x:***@y' is not a PostgreSQL URL; "
+            "write it as postgresql://USER@HOST:5432/DBNAME, or unset it") in found
