@@ -11,20 +11,21 @@ import pytest
 from pg import PASSWORD
 from test_ledger import t
 
-from crews.ledger import Ledger, LedgerError, RefundRequest, redact_url
+from crews.ledger import SCHEMA_VERSION, Ledger, LedgerError, RefundRequest, redact_url
 from crews.ticket import RUNNING, Status
 
 
 def test_the_schema_uses_postgresql_types(pg_url):
     with Ledger(pg_url) as ledger:
-        assert ledger.schema_version() == 5
+        assert ledger.schema_version() == SCHEMA_VERSION
     with Ledger(pg_url) as ledger:  # a second open applies nothing again
         types = {(r["table_name"], r["column_name"]): r["data_type"] for r in ledger._db.execute(
             "SELECT table_name, column_name, data_type FROM information_schema.columns "
             "WHERE table_schema = current_schema()")}
-        assert ledger._db.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == 5
+        assert ledger._db.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == SCHEMA_VERSION
     assert types[("outcomes", "cost_usd")] == "double precision"
     assert types[("blobs", "data")] == "bytea"
+    assert types[("workers", "beat_s")] == "double precision"
     assert types[("outcomes", "outcome_id")] == "integer"
 
 
@@ -120,7 +121,7 @@ def test_refunds_racing_for_one_order_cannot_both_pass_the_cap(pg_url):
 
 def test_two_hosts_creating_the_tables_at_once_both_open_it(pg_url):
     opened = _in_threads(3, lambda i: Ledger(pg_url))
-    assert [ledger.schema_version() for ledger in opened] == [5, 5, 5]
+    assert [ledger.schema_version() for ledger in opened] == [SCHEMA_VERSION] * 3
     for ledger in opened:
         ledger.close()
 
