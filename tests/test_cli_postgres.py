@@ -12,7 +12,7 @@ from conftest import make_project, price_fake_model
 from fake_openai import FakeOpenAI, Faults
 from pg import PASSWORD
 
-from crews.ledger import Ledger
+from crews.ledger import SCHEMA_VERSION, Ledger
 
 SECRETS = (PASSWORD, quote(PASSWORD, safe=""), "s3cret")
 # What the offline model decides per ticket: the same on either ledger.
@@ -100,7 +100,7 @@ def test_an_offline_run_and_every_command_after_it(project, pg_cli, pg_url, resu
 
     checked = pg_cli("check")
     assert checked.exit_code == 0, checked.output
-    assert ("ledger: ok (server reachable, schema version 5) in "
+    assert (f"ledger: ok (server reachable, schema version {SCHEMA_VERSION}) in "
             f"postgresql://crewbatch:***@127.0.0.1:{pg_url.split(':')[3].split('/')[0]}/"
             ) in checked.stdout
 
