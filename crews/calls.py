@@ -96,8 +96,8 @@ class RateLimiter:
     """Requests and tokens per minute for one model, shared by every thread; sliding 60 s window.
 
     With `--workers` each process has its own limiter with an equal share of the limits, and
-    `shared_pause` (a `multiprocessing.Value`, the monotonic time until which the model is paused;
-    CLOCK_MONOTONIC is the same clock in every process) carries a Retry-After to every process.
+    `shared_pause` (`engine.SharedPause`, or anything with `.value` — the monotonic time until
+    which the model is paused — and `get_lock()`) carries a Retry-After to every worker.
     """
 
     def __init__(self, requests_per_minute: int | None, tokens_per_minute: int | None,

@@ -284,3 +284,40 @@ class Engine:
                                 "the live workers", dead, self.lease_s, len(pending))
             except Exception:  # noqa: BLE001 - a missed beat is retried at the next one
                 LOG.exception("heartbeat of %s failed", self.executor_id)
+
+
+class SharedPause:
+    """A model's Retry-After pause through the ledger, for `calls.RateLimiter`: one worker's 429
+    pauses the model for every worker on every host. It looks like the `multiprocessing.Value`
+    the limiter takes (`.value` in this process's monotonic clock, `get_lock()`); the ledger holds
+    wall-clock seconds, since hosts share no monotonic clock. Read at most every `every_s`."""
+
+    def __init__(self, ledger: Ledger, model: str, every_s: float = 0.25):
+        self.ledger, self.model, self.every_s = ledger, model, every_s
+        self._lock = threading.Lock()
+        self._cached, self._read_at = 0.0, -1e9
+
+    def get_lock(self) -> threading.Lock:
+        return self._lock
+
+    @property
+    def value(self) -> float:
+        now = time.monotonic()
+        if now - self._read_at >= self.every_s:
+            until = self.ledger.model_paused_until(self.model)
+            self._cached, self._read_at = now + (until - time.time()), now
+        return self._cached
+
+    @value.setter
+    def value(self, until_monotonic: float) -> None:
+        until = time.time() + (until_monotonic - time.monotonic())
+        self.ledger.pause_model(self.model, until)
+        self._read_at = -1e9
+
+
+def shared_pauses(config, ledger: Ledger, default_model: str) -> dict[str, SharedPause]:
+    """One `SharedPause` per model the run's roles use (for `llms.build_llms`)."""
+    from .llms import role_models
+
+    return {m: SharedPause(ledger, m) for m in set(role_models(config, default_model).values())}
+

@@ -236,7 +236,13 @@ CREATE INDEX workers_run ON workers (run_id, state);
 -- a worker that was cut off while its ticket was handed to another).
 ALTER TABLE outcomes ADD COLUMN claimed_by TEXT NOT NULL DEFAULT '';
 -- Why the run's workers must start no new ticket (budget, time limit, a stop signal), or ''.
-ALTER TABLE runs ADD COLUMN stop_requested TEXT NOT NULL DEFAULT ''
+ALTER TABLE runs ADD COLUMN stop_requested TEXT NOT NULL DEFAULT '';
+-- A provider's Retry-After, seen by every worker on every host: no request to `model` before
+-- until_s (seconds since the epoch).
+CREATE TABLE model_pauses (
+    model    TEXT PRIMARY KEY,
+    until_s  REAL NOT NULL
+)
 """),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -895,6 +901,21 @@ class Ledger:
                 "SELECT COUNT(*) FROM outcomes o JOIN workers w ON w.executor_id = o.claimed_by "
                 "WHERE o.run_id = ? AND o.status = ? AND w.state = 'working'",
                 (run_id, RUNNING)).fetchone()[0]
+
+    def pause_model(self, model: str, until_s: float) -> None:
+        """Hold every worker's requests to `model` until `until_s` (a Retry-After), never
+        shortening a longer pause another worker set."""
+        with self._tx() as db:
+            db.execute("INSERT INTO model_pauses (model, until_s) VALUES (?, ?) ON CONFLICT "
+                       "(model) DO UPDATE SET until_s = CASE WHEN excluded.until_s > "
+                       "model_pauses.until_s THEN excluded.until_s ELSE model_pauses.until_s END",
+                       (model, until_s))
+
+    def model_paused_until(self, model: str) -> float:
+        with self._lock:
+            row = self._db.execute("SELECT until_s FROM model_pauses WHERE model = ?",
+                                   (model,)).fetchone()
+            return row[0] if row else 0.0
 
     def final_count(self, run_id: str) -> int:
         with self._lock:

@@ -51,8 +51,8 @@ def build_llms(config: Config, default_model: str, environ=os.environ,
     """One managed LLM per distinct model name, shared by the roles that use it (thread-safe).
 
     Each is wrapped in `calls.ManagedLLM`, so every call to that model shares one rate limiter
-    and the one retry policy of settings.yaml. `pauses` (model → shared value, from the run's
-    `WorkerPool`) carries a Retry-After across the run's processes.
+    and the one retry policy of settings.yaml. `pauses` (model → `engine.SharedPause`, kept in
+    the ledger) carries a Retry-After to every worker of the run, on every host.
     """
     from .calls import ManagedLLM, RateLimiter, RetryPolicy
 

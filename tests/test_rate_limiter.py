@@ -41,3 +41,41 @@ def test_without_a_shared_pause_a_limiter_pauses_only_its_own_callers(tmp_path):
     began = time.monotonic()
     free.acquire(0)
     assert time.monotonic() - began < 1.0
+
+
+def _limiter_on_another_host(ledger_path, done):
+    """A worker elsewhere: its own ledger connection and limiter, the pause from the ledger."""
+    from crews.calls import RateLimiter
+    from crews.engine import SharedPause
+    from crews.ledger import Ledger
+
+    with Ledger(ledger_path) as ledger:
+        RateLimiter(None, None, SharedPause(ledger, "gpt-4o-mini")).acquire(0)
+    done.value = time.time()
+
+
+def test_a_retry_after_reaches_every_worker_through_the_ledger(tmp_path):
+    framework.prepare(tmp_path / ".crewai")
+    from crews.calls import RateLimiter
+    from crews.engine import SharedPause
+    from crews.ledger import Ledger
+
+    ledger = Ledger(tmp_path / "ledger.db")
+    here = RateLimiter(None, None, SharedPause(ledger, "gpt-4o-mini"))
+    here.pause(2.0)
+    paused_at = time.time()
+    assert ledger.model_paused_until("gpt-4o-mini") >= paused_at + 1.9
+    ledger.pause_model("gpt-4o-mini", paused_at - 100)  # an older, shorter pause changes nothing
+    assert ledger.model_paused_until("gpt-4o-mini") >= paused_at + 1.9
+    ctx = mp.get_context("spawn")
+    done = ctx.Value("d", 0.0)
+    other = ctx.Process(target=_limiter_on_another_host, args=(tmp_path / "ledger.db", done))
+    other.start()
+    other.join(60)
+    assert other.exitcode == 0
+    assert done.value - paused_at >= 1.9  # it waited for the pause this worker received
+    free = RateLimiter(None, None, SharedPause(ledger, "another-model"))
+    started = time.monotonic()
+    free.acquire(0)
+    assert time.monotonic() - started < 1.0  # another model is not paused
+    ledger.close()
