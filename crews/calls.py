@@ -27,6 +27,7 @@ from crewai.events.types.llm_events import LLMCallType
 from crewai.llms.base_llm import BaseLLM, llm_call_context
 from pydantic import PrivateAttr, ValidationError
 
+from .engine import durable_step
 from .recording import (
     NO_USAGE,
     Exchange,
@@ -36,6 +37,7 @@ from .recording import (
     answer_of,
     current_exchange,
     recording_step,
+    response_of,
 )
 
 # The deadline (time.monotonic()) of the ticket whose crew is running in this context.
@@ -231,6 +233,43 @@ class ManagedLLM(BaseLLM):
                                     available_functions, from_task, from_agent, response_model)
             if tape.strict:
                 raise RequestChanged(tape.explain(exchange))
+        durable = durable_step.get()
+        if durable is not None:
+            return self._durably(durable, exchange, messages, tools, callbacks,
+                                 available_functions, from_task, from_agent, response_model)
+        return self._live(exchange, messages, tools, callbacks, available_functions, from_task,
+                          from_agent, response_model)
+
+    def _durably(self, durable, exchange, messages, tools, callbacks, available_functions,
+                 from_task, from_agent, response_model):
+        """The request as a durable step of the ticket's workflow (engine.durable_step): a
+        ticket resumed after a crash has its finished requests answered from their checkpoints,
+        so only the ones in flight are asked again. A checkpoint made for another request (the
+        config changed meanwhile) is not used: the request goes to the model."""
+        request = exchange.request if exchange is not None else Request.describe(
+            self._inner, messages, tools, response_model)
+        live: list = []
+
+        def ask() -> dict:
+            answer = self._live(exchange, messages, tools, callbacks, available_functions,
+                                from_task, from_agent, response_model)
+            live.append(answer)
+            return {"request_hash": request.hash, "response": response_of(answer)}
+
+        checkpoint = durable(ask)
+        if live:
+            return live[0]
+        if checkpoint.get("request_hash") != request.hash:
+            return self._live(exchange, messages, tools, callbacks, available_functions,
+                              from_task, from_agent, response_model)
+        recorded = RecordedCall(0, "", request.hash, "", None, checkpoint["response"])
+        if exchange is None:
+            exchange = Exchange("", 0, request)
+        return self._replay(exchange, recorded, messages, tools, callbacks, available_functions,
+                            from_task, from_agent, response_model)
+
+    def _live(self, exchange, messages, tools, callbacks, available_functions, from_task,
+              from_agent, response_model):
         deadline = ticket_deadline.get()
         estimate = self._inner.get_input_tokens_count(messages) if hasattr(
             self._inner, "get_input_tokens_count") else 0

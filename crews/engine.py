@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 
 from .ledger import Ledger
@@ -35,6 +36,9 @@ WORKFLOW = "crewbatch.ticket"
 POLL_S = 0.05  # how often an idle worker looks at the queue (a free slot waits at most this)
 
 Process = Callable[[int, Ticket], "tuple[str, float] | None"]
+# Set while a ticket's workflow runs: how its model requests become durable steps (calls.py).
+durable_step: ContextVar[Callable[[Callable[[], dict]], dict] | None] = ContextVar(
+    "crewbatch_durable_step", default=None)
 
 _engine: Engine | None = None  # the one engine of this process (DBOS is a process singleton)
 _workflow = None
@@ -62,12 +66,24 @@ def _register_workflow():
         @DBOS.workflow(name=WORKFLOW)
         def ticket_workflow(run_id: str, outcome_id: int) -> str:
             engine = _engine
-            if engine is None or engine.run_id != run_id:
-                return "elsewhere"  # not this process's run: its queue is not ours
-            return engine.work(outcome_id)
+            if engine is None:
+                return "elsewhere"
+            # A fork of an earlier run's unfinished workflow carries that run's outcome: the
+            # ledger says which outcome of this run resumed it.
+            return engine.work(engine.ledger.current_outcome(outcome_id))
 
         _workflow = ticket_workflow
     return _workflow
+
+
+def _model_request_step(ask: Callable[[], dict]) -> dict:
+    """One model request of a ticket as a DBOS step: run once, its answer checkpointed; when
+    the workflow is resumed (its worker died) the checkpoint answers instead."""
+    from dbos import DBOS
+
+    if DBOS.workflow_id is None:  # not inside a ticket's workflow (e.g. a warm-up call)
+        return ask()
+    return DBOS.run_step({"name": "crewbatch.model_request", "retries_allowed": False}, ask)
 
 
 def _sqlite_engine(url: str):
@@ -200,7 +216,7 @@ class Engine:
 
         stale = [w.workflow_id for w in DBOS.list_workflows(
             status=["PENDING", "ENQUEUED"], queue_name=QUEUE, load_input=False,
-            load_output=False) if not w.workflow_id.startswith(f"{self.run_id}:")]
+            load_output=False)]
         if stale:
             DBOS.cancel_workflows(stale)
             LOG.info("cancelled %d workflow(s) earlier runs left on the queue", len(stale))
@@ -213,17 +229,31 @@ class Engine:
     # --- the run's process feeds the queue -------------------------------------------------------
 
     def submit(self, outcome_id: int) -> None:
-        from dbos import SetWorkflowID
+        """Queue the ticket. If an earlier run left the same ticket unfinished (kill -9, a stop),
+        its workflow is forked from its last checkpoint instead: the model requests it finished
+        are answered from their checkpoints, only the ones in flight are asked again."""
+        from dbos import DBOS, SetWorkflowID
 
-        with SetWorkflowID(f"{self.run_id}:{outcome_id}"):
+        earlier = self.ledger.resumable(outcome_id)
+        if earlier is not None:
+            # Step ids count from 1: the fork starts at the first step without a checkpoint.
+            done = max((s["function_id"] for s in DBOS.list_workflow_steps(earlier[1])),
+                       default=0)
+            handle = DBOS.fork_workflow(earlier[1], done + 1, queue_name=QUEUE)
+            self.ledger.set_workflow(outcome_id, handle.workflow_id)
+            LOG.info("ticket %s resumes %s from step %d", outcome_id, earlier[1], done)
+            return
+        workflow_id = f"{self.run_id}:{outcome_id}"
+        self.ledger.set_workflow(outcome_id, workflow_id)
+        with SetWorkflowID(workflow_id):
             self.queue.enqueue(_workflow, self.run_id, outcome_id)
 
     def cancel_queued(self) -> int:
         """Cancel the run's workflows no worker has started (the run is ending)."""
         from dbos import DBOS
 
-        queued = DBOS.list_workflows(status=["ENQUEUED"], workflow_id_prefix=f"{self.run_id}:",
-                                     load_input=False, load_output=False)
+        queued = DBOS.list_workflows(status=["ENQUEUED"], queue_name=QUEUE, load_input=False,
+                                     load_output=False)
         if queued:
             DBOS.cancel_workflows([w.workflow_id for w in queued])
         return len(queued)
@@ -243,12 +273,14 @@ class Engine:
         with self._active_lock:
             self._active += 1
         started = time.monotonic()
+        held = durable_step.set(_model_request_step)
         try:
             result = self.process(outcome_id, ticket)
         except BaseException as exc:  # noqa: BLE001 - process_safely lets only these through
             self.fatal = self.fatal or exc
             return "error"
         finally:
+            durable_step.reset(held)
             with self._active_lock:
                 self._active -= 1
         status, cost = result if result else (None, 0.0)
@@ -276,8 +308,8 @@ class Engine:
                 for dead in self.ledger.reap_workers(self.run_id, self.lease_s,
                                                      self.executor_id):
                     pending = DBOS.list_workflows(status=["PENDING"], executor_id=dead,
-                                                  workflow_id_prefix=f"{self.run_id}:",
-                                                  load_input=False, load_output=False)
+                                                  queue_name=QUEUE, load_input=False,
+                                                  load_output=False)
                     for w in pending:
                         DBOS.resume_workflow(w.workflow_id, queue_name=QUEUE)
                     LOG.warning("worker %s stopped beating for %.0fs; %d of its tickets go to "

@@ -235,6 +235,10 @@ CREATE INDEX workers_run ON workers (run_id, state);
 -- The worker holding a running ticket: only it may record the ticket's result (a fence against
 -- a worker that was cut off while its ticket was handed to another).
 ALTER TABLE outcomes ADD COLUMN claimed_by TEXT NOT NULL DEFAULT '';
+-- The ticket's DBOS workflow (its model requests are checkpointed there), and the outcome of a
+-- later run that resumed this unfinished one from those checkpoints.
+ALTER TABLE outcomes ADD COLUMN workflow_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE outcomes ADD COLUMN resumed_by INTEGER;
 -- Why the run's workers must start no new ticket (budget, time limit, a stop signal), or ''.
 ALTER TABLE runs ADD COLUMN stop_requested TEXT NOT NULL DEFAULT '';
 -- A provider's Retry-After, seen by every worker on every host: no request to `model` before
@@ -901,6 +905,44 @@ class Ledger:
                 "SELECT COUNT(*) FROM outcomes o JOIN workers w ON w.executor_id = o.claimed_by "
                 "WHERE o.run_id = ? AND o.status = ? AND w.state = 'working'",
                 (run_id, RUNNING)).fetchone()[0]
+
+    def set_workflow(self, outcome_id: int, workflow_id: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE outcomes SET workflow_id = ? WHERE outcome_id = ?",
+                       (workflow_id, outcome_id))
+
+    def resumable(self, outcome_id: int) -> tuple[int, str] | None:
+        """An earlier attempt at this outcome's ticket (same key and content) that a run left
+        unfinished — crashed, interrupted or stopped — with a workflow whose checkpoints a new
+        attempt can resume from: (its outcome_id, its workflow_id), claimed for this outcome
+        (`resumed_by`, so it is resumed once), or None."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT p.outcome_id, p.workflow_id FROM outcomes o JOIN outcomes p ON "
+                "p.ticket_key = o.ticket_key AND p.content_hash = o.content_hash AND "
+                "p.outcome_id < o.outcome_id JOIN runs r ON r.run_id = p.run_id WHERE "
+                "o.outcome_id = ? AND p.status = ? AND p.workflow_id <> '' AND p.resumed_by IS "
+                "NULL AND r.status <> 'running' ORDER BY p.outcome_id DESC LIMIT 1",
+                (outcome_id, PENDING)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE outcomes SET resumed_by = ? WHERE outcome_id = ?",
+                       (outcome_id, row["outcome_id"]))
+            return row["outcome_id"], row["workflow_id"]
+
+    def current_outcome(self, outcome_id: int) -> int:
+        """The outcome that now stands for `outcome_id`'s attempt: itself, or the later one that
+        resumed it (following the chain)."""
+        with self._lock:
+            seen = set()
+            while outcome_id not in seen:
+                seen.add(outcome_id)
+                row = self._db.execute("SELECT resumed_by FROM outcomes WHERE outcome_id = ?",
+                                       (outcome_id,)).fetchone()
+                if row is None or row["resumed_by"] is None:
+                    return outcome_id
+                outcome_id = row["resumed_by"]
+            return outcome_id
 
     def pause_model(self, model: str, until_s: float) -> None:
         """Hold every worker's requests to `model` until `until_s` (a Retry-After), never

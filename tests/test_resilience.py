@@ -123,6 +123,34 @@ def test_kill_9_then_rerun_finishes_each_ticket_exactly_once(project):
     assert sorted(runs.values()).count("crashed") == 2
 
 
+def test_after_kill_9_only_the_requests_in_flight_are_asked_again(project):
+    """Durable at the step: a ticket killed after some of its model requests resumes in the next
+    run from their checkpoints (the engine's DBOS workflow), so the two runs together ask the
+    model what one clean run asks, plus at most the requests in flight at the kill."""
+    with FakeOpenAI(Faults(latency_s=0.3)) as server:
+        env = {"OPENAI_API_KEY": "sk-test-aaaaaaaa", "OPENAI_BASE_URL": server.base_url}
+        proc = crewbatch(project, "run", "--model", "fake-model", "--limit", "8",
+                         "--concurrency", "4", env=env)
+        deadline = time.monotonic() + 120
+        while len(server.requests) < 14:  # every ticket in flight is a few requests in
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.02)
+        proc.kill()
+        proc.wait()
+        asked_before_kill = len(server.requests)
+        final = crewbatch(project, "run", "--model", "fake-model", "--limit", "8", env=env)
+        out, err = final.communicate(timeout=300)
+        assert final.returncode == 0, err
+        both = len(server.requests)
+        clean = crewbatch(project, "run", "--model", "fake-model", "--limit", "8",
+                          "--reprocess", env=env)
+        out, err = clean.communicate(timeout=300)
+        assert clean.returncode == 0, err
+        one_clean_run = len(server.requests) - both
+    assert asked_before_kill >= 14
+    assert both <= one_clean_run + 4, (both, one_clean_run)
+
+
 def test_retry_reruns_only_the_failed_tickets(project, cli, results):
     settings = project / "config/settings.yaml"
     settings.write_text(settings.read_text().replace("max_attempts: 4", "max_attempts: 1"))
