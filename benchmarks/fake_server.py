@@ -75,7 +75,7 @@ class FakeOpenAI:
 
     def __init__(self, faults: Faults | None = None, *, keep_bodies: bool = True,
                  on_request: Callable[[dict], None] | None = None, port: int = 0,
-                 replies=None):
+                 replies=None, host: str = "127.0.0.1"):
         self.faults = faults or Faults()
         self.replies = replies if replies is not None else sample_replies()
         self.requests: list[dict] = []
@@ -105,7 +105,8 @@ class FakeOpenAI:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 status, payload, headers = server.handle(self.path, body,
-                                                         dict(self.headers.items()))
+                                                         dict(self.headers.items()),
+                                                         self.client_address[0])
                 self._send(status, payload, headers)
 
             def _send(self, status, payload, headers=None):
@@ -121,7 +122,8 @@ class FakeOpenAI:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout on a hung call)
 
-        self.httpd = _Server(("127.0.0.1", port), Handler)
+        # `host` "0.0.0.0" only for the tests' own network namespaces (tests/test_multihost.py).
+        self.httpd = _Server((host, port), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
@@ -156,7 +158,7 @@ class FakeOpenAI:
             return "malformed"
         return None
 
-    def handle(self, path: str, body: dict, headers: dict):
+    def handle(self, path: str, body: dict, headers: dict, peer: str = ""):
         fmt = body.get("response_format") or {}
         schema = (fmt.get("json_schema") or {}).get("name") if fmt.get("type") == "json_schema" \
             else None
@@ -173,6 +175,7 @@ class FakeOpenAI:
                 hang = max(hang, self.faults.random_hang_s)
             malformed = malformed or fault == "malformed"
             record = {"path": path, "body": body, "headers": headers, "at": time.monotonic(),
+                      "peer": peer,
                       "fault": fault or (str(error) if error else None)}
             self.requests.append(record)
         if self.on_request is not None:

@@ -116,6 +116,10 @@ encoding_option = click.option("--encoding", help="Text encoding of the sources,
 @click.option("--workers", type=click.IntRange(1, 64),
               help="Processes on this machine sharing the work (CPU-bound runs on several cores; "
                    "default 1). Other hosts join with `crewbatch worker`.")
+@click.option("--worker-concurrency", type=click.IntRange(1, 256),
+              help="Tickets one process works at once, this one or any worker that joins "
+                   "(default: --concurrency divided by --workers); with workers on other hosts, "
+                   "set it below --concurrency so they get tickets too.")
 @click.option("--batch-size", type=click.IntRange(1, 10_000),
               help="Records read and registered in the ledger per batch.")
 @click.option("--revision-limit", type=click.IntRange(0, 10),
@@ -133,8 +137,9 @@ encoding_option = click.option("--encoding", help="Text encoding of the sources,
 @format_option
 @encoding_option
 @click.pass_obj
-def run(obj: Context, sources, offline, model, concurrency, workers, batch_size, revision_limit,
-        limit, reprocess, max_cost, max_minutes, new_ledger, fmt, encoding):
+def run(obj: Context, sources, offline, model, concurrency, workers, worker_concurrency,
+        batch_size, revision_limit, limit, reprocess, max_cost, max_minutes, new_ledger, fmt,
+        encoding):
     """Process tickets from SOURCE files (default: `sources` in settings.yaml).
 
     Prints the run id on stdout and writes runs/RUN_ID/results.csv.
@@ -154,7 +159,8 @@ def run(obj: Context, sources, offline, model, concurrency, workers, batch_size,
         "offline": offline, "model": model, "concurrency": concurrency,
         "batch_size": batch_size, "revision_limit": revision_limit, "limit": limit,
         "reprocess": reprocess, "max_cost": max_cost, "max_minutes": max_minutes,
-        "workers": workers, "new_ledger": new_ledger})
+        "workers": workers, "worker_concurrency": worker_concurrency,
+        "new_ledger": new_ledger})
     _run_and_report(pipeline.run, config, options, list(sources), intake_options)
 
 

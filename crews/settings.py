@@ -650,6 +650,9 @@ class RunOptions:
     max_cost: float | None = None
     max_minutes: float | None = None
     workers: int = 1
+    # Tickets one process (this one, a --workers process or a `crewbatch worker`) works at once;
+    # None = concurrency / workers.
+    worker_concurrency: int | None = None
     new_ledger: bool = False  # start a new ledger although earlier run folders exist
     # False (only `crewbatch eval`): the crew decides every action, nothing is carried out.
     side_effects: bool = True
@@ -684,7 +687,8 @@ def resolve_options(config: Config, cli: dict[str, Any], environ=os.environ) -> 
         base["model"] = OFFLINE
     return RunOptions(limit=cli.get("limit"), reprocess=bool(cli.get("reprocess")),
                       max_cost=cli.get("max_cost"), max_minutes=cli.get("max_minutes"),
-                      new_ledger=bool(cli.get("new_ledger")), **base)
+                      new_ledger=bool(cli.get("new_ledger")),
+                      worker_concurrency=cli.get("worker_concurrency"), **base)
 
 
 def slug(text: str) -> str:

@@ -24,7 +24,7 @@ from .settings import Config, RunOptions
 
 def share(options: RunOptions) -> int:
     """Tickets in flight per process: the run's concurrency split over its local processes."""
-    return max(1, -(-options.concurrency // max(1, options.workers)))
+    return options.worker_concurrency or max(1, -(-options.concurrency // max(1, options.workers)))
 
 
 def _die_with_parent() -> None:
@@ -84,7 +84,8 @@ def work_run(config: Config, ledger, run_id: str, concurrency: int | None,
     run = ledger.run(run_id)
     opts = json.loads(run["options_json"] or "{}")
     processes = int(opts.get("workers") or 1)
-    threads = concurrency or max(1, -(-int(opts.get("concurrency") or 1) // processes))
+    threads = concurrency or int(opts.get("worker_concurrency") or 0) or \
+        max(1, -(-int(opts.get("concurrency") or 1) // processes))
     started = datetime.fromisoformat(run["started_utc"].replace("Z", "+00:00")).timestamp()
     framework.prepare(config.runs_dir / ".crewai")
     from .crew import CrewRunner

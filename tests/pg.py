@@ -26,6 +26,7 @@ from urllib.parse import quote
 import pytest
 
 USER = "crewbatch"
+TEST_HOSTS = "10.77.0.0/16"
 # Characters a URL must escape, so that both quoting and redaction are exercised.
 PASSWORD = "s3cret:pw@test/#"
 _databases = itertools.count(1)
@@ -72,7 +73,11 @@ class Server:
                 os.chown(p, entry.pw_uid, entry.pw_gid)
         self._run("initdb", "-D", str(self.data), "-U", USER, f"--pwfile={pwfile}", "-E", "UTF8",
                   "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync")
-        options = (f"-k {self.home} -c listen_addresses=127.0.0.1 -p {self.port} -c fsync=off "
+        # The tests' own hosts (network namespaces, tests/test_multihost.py) reach it over veth
+        # links in 10.77.0.0/16: listen on every address, let only those and loopback in.
+        with open(self.data / "pg_hba.conf", "a") as hba:
+            hba.write(f"host all {USER} {TEST_HOSTS} scram-sha-256\n")
+        options = (f"-k {self.home} -c listen_addresses='*' -p {self.port} -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.home / "server.log"), "-w",
                   "-t", "60", "-o", options, "start")

@@ -1,0 +1,128 @@
+"""Three worker hosts on one PostgreSQL ledger: each `crewbatch worker` in a network namespace of
+its own, reaching the database and the model only over its veth link; one is killed with SIGKILL
+mid-run. The run completes without an operator, its tickets are finished by the live workers,
+no ticket has two outcomes and no reply is written twice."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from crews.ledger import Ledger
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fake_openai import FakeOpenAI, Faults  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+HOSTS = 3
+
+
+def _ip(*args: str, ns: str | None = None) -> None:
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + ["ip", *args]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def hosts():
+    """HOSTS network namespaces, host i at 10.77.i.2 with a veth link to 10.77.i.1 here."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("multi-host test skipped: needs root and iproute2 (`ip netns`)")
+    tag = f"{os.getpid() % 10000}"
+    made = []
+    try:
+        for i in range(1, HOSTS + 1):
+            ns, here, there = f"cbt{tag}h{i}", f"cb{tag}a{i}", f"cb{tag}b{i}"
+            _ip("netns", "add", ns)
+            made.append((ns, here))
+            _ip("link", "add", here, "type", "veth", "peer", "name", there)
+            _ip("link", "set", there, "netns", ns)
+            _ip("addr", "add", f"10.77.{i}.1/24", "dev", here)
+            _ip("link", "set", here, "up")
+            _ip("addr", "add", f"10.77.{i}.2/24", "dev", there, ns=ns)
+            _ip("link", "set", there, "up", ns=ns)
+            _ip("link", "set", "lo", "up", ns=ns)
+    except subprocess.CalledProcessError as exc:
+        for ns, here in made:
+            subprocess.run(["ip", "link", "del", here], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        pytest.skip(f"multi-host test skipped: cannot make network namespaces ({exc.stderr})")
+    yield [ns for ns, _ in made]
+    for ns, here in made:
+        subprocess.run(["ip", "link", "del", here], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_three_hosts_share_a_run_and_a_killed_one_is_taken_over(project, pg_server, pg_url,
+                                                                hosts):
+    settings = project / "config/settings.yaml"
+    settings.write_text(settings.read_text() + "\nlease_s: 3\n")
+    port = pg_server.port
+    with FakeOpenAI(Faults(latency_s=0.3), host="0.0.0.0") as server:
+        model_port = server.base_url.rsplit(":", 1)[1].split("/")[0]
+        base = {**os.environ, "OPENAI_API_KEY": "sk-test-aaaaaaaa", "PYTHONPATH": str(REPO),
+                "CREWAI_DISABLE_TELEMETRY": "true", "CREWAI_TRACING_ENABLED": "false"}
+        workers = []
+        for i, ns in enumerate(hosts, start=1):
+            env = {**base,
+                   "CREWBATCH_DATABASE_URL": pg_url.replace("127.0.0.1", f"10.77.{i}.1"),
+                   "OPENAI_BASE_URL": f"http://10.77.{i}.1:{model_port}/v1"}
+            log = open(project / f"worker{i}.log", "w")
+            workers.append(subprocess.Popen(
+                ["ip", "netns", "exec", ns, sys.executable, "-m", "crews", "--root",
+                 str(project), "worker", "--once", "--concurrency", "2"],
+                env=env, stdout=log, stderr=log))
+        run = subprocess.Popen(
+            [sys.executable, "-m", "crews", "--root", str(project), "run", "--model",
+             "fake-model", "--limit", "30", "--concurrency", "8", "--worker-concurrency", "2"],
+            env={**base, "CREWBATCH_DATABASE_URL": pg_url, "OPENAI_BASE_URL": server.base_url},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        victim = workers[0]
+        with Ledger(pg_url) as ledger:
+            deadline = time.monotonic() + 240
+            while True:  # until the victim holds tickets in flight
+                assert time.monotonic() < deadline and run.poll() is None
+                run_id = ledger.active_run()
+                held = [o for o in ledger.outcomes(run_id)
+                        if o["status"] == "running" and o["claimed_by"]
+                        and o["claimed_by"] in {w["executor_id"] for w in ledger.workers(run_id)
+                                                if w["pid"] == victim.pid}] if run_id else []
+                if held:
+                    break
+                time.sleep(0.1)
+        victim.send_signal(signal.SIGKILL)
+        out, err = run.communicate(timeout=300)
+        for w in workers[1:]:
+            w.wait(timeout=120)
+    assert run.returncode == 0, err[-3000:]
+    # Every worker reached the model only through its own link (10.77.i.1); none has a route
+    # anywhere else, and the run's own process used loopback.
+    peers = {r["peer"] for r in server.requests}
+    with Ledger(pg_url) as ledger:
+        run_id = out.strip()
+        outcomes = ledger.outcomes(run_id)
+        roster = {w["executor_id"]: w for w in ledger.workers(run_id)}
+        events = [e for o in outcomes for e in ledger.outcome_trail(o["outcome_id"])["events"]]
+    assert len(outcomes) == 30
+    assert {o["status"] for o in outcomes} <= {"approved", "needs_human"}
+    assert len({o["ticket_id"] for o in outcomes}) == 30
+    states = sorted((w["role"], w["state"]) for w in roster.values())
+    assert states == [("run", "left"), ("worker", "dead"), ("worker", "left"),
+                      ("worker", "left")]
+    dead = next(e for e, w in roster.items() if w["state"] == "dead")
+    assert {held_o["outcome_id"] for held_o in held} <= {
+        o["outcome_id"] for o in outcomes if o["claimed_by"] != dead}
+    assert any(f"from {dead}" in e["detail"] for e in events)  # taken over
+    by = {roster[o["claimed_by"]]["pid"] for o in outcomes}
+    assert len(by) >= 3  # the run's process and at least two hosts recorded tickets
+    outbox = [p.name for p in (project / "runs").glob("*/outbox/*.eml")]
+    assert len(outbox) == len(set(outbox)) == sum(o["status"] == "approved" for o in outcomes)
+    assert "127.0.0.1" in peers and peers <= {"127.0.0.1"} | {f"10.77.{i}.2"
+                                                              for i in range(1, HOSTS + 1)}
+    assert len(peers - {"127.0.0.1"}) >= 2  # at least two hosts asked the model themselves
