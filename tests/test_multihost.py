@@ -59,11 +59,9 @@ def hosts():
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def test_three_hosts_share_a_run_and_a_killed_one_is_taken_over(project, pg_server, pg_url,
-                                                                hosts):
+def test_three_hosts_share_a_run_and_a_killed_one_is_taken_over(project, pg_url, hosts):
     settings = project / "config/settings.yaml"
     settings.write_text(settings.read_text() + "\nlease_s: 3\n")
-    port = pg_server.port
     with FakeOpenAI(Faults(latency_s=0.3), host="0.0.0.0") as server:
         model_port = server.base_url.rsplit(":", 1)[1].split("/")[0]
         base = {**os.environ, "OPENAI_API_KEY": "sk-test-aaaaaaaa", "PYTHONPATH": str(REPO),
