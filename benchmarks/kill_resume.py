@@ -370,6 +370,7 @@ def benchmark(tickets: int = 300, kills: int = 10, concurrency: int = 16, latenc
         for w in watches:
             w.join()
         report.settings["benchmark_s"] = round(time.monotonic() - began, 1)
+        report.settings["model_requests"] = len(server.requests)
         verify(report, project, source)
     finally:
         # Leave no process of ours behind, even when a run timed out or a check raised.
@@ -426,6 +427,12 @@ def verify(report: Report, project: Path, source: Path) -> None:
     crashed = q("SELECT COUNT(*) FROM runs WHERE status = 'crashed'").fetchone()[0]
     running = q("SELECT COUNT(*) FROM outcomes WHERE status = 'running'").fetchone()[0]
     effects = [dict(r) for r in q("SELECT idempotency_key, kind, detail FROM side_effects")]
+    # Requests whose answers no final outcome used: asked by a killed run and asked again. The
+    # engine checkpoints each answered request, so only those in flight at a kill may repeat.
+    kept = q("SELECT COUNT(*) FROM model_calls m JOIN outcomes o ON o.outcome_id = m.outcome_id "
+             f"WHERE o.status IN ({final_marks}) AND m.replayed = 0").fetchone()[0]
+    resumed = q("SELECT COUNT(*) FROM model_calls m JOIN outcomes o ON o.outcome_id = "
+                f"m.outcome_id WHERE o.status IN ({final_marks}) AND m.replayed = 1").fetchone()[0]
     keys_twice = [k for k, n in Counter(e["idempotency_key"] for e in effects).items() if n > 1]
     db.close()
 
@@ -453,6 +460,11 @@ def verify(report: Report, project: Path, source: Path) -> None:
 
     check("input tickets with a final outcome", len(finished_ids & set(input_ids)), n)
     check("tickets approved/needs_human twice", twice, [])
+    asked_again = report.settings.get("model_requests", kept) - kept
+    in_flight = sum(r.running_at_kill for r in report.runs if r.killed)
+    report.settings["requests_answered_from_checkpoints"] = resumed
+    check("model requests asked again after a kill", asked_again,
+          f"<= {in_flight} (one per ticket in flight at a kill)", ok=asked_again <= in_flight)
     check("kills that landed mid-run", len(killed), k)
     check("runs marked crashed", crashed, k)
     check("killed runs not marked crashed", [r.index for r in killed if r.status != "crashed"], [])
