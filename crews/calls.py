@@ -103,9 +103,12 @@ class RateLimiter:
     """
 
     def __init__(self, requests_per_minute: int | None, tokens_per_minute: int | None,
-                 shared_pause: Any = None):
+                 shared_pause: Any = None, fleet: Any = None):
         self.rpm = requests_per_minute
         self.tpm = tokens_per_minute
+        # The run's window in the ledger (engine.FleetWindow: tokens -> seconds to wait), when
+        # the limits hold for every worker together; then this process keeps no window of its own.
+        self._fleet = fleet
         self._lock = threading.Lock()
         self._calls: deque[tuple[float, int]] = deque()
         self._paused_until = 0.0
@@ -134,8 +137,12 @@ class RateLimiter:
                     used = sum(t for _, t in self._calls)
                     if used + tokens > self.tpm:
                         wait = max(wait, 60 - (now - self._calls[0][0]))
-                if wait <= 0:
+                if wait <= 0 and self._fleet is None:
                     self._calls.append((now, tokens))
+                    return
+            if wait <= 0:
+                wait = self._fleet(tokens)
+                if wait <= 0:
                     return
             if deadline is not None and time.monotonic() + wait > deadline:
                 raise TicketDeadlineExceeded("the ticket's deadline passed while waiting for the "

@@ -353,3 +353,32 @@ def shared_pauses(config, ledger: Ledger, default_model: str) -> dict[str, Share
 
     return {m: SharedPause(ledger, m) for m in set(role_models(config, default_model).values())}
 
+
+class FleetWindow:
+    """A model's requests- and tokens-per-minute limits for the whole fleet, kept in the ledger
+    (`Ledger.take_request_slot`): N workers on N hosts together stay within the provider's
+    limit, and an idle worker leaves its room to the busy ones (a per-process share would not).
+    Called by `calls.RateLimiter` with a request's tokens: 0 = go, else seconds to wait."""
+
+    def __init__(self, ledger: Ledger, model: str, rpm: int | None, tpm: int | None,
+                 window_s: float = 60.0):
+        self.ledger, self.model, self.rpm, self.tpm = ledger, model, rpm, tpm
+        self.window_s = window_s  # a minute; shorter only in tests
+
+    def __call__(self, tokens: int) -> float:
+        return self.ledger.take_request_slot(self.model, self.rpm, self.tpm, tokens, time.time(),
+                                             self.window_s)
+
+
+def fleet_windows(config, ledger: Ledger, default_model: str) -> dict[str, FleetWindow]:
+    """One `FleetWindow` per rate-limited model the run's roles use (for `llms.build_llms`)."""
+    from .llms import role_models
+
+    out = {}
+    for model in set(role_models(config, default_model).values()):
+        limit = config.settings.rate_limits.get(model)
+        if limit and (limit.requests_per_minute or limit.tokens_per_minute):
+            out[model] = FleetWindow(ledger, model, limit.requests_per_minute,
+                                     limit.tokens_per_minute)
+    return out
+

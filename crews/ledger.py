@@ -246,7 +246,16 @@ ALTER TABLE runs ADD COLUMN stop_requested TEXT NOT NULL DEFAULT '';
 CREATE TABLE model_pauses (
     model    TEXT PRIMARY KEY,
     until_s  REAL NOT NULL
-)
+);
+-- Every worker's requests to a rate-limited model in the last minute: its requests- and
+-- tokens-per-minute limits hold for the whole fleet, not per process (crews/engine.py).
+CREATE TABLE model_requests (
+    request_id  INTEGER PRIMARY KEY,
+    model       TEXT NOT NULL,
+    at_s        REAL NOT NULL,              -- seconds since the epoch
+    tokens      INTEGER NOT NULL
+);
+CREATE INDEX model_requests_at ON model_requests (model, at_s)
 """),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -443,7 +452,7 @@ POSTGRES = _Dialect(
         (r"json_extract\(([\w.]+), '\$\.(\w+)'\)", r"(\1::json ->> '\2')"),
     ))
 # Keys of the transaction-scoped advisory locks `_Dialect.serialize` takes on PostgreSQL.
-MIGRATIONS_LOCK, REFUNDS_LOCK = 0x63726577_0001, 0x63726577_0002
+MIGRATIONS_LOCK, REFUNDS_LOCK, RATE_LOCK = 0x63726577_0001, 0x63726577_0002, 0x63726577_0003
 
 
 RESULT_FIELDS = ("category", "priority", "language", "draft_reply", "critic_verdict",
@@ -952,6 +961,27 @@ class Ledger:
                        "(model) DO UPDATE SET until_s = CASE WHEN excluded.until_s > "
                        "model_pauses.until_s THEN excluded.until_s ELSE model_pauses.until_s END",
                        (model, until_s))
+
+    def take_request_slot(self, model: str, rpm: int | None, tpm: int | None, tokens: int,
+                          now_s: float, window_s: float = 60.0) -> float:
+        """Room for one request of `tokens` to `model` in the fleet's last minute: 0.0 and the
+        request counted, or the seconds to wait. One transaction (serialised: an advisory lock
+        on PostgreSQL, the write lock on SQLite), so workers never pass a limit together."""
+        with self._tx() as db:
+            self._serialize(db, RATE_LOCK)
+            db.execute("DELETE FROM model_requests WHERE model = ? AND at_s <= ?",
+                       (model, now_s - window_s))
+            count, used, oldest = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(tokens), 0), MIN(at_s) FROM model_requests "
+                "WHERE model = ?", (model,)).fetchone()
+            wait = 0.0
+            if count and ((rpm and count >= rpm) or (tpm and used + tokens > tpm)):
+                wait = oldest + window_s - now_s
+            if wait <= 0:
+                db.execute("INSERT INTO model_requests (model, at_s, tokens) VALUES (?, ?, ?)",
+                           (model, now_s, tokens))
+                return 0.0
+            return wait
 
     def model_paused_until(self, model: str) -> float:
         with self._lock:

@@ -47,7 +47,8 @@ def preflight(config: Config, default_model: str, environ=os.environ) -> None:
 
 
 def build_llms(config: Config, default_model: str, environ=os.environ,
-               processes: int = 1, pauses: dict[str, Any] | None = None) -> dict[str, Any]:
+               processes: int = 1, pauses: dict[str, Any] | None = None,
+               fleet: dict[str, Any] | None = None) -> dict[str, Any]:
     """One managed LLM per distinct model name, shared by the roles that use it (thread-safe).
 
     Each is wrapped in `calls.ManagedLLM`, so every call to that model shares one rate limiter
@@ -64,10 +65,15 @@ def build_llms(config: Config, default_model: str, environ=os.environ,
     for role, model in role_models(config, default_model).items():
         if model not in built:
             limit = config.settings.rate_limits.get(model)
-            # With --workers each process gets an equal share of the model's limits.
-            limiter = RateLimiter(_share(limit.requests_per_minute if limit else None, processes),
-                                  _share(limit.tokens_per_minute if limit else None, processes),
-                                  (pauses or {}).get(model))
+            window = (fleet or {}).get(model)
+            # The fleet's window in the ledger holds the whole limit for every worker together;
+            # without one, each of the `processes` gets an equal share.
+            limiter = RateLimiter(
+                None if window else _share(limit.requests_per_minute if limit else None,
+                                           processes),
+                None if window else _share(limit.tokens_per_minute if limit else None,
+                                           processes),
+                (pauses or {}).get(model), window)
             built[model] = ManagedLLM(_build(config, model, environ), policy, limiter)
         out[role] = built[model]
     return out

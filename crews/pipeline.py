@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import export, framework, intake, report, worker
-from .engine import Engine, shared_pauses
+from .engine import Engine, fleet_windows, shared_pauses
 from .knowledge import Orders
 from .ledger import Ledger, LedgerError
 from .llms import build_llms, preflight, role_models
@@ -198,7 +198,9 @@ def run(config: Config, options: RunOptions, sources: list[str],
             runner = CrewRunner(config, build_llms(config, options.model, environ,
                                                    processes=options.workers,
                                                    pauses=shared_pauses(config, ledger,
-                                                                        options.model)),
+                                                                        options.model),
+                                                   fleet=fleet_windows(config, ledger,
+                                                                       options.model)),
                                 kb, orders, options.revision_limit)
             runner.warm(share(options))
             runner.refund_history = ledger.refund_history

@@ -74,7 +74,7 @@ def work_run(config: Config, ledger, run_id: str, concurrency: int | None,
              stop: threading.Event) -> int:
     """Work `run_id`'s tickets until the run ends or `stop`; the number of tickets recorded."""
     from . import framework
-    from .engine import Engine, shared_pauses
+    from .engine import Engine, fleet_windows, shared_pauses
     from .knowledge import Orders
     from .llms import build_llms
     from .retrieval import knowledge_for_run
@@ -91,7 +91,8 @@ def work_run(config: Config, ledger, run_id: str, concurrency: int | None,
     from .crew import CrewRunner
 
     runner = CrewRunner(config, build_llms(config, run["model"], processes=processes,
-                                           pauses=shared_pauses(config, ledger, run["model"])),
+                                           pauses=shared_pauses(config, ledger, run["model"]),
+                                           fleet=fleet_windows(config, ledger, run["model"])),
                         knowledge_for_run(config, processes=processes),
                         Orders(config.orders_file), int(opts.get("revision_limit") or 0))
     runner.warm(threads)

@@ -79,3 +79,51 @@ def test_a_retry_after_reaches_every_worker_through_the_ledger(tmp_path):
     free.acquire(0)
     assert time.monotonic() - started < 1.0  # another model is not paused
     ledger.close()
+
+
+def _fleet_worker(ledger_path, rpm, n, out):
+    """A worker on another host: its own ledger connection, the fleet's window."""
+    from crews.calls import RateLimiter
+    from crews.engine import FleetWindow
+    from crews.ledger import Ledger
+
+    with Ledger(ledger_path) as ledger:
+        limiter = RateLimiter(None, None, None, FleetWindow(ledger, "m", rpm, None, window_s=4))
+        for _ in range(n):
+            limiter.acquire(10)
+            out.put(time.time())
+
+
+def test_the_fleet_stays_within_the_requests_per_minute_however_many_workers(tmp_path):
+    """Two workers wanting 5 and 3 requests, a fleet limit of 6 per window (4 s here, a minute
+    in a run): 6 go at once, shared as the workers need them — a per-process share (3 each)
+    would idle the second's room — and the rest wait for the window."""
+    framework.prepare(tmp_path / ".crewai")
+    from crews.ledger import Ledger
+
+    Ledger(tmp_path / "ledger.db").close()
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_fleet_worker, args=(tmp_path / "ledger.db", 6, n, out))
+             for n in (5, 3)]
+    for p in procs:
+        p.start()
+    times = sorted(out.get(timeout=60) for _ in range(8))
+    for p in procs:
+        p.join(30)
+    first_window = [t for t in times if t - times[0] < 3.5]
+    assert len(first_window) == 6  # the fleet's six, shared as the workers needed them
+    assert times[-1] - times[0] >= 3.9  # the seventh waited for the oldest to leave the window
+
+
+def test_a_fleet_window_counts_tokens_too(tmp_path):
+    from crews.ledger import Ledger
+
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        now = time.time()
+        assert ledger.take_request_slot("m", None, 100, 60, now) == 0.0
+        wait = ledger.take_request_slot("m", None, 100, 60, now + 1)
+        assert 58 < wait <= 59  # 120 tokens would pass 100 until the first leaves the window
+        assert ledger.take_request_slot("m", None, 100, 40, now + 1) == 0.0  # 100 fit
+        assert ledger.take_request_slot("m", None, 100, 60, now + 61) == 0.0  # window moved on
+        assert ledger.take_request_slot("other", 1, None, 0, now) == 0.0  # per model
