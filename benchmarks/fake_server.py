@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -59,6 +60,8 @@ class Faults:
     random_hang_s: float = 10.0
     rate_malformed: float = 0.0                       # share of structured answers cut in half
     seed: int = 0
+    # The provider's own limit: past this many requests in any 60 s, 429 (fault "limit").
+    requests_per_minute: int = 0
 
 
 class _Server(ThreadingHTTPServer):
@@ -83,6 +86,7 @@ class FakeOpenAI:
         self.on_request = on_request
         self._lock = threading.Lock()
         self._rng = random.Random(self.faults.seed)
+        self._window: deque[float] = deque()  # arrival times, for requests_per_minute
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -169,6 +173,14 @@ class FakeOpenAI:
             if malformed and error is None:
                 self.faults.malformed -= 1
             fault = self._draw(schema is not None)
+            if self.faults.requests_per_minute and path.endswith("/chat/completions"):
+                now = time.monotonic()
+                while self._window and now - self._window[0] >= 60:
+                    self._window.popleft()
+                if len(self._window) >= self.faults.requests_per_minute:
+                    fault, error = "limit", 429
+                else:
+                    self._window.append(now)
             if error is None and fault in ("429", "500"):
                 error = int(fault)
             if fault == "hang":

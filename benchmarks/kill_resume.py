@@ -427,8 +427,9 @@ def verify(report: Report, project: Path, source: Path) -> None:
     crashed = q("SELECT COUNT(*) FROM runs WHERE status = 'crashed'").fetchone()[0]
     running = q("SELECT COUNT(*) FROM outcomes WHERE status = 'running'").fetchone()[0]
     effects = [dict(r) for r in q("SELECT idempotency_key, kind, detail FROM side_effects")]
-    # Requests whose answers no final outcome used: asked by a killed run and asked again. The
-    # engine checkpoints each answered request, so only those in flight at a kill may repeat.
+    # Requests whose answers no final outcome used, live or from a checkpoint: asked by a killed
+    # run and asked again. The engine checkpoints each answered request, so only those in
+    # flight at a kill may repeat.
     kept = q("SELECT COUNT(*) FROM model_calls m JOIN outcomes o ON o.outcome_id = m.outcome_id "
              f"WHERE o.status IN ({final_marks}) AND m.replayed = 0").fetchone()[0]
     resumed = q("SELECT COUNT(*) FROM model_calls m JOIN outcomes o ON o.outcome_id = "
@@ -460,7 +461,8 @@ def verify(report: Report, project: Path, source: Path) -> None:
 
     check("input tickets with a final outcome", len(finished_ids & set(input_ids)), n)
     check("tickets approved/needs_human twice", twice, [])
-    asked_again = report.settings.get("model_requests", kept) - kept
+    # A request answered from its checkpoint was asked once, by the killed run: it counts once.
+    asked_again = report.settings.get("model_requests", kept + resumed) - kept - resumed
     in_flight = sum(r.running_at_kill for r in report.runs if r.killed)
     report.settings["requests_answered_from_checkpoints"] = resumed
     check("model requests asked again after a kill", asked_again,

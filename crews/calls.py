@@ -15,6 +15,7 @@ replay, answered from the recording (recording.py): no limiter, no network, no r
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 import time
@@ -40,6 +41,7 @@ from .recording import (
     response_of,
 )
 
+LOGGER = logging.getLogger("crewbatch.calls")
 # The deadline (time.monotonic()) of the ticket whose crew is running in this context.
 ticket_deadline: ContextVar[float | None] = ContextVar("crewbatch_ticket_deadline", default=None)
 # Told after every completed model request of this context, so the ticket's accounting can wait
@@ -267,6 +269,8 @@ class ManagedLLM(BaseLLM):
         if live:
             return live[0]
         if checkpoint.get("request_hash") != request.hash:
+            LOGGER.info("checkpoint not used: the request changed since it was made (step %s)",
+                        exchange.step if exchange is not None else "?")
             return self._live(exchange, messages, tools, callbacks, available_functions,
                               from_task, from_agent, response_model)
         recorded = RecordedCall(0, "", request.hash, "", None, checkpoint["response"])

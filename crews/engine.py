@@ -378,7 +378,9 @@ def fleet_windows(config, ledger: Ledger, default_model: str) -> dict[str, Fleet
     for model in set(role_models(config, default_model).values()):
         limit = config.settings.rate_limits.get(model)
         if limit and (limit.requests_per_minute or limit.tokens_per_minute):
+            # A second more than the provider's minute: a request counted here reaches the
+            # provider a little later, and its window must not see the next one early.
             out[model] = FleetWindow(ledger, model, limit.requests_per_minute,
-                                     limit.tokens_per_minute)
+                                     limit.tokens_per_minute, window_s=61.0)
     return out
 

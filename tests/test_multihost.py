@@ -6,7 +6,6 @@ no ticket has two outcomes and no reply is written twice."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,45 +17,21 @@ import pytest
 from crews.ledger import Ledger
 
 sys.path.insert(0, str(Path(__file__).parent))
+import netns  # noqa: E402
 from fake_openai import FakeOpenAI, Faults  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HOSTS = 3
 
 
-def _ip(*args: str, ns: str | None = None) -> None:
-    cmd = (["ip", "netns", "exec", ns] if ns else []) + ["ip", *args]
-    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30)
-
-
 @pytest.fixture
 def hosts():
-    """HOSTS network namespaces, host i at 10.77.i.2 with a veth link to 10.77.i.1 here."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("multi-host test skipped: needs root and iproute2 (`ip netns`)")
-    tag = f"{os.getpid() % 10000}"
-    made = []
+    """HOSTS network namespaces (tests/netns.py)."""
     try:
-        for i in range(1, HOSTS + 1):
-            ns, here, there = f"cbt{tag}h{i}", f"cb{tag}a{i}", f"cb{tag}b{i}"
-            _ip("netns", "add", ns)
-            made.append((ns, here))
-            _ip("link", "add", here, "type", "veth", "peer", "name", there)
-            _ip("link", "set", there, "netns", ns)
-            _ip("addr", "add", f"10.77.{i}.1/24", "dev", here)
-            _ip("link", "set", here, "up")
-            _ip("addr", "add", f"10.77.{i}.2/24", "dev", there, ns=ns)
-            _ip("link", "set", there, "up", ns=ns)
-            _ip("link", "set", "lo", "up", ns=ns)
-    except subprocess.CalledProcessError as exc:
-        for ns, here in made:
-            subprocess.run(["ip", "link", "del", here], capture_output=True)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        pytest.skip(f"multi-host test skipped: cannot make network namespaces ({exc.stderr})")
-    yield [ns for ns, _ in made]
-    for ns, here in made:
-        subprocess.run(["ip", "link", "del", here], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        with netns.hosts(HOSTS) as names:
+            yield names
+    except netns.Unavailable as exc:
+        pytest.skip(f"multi-host test skipped: {exc}")
 
 
 def test_three_hosts_share_a_run_and_a_killed_one_is_taken_over(project, pg_url, hosts):
@@ -69,8 +44,8 @@ def test_three_hosts_share_a_run_and_a_killed_one_is_taken_over(project, pg_url,
         workers = []
         for i, ns in enumerate(hosts, start=1):
             env = {**base,
-                   "CREWBATCH_DATABASE_URL": pg_url.replace("127.0.0.1", f"10.77.{i}.1"),
-                   "OPENAI_BASE_URL": f"http://10.77.{i}.1:{model_port}/v1"}
+                   "CREWBATCH_DATABASE_URL": pg_url.replace("127.0.0.1", netns.gateway(i)),
+                   "OPENAI_BASE_URL": f"http://{netns.gateway(i)}:{model_port}/v1"}
             log = open(project / f"worker{i}.log", "w")
             workers.append(subprocess.Popen(
                 ["ip", "netns", "exec", ns, sys.executable, "-m", "crews", "--root",
