@@ -214,6 +214,11 @@ class ManagedLLM(BaseLLM):
     def requests(self) -> int:
         return self._requests
 
+    @property
+    def inner(self) -> Any:
+        """The wrapped model (llms.size_pools sizes its HTTP client's connection pool)."""
+        return self._inner
+
     def answer_misses_with(self, llm: Any) -> None:
         self._answerer = llm
 
