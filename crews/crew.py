@@ -34,7 +34,7 @@ from crewai_core.printer import set_suppress_console_output
 from . import gate
 from .actions import ActionDesk, Decision, action_tools
 from .calls import request_done, share_generic_cache, ticket_deadline
-from .executor import LeanExecutor
+from .executor import StepAgent
 from .knowledge import KnowledgeBase, Orders
 from .outputs import Draft, Finding, ProposedAction, Verdict, models
 from .recording import RequestChanged, Tape, current_exchange, recording_step
@@ -264,10 +264,10 @@ class CrewRunner:
             return self._idle[role].pop()
         except IndexError:
             spec = self.config.agents[role]
-            return Agent(role=spec.role, goal=spec.goal, backstory=spec.backstory,
-                         llm=self.llms[role], tools=[], max_iter=spec.max_iter,
-                         verbose=spec.verbose, allow_delegation=False, max_retry_limit=0,
-                         cache=False, executor_class=LeanExecutor)
+            return StepAgent(role=spec.role, goal=spec.goal, backstory=spec.backstory,
+                             llm=self.llms[role], tools=[], max_iter=spec.max_iter,
+                             verbose=spec.verbose, allow_delegation=False, max_retry_limit=0,
+                             cache=False)
 
     def warm(self, copies: int) -> None:
         """Build `copies` agents per role, with their executors, before the first ticket.
@@ -363,6 +363,10 @@ class CrewRunner:
             ticket_deadline.reset(deadline)
             result.usage = meter.total()
             result.calls = list(meter.calls)
+            # CrewAI's event bus keeps every event of this thread's context (its checkpoint
+            # record, prompts included) for as long as the context lives: ~0.3 MB a ticket,
+            # without end in a batch. Nothing of crewbatch reads it.
+            crewai_event_bus.reset_runtime_state()
         return result
 
     def _run(self, ticket: Ticket, meter: Meter, result: TicketResult) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from crewai import Agent
 from crewai.agents.agent_executor import AgentExecutor
 from crewai.agents.parser import AgentFinish
 from crewai.llms.cache import mark_cache_breakpoint
@@ -45,6 +46,8 @@ class LeanExecutor(AgentExecutor):
     # rebound per ticket, so their OpenAI schemas (pydantic schema generation) are made once.
     _schemas: dict[tuple[int, ...], tuple[list, dict, dict, list]] = PrivateAttr(
         default_factory=dict)
+    # The tools (by identity) the executor's prompt and tool lists were last built for.
+    _prepared_for: tuple[int, ...] | None = PrivateAttr(default=None)
 
     def invoke(self, inputs: dict[str, Any]) -> dict[str, Any]:
         if not self._handles(inputs):
@@ -156,3 +159,29 @@ class LeanExecutor(AgentExecutor):
             if not failed and getattr(tool, "result_as_answer", False):
                 return result
         return None
+
+
+class StepAgent(Agent):
+    """An `Agent` that re-points its executor at each task instead of rebuilding its setup.
+
+    `Agent.execute_task` calls `create_agent_executor` for every task: the tools parsed into
+    structured tools again, their text descriptions rendered, the system prompt rebuilt — the
+    same result every time for a pooled agent whose tools are the same objects (crewbatch's are
+    built once per thread). Then only the task and its output model change; for other tools
+    CrewAI's own setup runs.
+    """
+
+    executor_class: type[AgentExecutor] = LeanExecutor
+
+    def create_agent_executor(self, tools=None, task=None) -> None:
+        executor = self.agent_executor
+        key = tuple(id(t) for t in (tools if tools is not None else self.tools or []))
+        if isinstance(executor, LeanExecutor) and task is not None \
+                and executor._prepared_for == key:
+            executor.task = task
+            executor.response_model = (task.response_model or task.output_pydantic
+                                       or task.output_json)
+            return
+        super().create_agent_executor(tools=tools, task=task)
+        if isinstance(self.agent_executor, LeanExecutor):
+            self.agent_executor._prepared_for = key
