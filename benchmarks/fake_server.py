@@ -210,6 +210,10 @@ class FakeOpenAI:
         self.httpd.shutdown()
         self.httpd.server_close()
 
+    def forget_cache(self) -> None:
+        """Start with an empty prompt cache (a measured system must not reuse another's)."""
+        self.cache = PrefixCache()
+
     def inject(self, faults: Faults) -> None:
         """Switch to other faults mid-run; the random ones restart from `faults.seed`."""
         with self._lock:

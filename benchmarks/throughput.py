@@ -374,6 +374,7 @@ def run_crewbatch(server, recorder: Recorder, project: Path, n: int, concurrency
                   note: str = "", workers: int = 1) -> Measurement:
     """Run `crewbatch run` over the project's generated tickets as a child process."""
     start = len(server.requests)
+    server.forget_cache()
     args = [sys.executable, "-m", "crews", "--root", str(project), "run",
             str(project / "data/bench_tickets.csv"), "--model", "fake-model",
             "--concurrency", str(concurrency), "--batch-size", str(max(20, concurrency)),
@@ -681,6 +682,7 @@ def run_baseline(server, recorder: Recorder, work: Path, system: str, data: dict
     inputs = work / f"{system}-inputs.json"
     inputs.write_text(json.dumps(data))
     start = len(server.requests)
+    server.forget_cache()
     args = [sys.executable, str(Path(__file__).resolve()), "--child", system, "--inputs",
             str(inputs), "--base-url", server.base_url, "--concurrency", str(concurrency)]
     child = Child(args, child_env(server.base_url), work / "bench-logs", system)

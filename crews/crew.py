@@ -259,7 +259,14 @@ class CrewRunner:
         tools. Building them afresh per step cost ~20 ms of CPU a ticket (a new pydantic state
         class per executor); pooled, there are only as many as ever ran at once. Tool-result
         caching stays off, so no tool answer outlives its ticket.
+
+        A thread keeps the agents it used (`_checkin`): its tools are the same objects ticket after
+        ticket, so the agent's executor stays prepared for them (`executor.StepAgent`) instead
+        of being set up again for another thread's tools at every research and execute step.
         """
+        own = self._local.__dict__.setdefault("agents", {})
+        if role in own:
+            return own.pop(role)
         try:
             return self._idle[role].pop()
         except IndexError:
@@ -281,6 +288,7 @@ class CrewRunner:
         from .llms import size_pools
 
         size_pools(self.llms.values(), copies)
+        share_generic_cache(self.models.values())  # the structured answers' classes, built once
 
         if any(getattr(llm, "model", "") != "offline" for llm in self.llms.values()):
             # What the first HTTP call would import lazily (~500 modules of the openai SDK, 0.6 s):
@@ -294,10 +302,11 @@ class CrewRunner:
             for agent in built:
                 if agent.agent_executor is None:
                     agent.create_agent_executor(tools=[])
-                self._checkin(role, agent)
+                self._idle[role].append(agent)
 
     def _checkin(self, role: str, agent: Agent) -> None:
-        self._idle[role].append(agent)
+        """Back to this thread's own agents (a thread runs one ticket, so one step, at a time)."""
+        self._local.__dict__.setdefault("agents", {})[role] = agent
 
     def _kickoff(self, step: str, round_no: int, tools: list, values: dict[str, str],
                  meter: Meter, result: TicketResult) -> tuple[str, Any]:
