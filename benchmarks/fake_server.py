@@ -10,6 +10,10 @@ for tests that assert exact request counts, and random rates drawn from a seeded
 Retry-After, 500, hangs, malformed structured answers) for the benchmark's fault run. Every request
 is recorded, so callers can count and inspect what a client really sent.
 
+It simulates a provider's automatic prompt caching as OpenAI documents it: a request whose first
+1,024 tokens or more match a recent request's is served that shared prefix from the cache, counted
+in 128-token steps and reported as `usage.prompt_tokens_details.cached_tokens` (`PrefixCache`).
+
 It keeps up with many concurrent clients: a handler thread per connection, HTTP/1.1 keep-alive as
 real providers offer, and a listen backlog far above the default 5 — a full backlog drops SYNs and
 the client's retransmit adds a whole second to a request, which would masquerade as client overhead.
@@ -17,13 +21,14 @@ the client's retransmit adds a whole second to a request, which would masquerade
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import sys
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -64,6 +69,73 @@ class Faults:
     requests_per_minute: int = 0
 
 
+CHARS_PER_TOKEN = 4  # the server's token estimate, for prompt_tokens and the cache alike
+
+
+class PrefixCache:
+    """Which prefix of a request a provider's prompt cache would serve, as OpenAI describes it.
+
+    A request's prompt is its tools and structured-output schema (providers put them ahead of the
+    messages, and bill them as input) followed by its messages in order, role and content
+    (`prompt_text`): a request with other tools or another schema shares nothing. Prefixes are kept as a chain of hashes, one per
+    128-token block (`step` tokens of `CHARS_PER_TOKEN` characters), for the `capacity` most
+    recently seen blocks: a request is served the longest chain it shares with any recent request,
+    if that is at least `minimum` tokens, and then its own blocks become recent.
+    """
+
+    def __init__(self, minimum: int = 1024, step: int = 128, capacity: int = 200_000):
+        self.minimum, self.step, self.capacity = minimum, step, capacity
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def serve(self, body: dict) -> int:
+        """The cached tokens of this request (0 below the minimum), remembering its prefix."""
+        text = prompt_text(body)
+        block = self.step * CHARS_PER_TOKEN
+        digest = hashlib.sha1(str(body.get("model")).encode()).digest()
+        chain = []
+        for start in range(0, len(text) - block + 1, block):
+            digest = hashlib.sha1(digest + text[start:start + block].encode()).digest()
+            chain.append(digest)
+        with self._lock:
+            shared = 0
+            for i, digest in enumerate(chain):
+                if digest not in self._seen:
+                    break
+                shared = i + 1
+            for digest in chain:
+                self._seen[digest] = None
+                self._seen.move_to_end(digest)
+            while len(self._seen) > self.capacity:
+                self._seen.popitem(last=False)
+        tokens = shared * self.step
+        return tokens if tokens >= self.minimum else 0
+
+
+def prompt_text(body: dict) -> str:
+    """What the provider reads as the prompt: tools and schema first, then every message."""
+    head = "".join(json.dumps(body[k], sort_keys=True) for k in ("tools", "response_format")
+                   if body.get(k))
+    return head + "".join(f"<|{m.get('role')}|>{_content(m)}" for m in body.get("messages", []))
+
+
+def prompt_tokens_of(body: dict) -> int:
+    """The server's input token count: tools and schema (billed as input) and message contents."""
+    head = sum(len(json.dumps(body[k], sort_keys=True)) for k in ("tools", "response_format")
+               if body.get(k))
+    return (head + sum(len(str(m.get("content") or "")) for m in body.get("messages", []))) \
+        // CHARS_PER_TOKEN + 1
+
+
+def _content(message: dict) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    if message.get("tool_calls"):
+        return f"{content or ''}{json.dumps(message['tool_calls'], sort_keys=True)}"
+    return str(content or "")
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024  # the listen backlog; the default (5) drops bursts of connections
@@ -87,6 +159,7 @@ class FakeOpenAI:
         self._lock = threading.Lock()
         self._rng = random.Random(self.faults.seed)
         self._window: deque[float] = deque()  # arrival times, for requests_per_minute
+        self.cache = PrefixCache()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -142,6 +215,10 @@ class FakeOpenAI:
         self.httpd.shutdown()
         self.httpd.server_close()
 
+    def forget_cache(self) -> None:
+        """Start with an empty prompt cache (a measured system must not reuse another's)."""
+        self.cache = PrefixCache()
+
     def inject(self, faults: Faults) -> None:
         """Switch to other faults mid-run; the random ones restart from `faults.seed`."""
         with self._lock:
@@ -194,6 +271,9 @@ class FakeOpenAI:
             self.on_request(record)
         if not self.keep_bodies:
             record["body"] = None
+        # Looked up and stored on arrival: a provider caches the prefix when it reads the prompt.
+        cached = self.cache.serve(body) if error is None and path.rstrip("/").endswith(
+            "/chat/completions") else 0
         if self.faults.latency_s:
             time.sleep(self.faults.latency_s)
         if hang:
@@ -215,15 +295,18 @@ class FakeOpenAI:
             finish = "tool_calls"
         else:
             message["content"] = answer[: len(answer) // 2] if malformed else answer
-        prompt_tokens = sum(len(str(m.get("content") or "")) for m in messages) // 4 + 1
-        completion_tokens = len(json.dumps(answer)) // 4 + 1
+        prompt_tokens = prompt_tokens_of(body)
+        completion_tokens = len(json.dumps(answer)) // CHARS_PER_TOKEN + 1
+        cached_tokens = min(cached, prompt_tokens)
+        record.update(prompt_tokens=prompt_tokens, cached_tokens=cached_tokens,
+                      completion_tokens=completion_tokens)
         return 200, {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion",
             "created": int(time.time()), "model": body.get("model", "fake-model"),
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens,
-                      "prompt_tokens_details": {"cached_tokens": 0}},
+                      "prompt_tokens_details": {"cached_tokens": cached_tokens}},
         }, {}
 
 

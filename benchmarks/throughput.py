@@ -67,6 +67,22 @@ PROCESSED = ("approved", "needs_human", "failed")  # statuses of tickets a model
 ASYNC_THREADS = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default executor
 TICKET_ID = re.compile(r'"ticket_id": "((?:[^"\\]|\\.)*)"')
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PRICED_AS = "gpt-4o-mini"  # the fake model's tokens are priced as this model's (settings.yaml)
+
+
+def _prices() -> dict:
+    import yaml
+
+    return yaml.safe_load((REPO / "config/settings.yaml").read_text()).get("pricing") or {}
+
+
+PRICES = _prices()
+
+
+def token_counts(requests: list[dict]) -> dict[str, int]:
+    """The server's prompt, cached and completion token counts over these requests."""
+    return {k: sum(r.get(k) or 0 for r in requests)
+            for k in ("prompt_tokens", "cached_tokens", "completion_tokens")}
 
 
 # --- what one measured run yields ----------------------------------------------------------------
@@ -92,6 +108,11 @@ class Measurement:
     server_cpu_s: float = 0.0    # the fake server's CPU meanwhile (this process)
     steady_efficiency: float = 0.0  # requests in flight / C, over the middle 70 % of the run
     errors: dict[str, int] = field(default_factory=dict)  # failed tickets' errors (crewbatch)
+    # Input and output tokens as the server counted them, and the input its prompt cache served.
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    ledger_cached_tokens: int | None = None  # crewbatch: cached tokens its ledger's call rows hold
 
     @property
     def tickets_per_s(self) -> float:
@@ -117,6 +138,19 @@ class Measurement:
                           self.concurrency)
 
     @property
+    def cached_share(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    @property
+    def cost_per_ticket(self) -> float:
+        """USD per ticket at PRICED_AS's prices (settings.yaml), cached input at its price."""
+        from crews.pricing import cost_usd
+
+        cost = cost_usd(PRICES, PRICED_AS, self.prompt_tokens, self.completion_tokens,
+                        self.cached_tokens)
+        return cost / self.tickets if cost is not None and self.tickets else 0.0
+
+    @property
     def cpu_ms_per_call(self) -> float:
         return 1000 * self.cpu_s / self.calls if self.calls else 0.0
 
@@ -126,7 +160,9 @@ class Measurement:
         data.update(tickets_per_s=round(self.tickets_per_s, 3), k=round(self.k, 2),
                     ideal_tickets_per_s=round(self.ideal_tickets_per_s, 3),
                     efficiency=round(self.efficiency, 4), bound=round(self.bound, 4),
-                    cpu_ms_per_call=round(self.cpu_ms_per_call, 2))
+                    cpu_ms_per_call=round(self.cpu_ms_per_call, 2),
+                    cached_share=round(self.cached_share, 4),
+                    cost_per_ticket_usd=round(self.cost_per_ticket, 7), priced_as=PRICED_AS)
         return data
 
 
@@ -338,6 +374,7 @@ def run_crewbatch(server, recorder: Recorder, project: Path, n: int, concurrency
                   note: str = "", workers: int = 1) -> Measurement:
     """Run `crewbatch run` over the project's generated tickets as a child process."""
     start = len(server.requests)
+    server.forget_cache()
     args = [sys.executable, "-m", "crews", "--root", str(project), "run",
             str(project / "data/bench_tickets.csv"), "--model", "fake-model",
             "--concurrency", str(concurrency), "--batch-size", str(max(20, concurrency)),
@@ -355,6 +392,8 @@ def run_crewbatch(server, recorder: Recorder, project: Path, n: int, concurrency
     db = sqlite3.connect(project / "runs/ledger.db")
     started, finished = db.execute("SELECT started_utc, finished_utc FROM runs WHERE run_id = ?",
                                    (run_id,)).fetchone()
+    ledger_cached = db.execute("SELECT SUM(c.cached_tokens) FROM model_calls c JOIN outcomes o "
+                               "USING (outcome_id) WHERE o.run_id = ?", (run_id,)).fetchone()[0]
     db.close()
     with open(project / "runs" / run_id / "results.csv", encoding="utf-8-sig", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -370,7 +409,8 @@ def run_crewbatch(server, recorder: Recorder, project: Path, n: int, concurrency
         requests_by_ticket=dict(Counter(r.get("ticket", "") for r in requests)),
         faults=dict(Counter(r["fault"] for r in requests if r.get("fault"))), exit_code=code,
         sys_cpu_s=child.sys_cpu_s, server_cpu_s=child.server_cpu_s,
-        steady_efficiency=steady_efficiency(requests, concurrency, latency_s), errors=errors)
+        steady_efficiency=steady_efficiency(requests, concurrency, latency_s), errors=errors,
+        ledger_cached_tokens=ledger_cached, **token_counts(requests))
 
 
 def _utc(text: str) -> float:
@@ -385,7 +425,7 @@ def safe_block(tag: str, value) -> str:
     """crews.crew.data_block's rendering (JSON between tags; '<' escaped), plus: a `{word}` inside
     a string becomes `\\u007bword}`, the same JSON, so CrewAI's input interpolation leaves it be.
     (Kept here so the LangGraph child never imports CrewAI.)"""
-    text = json.dumps(value, ensure_ascii=False, indent=1).replace("<", "\\u003c")
+    text = json.dumps(value, ensure_ascii=False).replace("<", "\\u003c")
     text = re.sub(r"\{(?=\w)", r"\\u007b", text)
     return f"<{tag}>\n{text}\n</{tag}>"
 
@@ -402,7 +442,8 @@ def baseline_inputs(project: Path, n: int) -> dict:
     tickets = [t for t in intake.read_sources([project / "data/bench_tickets.csv"], options)
                if isinstance(t, Ticket)][:n]
     return {
-        "policy": policy_summary(config.policy),
+        "policy": policy_summary(config.policy, config.escalation),
+        "taxonomy": config.taxonomy.prompt(),
         "tickets": [{"ticket_id": t.ticket_id, "ticket": safe_block("ticket", t.as_prompt_data()),
                      "lookups": found} for t, found in zip(tickets, lookups(config, tickets),
                                                            strict=True)],
@@ -537,7 +578,8 @@ def crewai_child(data: dict, base_url: str, mode: str) -> dict:
     tasks: dict[str, Task] = {}
     for name, spec in data["tasks"].items():
         description = spec["description"].format_map(
-            {**CONTEXT_TEXT, "ticket": "{ticket}", "policy": "{policy}", "lookups": "{lookups}"})
+            {**CONTEXT_TEXT, "ticket": "{ticket}", "policy": "{policy}", "lookups": "{lookups}",
+             "taxonomy": data["taxonomy"]})
         tasks[name] = Task(description=description, expected_output=spec["expected_output"],
                            agent=agents[spec["agent"]],
                            context=[tasks[c] for c in spec["context"]] or None,
@@ -583,7 +625,8 @@ def langgraph_child(data: dict, base_url: str, concurrency: int) -> dict:
         spec = tasks[step]
         agent = agents[spec["agent"]]
         system = f"You are {agent['role']}. {agent['backstory']}\nYour goal: {agent['goal']}"
-        text = spec["description"].format_map({**CONTEXT_TEXT, "policy": policy, **values})
+        text = spec["description"].format_map({**CONTEXT_TEXT, "policy": policy,
+                                               "taxonomy": data["taxonomy"], **values})
         return [("system", system), ("user", f"{text}\n\n{spec['expected_output']}")]
 
     async def research(state: State) -> dict:
@@ -639,6 +682,7 @@ def run_baseline(server, recorder: Recorder, work: Path, system: str, data: dict
     inputs = work / f"{system}-inputs.json"
     inputs.write_text(json.dumps(data))
     start = len(server.requests)
+    server.forget_cache()
     args = [sys.executable, str(Path(__file__).resolve()), "--child", system, "--inputs",
             str(inputs), "--base-url", server.base_url, "--concurrency", str(concurrency)]
     child = Child(args, child_env(server.base_url), work / "bench-logs", system)
@@ -662,7 +706,8 @@ def run_baseline(server, recorder: Recorder, work: Path, system: str, data: dict
         note=note, process_wall_s=process_wall, exit_code=code,
         sys_cpu_s=child.sys_cpu_s, server_cpu_s=child.server_cpu_s,
         steady_efficiency=steady_efficiency(requests, concurrency, latency_s),
-        requests_by_ticket=dict(Counter(r.get("ticket", "") for r in requests)))
+        requests_by_ticket=dict(Counter(r.get("ticket", "") for r in requests)),
+        **token_counts(requests))
 
 
 def baseline_size(system: str, n: int, concurrency: int, latency_s: float, budget_s: float
@@ -822,6 +867,10 @@ def benchmark(tickets: int = 200, concurrency: int = 32, latency_s: float = 0.5,
             own_tmp.cleanup()
     langgraph = next((m for m in report.measurements if m.system == "langgraph"), None)
     for m in report.measurements:
+        if m.ledger_cached_tokens is not None:
+            report.notes.append(f"{m.system}: cached input {m.cached_tokens} of {m.prompt_tokens} "
+                                f"tokens at the server, {m.ledger_cached_tokens} in the ledger's "
+                                "model_calls rows")
         if langgraph and m.system.startswith("crewbatch") and "faults" not in m.system:
             report.notes.append(f"{m.system} / langgraph tickets/s: "
                                 f"{m.tickets_per_s / langgraph.tickets_per_s:.2f}")
@@ -833,9 +882,10 @@ def render(report: Report) -> str:
     lines = [f"throughput: {s['tickets']} tickets, concurrency {s['concurrency']}, "
              f"latency {s['latency_s']} s, {s['cpus']} CPUs, Python {s['python']}", "",
              "| system | tickets | calls | k | tickets/s | ideal/s | efficiency | bound "
-             "| of bound | steady | CPU ms/call | peak RSS MB | wall s | server CPU s | statuses "
-             "| note |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+             "| of bound | steady | CPU ms/call | peak RSS MB | wall s | server CPU s "
+             f"| cached input | $/ticket ({PRICED_AS}) | statuses | note |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:"
+             "|---|---|"]
     for m in report.measurements:
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(m.statuses.items()))
         lines.append(f"| {m.system} | {m.tickets} | {m.calls} | {m.k:.2f} | "
@@ -843,7 +893,8 @@ def render(report: Report) -> str:
                      f"{m.efficiency:.0%} | {m.bound:.0%} | "
                      f"{m.efficiency / m.bound if m.bound else 0:.0%} | {m.steady_efficiency:.0%} | "
                      f"{m.cpu_ms_per_call:.1f} | {m.peak_rss_mb:.0f} | "
-                     f"{m.wall_s:.1f} | {m.server_cpu_s:.1f} | {statuses} | {m.note} |")
+                     f"{m.wall_s:.1f} | {m.server_cpu_s:.1f} | {m.cached_share:.0%} | "
+                     f"{m.cost_per_ticket:.6f} | {statuses} | {m.note} |")
     if report.faults:
         f = report.faults
         lines += ["", f"fault run: {'OK' if f['ok'] else 'FAILED'} — {f['rows']} rows for "

@@ -49,23 +49,47 @@ ticket_deadline: ContextVar[float | None] = ContextVar("crewbatch_ticket_deadlin
 request_done: ContextVar[Any] = ContextVar("crewbatch_request_done", default=None)
 
 
-_thread_generics = threading.local()
+_generics_lock = threading.Lock()
+_shared_generics: tuple[Any, list] | None = None  # (pydantic's cache of them, the classes)
 
 
 def share_generic_cache(models) -> None:
-    """Give this thread's context pydantic's cache of parametrized generic models (once per thread).
+    """Give this thread's context the process's one cache of parametrized generic models.
 
-    pydantic keeps that cache in a ContextVar, empty in every new thread, and CrewAI runs each agent
-    step in a fresh copy of the context (asyncio.run, to_thread). Left alone, every structured call
-    has the openai SDK rebuild ParsedChatCompletion[...] and its parts from scratch: ~9 ms of CPU
-    per call, a sixth of a 32-ticket run's CPU under the GIL. Parametrizing once here, in the ticket
-    thread's own context, creates the cache that every later copy shares; the classes are held
-    because the cache keeps only weak references.
+    The openai SDK parses every structured answer into ParsedChatCompletion[<model>] (and its
+    ParsedChoice[...], ParsedChatCompletionMessage[...]). pydantic keeps those classes in a cache
+    held by a ContextVar, which is empty in every new thread, and builds each class's schema
+    lazily at its first use: ~60 ms of CPU per thread for the Draft and Verdict classes. At 256
+    tickets in flight (256 threads) that was over a quarter of a run's CPU. The classes are
+    built and their schemas completed once per process, and every ticket thread's context is
+    given the same cache; the classes are held here because the cache keeps weak references.
+    Without pydantic's cache variable (another pydantic version) each thread builds its own.
     """
-    if getattr(_thread_generics, "held", None) is None:
-        from openai.types.chat import ParsedChatCompletion
+    global _shared_generics
+    from openai.types.chat import ParsedChatCompletion
 
-        _thread_generics.held = [ParsedChatCompletion[m] for m in models]
+    try:
+        from pydantic._internal._generics import _GENERIC_TYPES_CACHE as cache_var
+    except ImportError:  # pragma: no cover - a pydantic without it: per-thread classes
+        cache_var = None
+    with _generics_lock:
+        if _shared_generics is None:
+            held = [ParsedChatCompletion[m] for m in models]
+            for cls in held:
+                cls.model_rebuild()
+                for field in cls.model_fields.values():
+                    for arg in getattr(field.annotation, "__args__", ()):
+                        if hasattr(arg, "model_rebuild"):
+                            arg.model_rebuild()
+                            for inner in arg.model_fields.values():
+                                if hasattr(inner.annotation, "model_rebuild"):
+                                    inner.annotation.model_rebuild()
+            _shared_generics = (cache_var.get() if cache_var is not None else None, held)
+    cache, held = _shared_generics
+    if cache_var is None or cache is None:
+        [ParsedChatCompletion[m] for m in models]  # this thread's own, cached in its context
+    elif cache_var.get() is not cache:
+        cache_var.set(cache)
 
 
 class ModelCallFailed(Exception):
@@ -224,6 +248,11 @@ class ManagedLLM(BaseLLM):
     @property
     def requests(self) -> int:
         return self._requests
+
+    @property
+    def inner(self) -> Any:
+        """The wrapped model (llms.size_pools sizes its HTTP client's connection pool)."""
+        return self._inner
 
     def answer_misses_with(self, llm: Any) -> None:
         self._answerer = llm

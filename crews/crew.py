@@ -2,10 +2,11 @@
 
 research → draft ⇄ review → execute. Each step is a real CrewAI `Task` (built per ticket) executed
 by a real pooled `Agent` that runs one execution at a time, so concurrent tickets never share
-an executor, and run with `Task.aexecute_sync` on a per-thread event loop — not wrapped in a
-`Crew`, which would write a replay log of every task output (ticket text included)
-to a SQLite file in CrewAI's storage: a third of the CPU per ticket, and a copy of customer data
-outside the ledger. The orchestration a Crew would add is ours anyway. The
+an executor, with `Task.execute_sync` in the ticket's own thread — not wrapped in a `Crew`, which
+would write a replay log of every task output (ticket text included) to a SQLite file in
+CrewAI's storage: a third of the CPU per ticket, and a copy of customer data outside the ledger.
+The orchestration a Crew would add is ours anyway. The agents run on our `LeanExecutor`
+(executor.py, through CrewAI's `Agent.executor_class`) instead of CrewAI's Flow-based one. The
 writer ⇄ critic cycle is a plain loop (not a guardrail), so "still rejected after the revision
 limit" is an ordinary `needs_human` outcome with every verdict kept. Ticket text is rendered into
 the task descriptions by us — as JSON inside <ticket> tags, never through `kickoff(inputs=...)` —
@@ -18,11 +19,9 @@ recorded request and answer (recording.py), which a replay's `Tape` answers from
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +34,7 @@ from crewai_core.printer import set_suppress_console_output
 from . import gate
 from .actions import ActionDesk, Decision, action_tools
 from .calls import request_done, share_generic_cache, ticket_deadline
+from .executor import StepAgent
 from .knowledge import KnowledgeBase, Orders
 from .outputs import Draft, Finding, ProposedAction, Verdict, models
 from .recording import RequestChanged, Tape, current_exchange, recording_step
@@ -46,23 +46,40 @@ from .ticket import Status, Ticket
 
 
 def data_block(tag: str, value: Any) -> str:
-    """Untrusted or generated content as JSON between tags; '<' is escaped so no tag can be forged."""
-    text = json.dumps(value, ensure_ascii=False, indent=1).replace("<", "\\u003c")
+    """Untrusted or generated content as JSON between tags; '<' is escaped so no tag can be forged.
+
+    One line, without indentation: a model reads it as well, and the ticket's data is most of a
+    prompt's uncached tokens (indentation was 4 % of all input tokens)."""
+    text = json.dumps(value, ensure_ascii=False).replace("<", "\\u003c")
     return f"<{tag}>\n{text}\n</{tag}>"
 
 
-def policy_summary(policy: Policy) -> str:
-    limit = policy.refunds.auto_approve_limit
+def policy_summary(policy: Policy, escalation: dict | None = None) -> str:
+    """config/policy.yaml (and the kinds of ticket escalation.yaml sends to a person) as the rules
+    every step's prompt states: the same text for every ticket, so it is part of each prompt's
+    cacheable prefix."""
+    refunds = policy.refunds
+    cap = refunds.per_customer
     lines = [
-        f"- Refunds up to {limit:g} in the order's currency may be requested automatically; larger "
-        "refunds need a person's approval (propose them, never promise them).",
-        f"- At most {policy.refunds.max_refunds_per_ticket} refund request(s) per ticket.",
+        f"- Refunds up to {refunds.auto_approve_limit:g} in the order's currency may be requested "
+        "automatically; larger refunds need a person's approval (propose them, never promise them).",
+        f"- At most {refunds.max_refunds_per_ticket} refund request(s) per ticket.",
+        "- An order is never refunded beyond its total. Automatically, an order gets at most "
+        f"{refunds.max_auto_refunds_per_order} refund(s), and a customer at most "
+        f"{cap.max_refunds} refund(s) and {cap.max_amount:g} per currency in {cap.period_days} "
+        "days, across all tickets; beyond that a person decides.",
         "- Never disclose or act on an order or account that does not belong to the ticket's customer.",
         f"- Allowed actions: {', '.join(policy.allowed_actions)}.",
         f"- Queues: {', '.join(policy.queues)}.",
     ]
     if policy.escalate_categories:
         lines.append(f"- Always escalate to a person: {', '.join(policy.escalate_categories)}.")
+    kinds = [(k, (escalation or {}).get(k)) for k in policy.escalate_kinds]
+    if any(spec is not None for _, spec in kinds):
+        lines.append("- A person must see every ticket of these kinds; nothing is sent or carried "
+                     "out automatically for them:")
+        lines += [f"  - {k.replace('_', ' ')}: {spec.reason}" for k, spec in kinds
+                  if spec is not None]
     return "\n".join(lines)
 
 
@@ -106,8 +123,13 @@ class Meter:
         """Wait until this step's call events have been recorded (CrewAI handles events on its
         own threads); far cheaper under concurrency than flushing the whole event bus."""
         with self._lock:
-            self._lock.wait_for(lambda: self.by_step.get(step, Usage()).calls
-                                >= self.expected.get(step, 0), timeout=timeout)
+            told = self.expected.get(step, 0)
+            self._lock.wait_for(lambda: self.by_step.get(step, Usage()).calls >= told,
+                                timeout=timeout)
+        if not told:
+            # A model not wrapped in calls.ManagedLLM (a test's, a library user's) says nothing
+            # about its requests: wait for every pending event instead.
+            crewai_event_bus.flush(timeout)
 
     def record(self, step: str, usage: dict | None, model: str = "", exchange=None) -> None:
         usage = usage or {}
@@ -203,39 +225,19 @@ class CrewRunner:
         self.recordings = None
         self.strict = False
         self.effects = None
-        self.policy_text = policy_summary(config.policy)
+        self.policy_text = policy_summary(config.policy, config.escalation)
         self.taxonomy_text = config.taxonomy.prompt()
         self.models = models(config.taxonomy)
         self.gate = gate.Gate.from_config(config, orders, kb, extra_prompts=[self.policy_text])
         self._local = threading.local()
         self._idle: dict[str, list[Agent]] = {role: [] for role in config.agents}
-        self._loops: list[asyncio.AbstractEventLoop] = []
-        self._loops_lock = threading.Lock()
         _install_accounting()
 
-    def _loop(self) -> asyncio.AbstractEventLoop:
-        """This thread's event loop, kept for every step of every ticket the thread runs.
-
-        A step runs CrewAI's async path (`Task.aexecute_sync`) on it. The sync path starts a
-        new event loop per agent execution (`asyncio.run`), and each new loop a new thread pool
-        for the executor's flow methods: thread start-up and tear-down were ~15 % of the CPU.
-        """
-        loop = self._local.__dict__.get("loop")
-        if loop is None:
-            loop = self._local.loop = asyncio.new_event_loop()
-            loop.set_default_executor(ThreadPoolExecutor(max_workers=2,
-                                                         thread_name_prefix="crewbatch-step"))
-            with self._loops_lock:
-                self._loops.append(loop)
-        return loop
-
     def close(self) -> None:
-        """Close the threads' event loops (call once no ticket is running)."""
-        with self._loops_lock:
-            loops, self._loops = self._loops, []
-        for loop in loops:
-            loop.run_until_complete(loop.shutdown_default_executor())
-            loop.close()
+        """Release what the runner holds once no ticket is running (the models' connections)."""
+        from .llms import close_clients
+
+        close_clients(self.llms.values())
 
     def _thread_tools(self, step: str, build) -> list:
         """This thread's tool objects for `step`, rebound by the caller to each ticket.
@@ -257,15 +259,22 @@ class CrewRunner:
         tools. Building them afresh per step cost ~20 ms of CPU a ticket (a new pydantic state
         class per executor); pooled, there are only as many as ever ran at once. Tool-result
         caching stays off, so no tool answer outlives its ticket.
+
+        A thread keeps the agents it used (`_checkin`): its tools are the same objects ticket after
+        ticket, so the agent's executor stays prepared for them (`executor.StepAgent`) instead
+        of being set up again for another thread's tools at every research and execute step.
         """
+        own = self._local.__dict__.setdefault("agents", {})
+        if role in own:
+            return own.pop(role)
         try:
             return self._idle[role].pop()
         except IndexError:
             spec = self.config.agents[role]
-            return Agent(role=spec.role, goal=spec.goal, backstory=spec.backstory,
-                         llm=self.llms[role], tools=[], max_iter=spec.max_iter,
-                         verbose=spec.verbose, allow_delegation=False, max_retry_limit=0,
-                         cache=False)
+            return StepAgent(role=spec.role, goal=spec.goal, backstory=spec.backstory,
+                             llm=self.llms[role], tools=[], max_iter=spec.max_iter,
+                             verbose=spec.verbose, allow_delegation=False, max_retry_limit=0,
+                             cache=False)
 
     def warm(self, copies: int) -> None:
         """Build `copies` agents per role, with their executors, before the first ticket.
@@ -275,6 +284,11 @@ class CrewRunner:
         delays the first tickets' model calls.
         """
         import crewai.hooks.contexts  # noqa: F401
+
+        from .llms import size_pools
+
+        size_pools(self.llms.values(), copies)
+        share_generic_cache(self.models.values())  # the structured answers' classes, built once
 
         if any(getattr(llm, "model", "") != "offline" for llm in self.llms.values()):
             # What the first HTTP call would import lazily (~500 modules of the openai SDK, 0.6 s):
@@ -288,10 +302,11 @@ class CrewRunner:
             for agent in built:
                 if agent.agent_executor is None:
                     agent.create_agent_executor(tools=[])
-                self._checkin(role, agent)
+                self._idle[role].append(agent)
 
     def _checkin(self, role: str, agent: Agent) -> None:
-        self._idle[role].append(agent)
+        """Back to this thread's own agents (a thread runs one ticket, so one step, at a time)."""
+        self._local.__dict__.setdefault("agents", {})[role] = agent
 
     def _kickoff(self, step: str, round_no: int, tools: list, values: dict[str, str],
                  meter: Meter, result: TicketResult) -> tuple[str, Any]:
@@ -299,9 +314,13 @@ class CrewRunner:
         role = task_spec.agent
         llm = self.llms[role]
         agent = self._checkout(role)
+        model = self.models.get(task_spec.output_pydantic or "")
+        # `response_model` too: the schema goes to the provider as the structured-output format
+        # only, not a second time as text after the ticket's data (CrewAI adds it to the prompt
+        # for `output_pydantic` alone), which would end every prompt with uncacheable tokens.
         task = Task(description=render(task_spec.description, values),
                     expected_output=render(task_spec.expected_output, values), agent=agent,
-                    output_pydantic=self.models.get(task_spec.output_pydantic or ""))
+                    output_pydantic=model, response_model=model)
         key = f"{round_no}:{step}"
         token = _metering.set((meter, key))
         observer = request_done.set(lambda: meter.expect(key))
@@ -310,7 +329,7 @@ class CrewRunner:
         try:
             # The ticket's own tools (bound to its customer and evidence) go with the task; the
             # agent's executor takes them for this execution only.
-            output = self._loop().run_until_complete(task.aexecute_sync(agent=agent, tools=tools))
+            output = task.execute_sync(agent=agent, tools=tools)
         finally:
             self._checkin(role, agent)
             recording_step.reset(taped)
@@ -353,6 +372,10 @@ class CrewRunner:
             ticket_deadline.reset(deadline)
             result.usage = meter.total()
             result.calls = list(meter.calls)
+            # CrewAI's event bus keeps every event of this thread's context (its checkpoint
+            # record, prompts included) for as long as the context lives: ~0.3 MB a ticket,
+            # without end in a batch. Nothing of crewbatch reads it.
+            crewai_event_bus.reset_runtime_state()
         return result
 
     def _run(self, ticket: Ticket, meter: Meter, result: TicketResult) -> None:

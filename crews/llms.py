@@ -108,3 +108,39 @@ def _build(config: Config, model: str, environ) -> Any:
             # Any model name on an OpenAI-compatible endpoint: CrewAI's native OpenAI client.
             return LLM(model=model.removeprefix("openai/"), custom_openai=True, **kwargs)
     return LLM(model=model, **kwargs)
+
+
+def size_pools(llms, in_flight: int) -> int:
+    """Give each HTTP model's client a connection pool for `in_flight` concurrent calls.
+
+    The openai SDK's default pool keeps 100 idle connections (of 1,000): past 100 tickets in
+    flight, each call could close its connection and the next open a new one, a TCP handshake per
+    request. The pool keeps one connection per in-flight call, plus headroom for the ones a
+    timeout or a retry is still closing. Returns how many clients were resized.
+    """
+    import httpx
+    from openai import DefaultHttpxClient
+
+    limits = httpx.Limits(max_connections=in_flight + 16,
+                          max_keepalive_connections=max(1, in_flight))
+    resized = 0
+    for inner in {id(m): m for m in (getattr(m, "inner", m) for m in llms)}.values():
+        client = getattr(inner, "_get_sync_client", None)
+        if client is None:
+            continue  # the offline model, or a provider without the openai SDK client
+        # CrewAI builds the SDK client from `client_params` without a way to hand it an httpx
+        # client for the sync path only (the same params build the async client, which refuses
+        # one), so the sync client is replaced by a copy with its own pool.
+        old = client()
+        inner._client = old.with_options(http_client=DefaultHttpxClient(limits=limits))
+        old.close()
+        resized += 1
+    return resized
+
+
+def close_clients(llms) -> None:
+    """Close the HTTP models' connection pools (once no call is running)."""
+    for inner in {id(m): m for m in (getattr(m, "inner", m) for m in llms)}.values():
+        client = getattr(inner, "_client", None)
+        if client is not None and hasattr(client, "close"):
+            client.close()

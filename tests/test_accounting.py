@@ -9,6 +9,7 @@ from collections import Counter
 
 from conftest import price_fake_model
 from fake_openai import FakeOpenAI
+from fake_server import prompt_tokens_of
 
 
 def ticket_of(body: dict) -> str:
@@ -31,9 +32,7 @@ def test_tokens_and_calls_are_attributed_per_ticket_and_agent(project, cli):
     server_calls = Counter(ticket_of(r["body"]) for r in requests)
     server_prompt = Counter()
     for r in requests:
-        messages = r["body"]["messages"]
-        server_prompt[ticket_of(r["body"])] += \
-            sum(len(str(m.get("content") or "")) for m in messages) // 4 + 1
+        server_prompt[ticket_of(r["body"])] += prompt_tokens_of(r["body"])
     db = sqlite3.connect(project / "runs/ledger.db")
     rows = db.execute(
         "SELECT o.ticket_id, COUNT(c.call_id), SUM(c.prompt_tokens), o.prompt_tokens, "
@@ -52,3 +51,31 @@ def test_tokens_and_calls_are_attributed_per_ticket_and_agent(project, cli):
                              (run_id,)).fetchall())
     assert set(agents) == {"researcher", "writer", "critic", "executor"}
     assert sum(agents.values()) == len(requests)
+
+
+def test_cached_input_reaches_the_call_rows_and_is_billed_at_the_cached_price(project, cli):
+    """The fake server serves shared prompt prefixes from its cache (as OpenAI does, from 1,024
+    tokens, in 128-token steps); each call's cached count reaches its ledger row and its cost."""
+    settings = project / "config/settings.yaml"
+    settings.write_text(settings.read_text().replace(
+        "pricing:\n", "pricing:\n  fake-model: {input_per_million: 2, cached_input_per_million: 1, "
+        "output_per_million: 8}\n"))
+    with FakeOpenAI() as server:
+        env = {"OPENAI_API_KEY": "sk-test-aaaaaaaa", "OPENAI_BASE_URL": server.base_url}
+        result = cli("run", "--model", "fake-model", "--limit", "6", "--concurrency", "1",
+                     env=env)
+        served = [r["cached_tokens"] for r in server.requests]
+    assert result.exit_code == 0, result.output
+    db = sqlite3.connect(project / "runs/ledger.db")
+    rows = db.execute("SELECT c.prompt_tokens, c.cached_tokens, c.completion_tokens, c.cost_usd "
+                      "FROM model_calls c JOIN outcomes o ON o.outcome_id = c.outcome_id "
+                      "WHERE o.run_id = ? ORDER BY c.call_id", (result.stdout.strip(),)).fetchall()
+    assert sorted(c for _, c, _, _ in rows) == sorted(served)
+    # The prompts are static first: after the first ticket every step's prefix is cached.
+    assert sum(c for _, c, _, _ in rows) > 0.4 * sum(p for p, _, _, _ in rows)
+    assert all(c == 0 or (c >= 1024 and c % 128 == 0) for _, c, _, _ in rows)
+    for prompt, cached, completion, cost in rows:
+        assert abs(cost - ((prompt - cached) * 2 + cached * 1 + completion * 8) / 1e6) < 1e-12
+    totals = db.execute("SELECT SUM(cached_tokens) FROM outcomes WHERE run_id = ?",
+                        (result.stdout.strip(),)).fetchone()[0]
+    assert totals == sum(served)

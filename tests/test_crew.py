@@ -257,8 +257,11 @@ def test_warm_builds_one_agent_per_role_and_copy_and_they_are_reused(make_runner
     assert all(a.agent_executor is not None for agents in pooled.values() for a in agents)
     result = runner.run(ticket("Please refund the candles from NW-10335, $24.00."))
     assert result.status == Status.APPROVED
-    assert {id(a) for agents in runner._idle.values() for a in agents} == \
-        {id(a) for agents in pooled.values() for a in agents}  # no new agent was needed
+    # No new agent was needed: this thread kept one of each role for its next ticket.
+    kept = runner._local.agents
+    assert set(kept) == set(pooled)
+    assert {id(a) for agents in runner._idle.values() for a in agents} | \
+        {id(a) for a in kept.values()} == {id(a) for agents in pooled.values() for a in agents}
 
 
 def test_a_draft_repeated_unchanged_is_not_reviewed_again(make_runner):
@@ -281,3 +284,91 @@ def test_a_draft_repeated_unchanged_is_not_reviewed_again(make_runner):
                                                "revision(s): invented_fact: order number NW-99999")
     assert [s["step"] for s in stuck.steps].count("review") == 1
     assert stuck.usage.calls == 5 and not stuck.decisions  # research, 3 drafts, 1 review
+
+
+def test_every_agent_runs_on_the_lean_executor_and_its_model_calls_are_metered(make_runner):
+    from crews.executor import LeanExecutor
+
+    runner = make_runner()
+    runner.warm(1)
+    agents = [a for pooled in runner._idle.values() for a in pooled]
+    assert all(a.executor_class is LeanExecutor for a in agents)
+    assert all(isinstance(a.agent_executor, LeanExecutor) for a in agents)
+    result = runner.run(ticket("Please refund the candles from NW-10335, $24.00."))
+    assert result.status == Status.APPROVED
+    # Structured output through the task's model; every call seen by the accounting.
+    assert json.loads(next(s for s in result.steps if s["step"] == "draft")["output_json"])[
+        "category"] == "refund"
+    assert result.usage.calls == len(result.calls) == 4
+
+
+def test_a_researcher_that_keeps_calling_tools_is_stopped_at_max_iter(make_runner, project):
+    """After `max_iter` rounds of tool calls the model is asked once more, without tools, for
+    its answer (CrewAI's forced final answer)."""
+    from crews.offline import OfflineLLM, respond
+
+    asked: list[bool] = []
+
+    class ToolHappy(OfflineLLM):
+        def respond(self, messages, tools, schema):
+            if "customer_orders" in tools:
+                asked.append(True)
+                return [{"id": f"call_{len(asked)}", "type": "function",
+                         "function": {"name": "lookup_order",
+                                      "arguments": json.dumps({"order_id": "NW-10335"})}}]
+            asked.append(False)
+            return respond(messages, tools, schema)
+
+    agents = project / "config/agents.yaml"
+    agents.write_text(agents.read_text().replace(
+        "  tools: [customer_orders, lookup_order, search_knowledge]\n",
+        "  tools: [customer_orders, lookup_order, search_knowledge]\n  max_iter: 3\n"))
+    result = make_runner(ToolHappy(model="scripted")).run(ticket("Refund NW-10335, $24.00"))
+    research = next(s for s in result.steps if s["step"] == "research")
+    assert research["calls"] == 4  # three rounds of tool calls, then the forced answer
+    assert asked[:3] == [True, True, True]
+
+
+def _requests_by_step(runner, tickets):
+    """Each step's messages, as the model received them, for each ticket run."""
+    from crews.offline import OfflineLLM, respond
+
+    seen: list[tuple[str | None, list[str], str]] = []
+
+    class Watching(OfflineLLM):
+        def respond(self, messages, tools, schema):
+            seen.append((schema, sorted(tools),
+                         "".join(f"<{m['role']}>{m.get('content') or ''}" for m in messages)))
+            return respond(messages, tools, schema)
+
+    runner = runner(Watching(model="offline"))
+    for t in tickets:
+        runner.run(t)
+    return seen
+
+
+def test_prompts_are_static_first_with_the_tickets_data_last(make_runner):
+    """Two tickets' requests for a step share everything up to the ticket's data, and nothing
+    static but CrewAI's closing lines follows the data: the longest prefix a provider can cache."""
+    import os.path
+
+    one = ticket("Please refund the candles from NW-10335, $24.00.", tid="T-8001")
+    two = ticket("Where is my order NW-10218?", customer="james.carter@example.org",
+                 subject="Where is my parcel", tid="T-8002")
+    seen = _requests_by_step(make_runner, [one, two])
+    first_round = {}
+    for schema, tools, text in seen:
+        first_round.setdefault((schema, tuple(tools)), []).append(text)
+    assert len(first_round) == 4  # research, draft, review, execute
+    for texts in first_round.values():
+        a, b = texts[0], texts[-1]
+        assert "T-8001" in a and "T-8002" in b
+        shared = os.path.commonprefix([a, b])
+        # Everything before the ticket is shared, and the ticket is the first data block.
+        assert a.index("<ticket>\n") < len(shared) <= a.index("<ticket>\n") + 40, shared[-200:]
+        assert "</" not in a[:a.index("<ticket>\n")]
+        # With the tools or the output schema ahead of them (1,000–2,300 characters), at least
+        # 1,024 tokens of 4 characters: what a provider caches.
+        assert "Policy:" in shared and len(shared) >= 2_800
+        tail = a[a.rindex("</"):]  # after the last data block
+        assert "Policy:" not in tail and "<policy>" not in tail and len(tail) < 700, tail

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fake_openai import FakeOpenAI
+from fake_server import PrefixCache
 
 
 def test_crew_completes_a_run_against_an_openai_compatible_server(project, cli, results):
@@ -102,3 +103,45 @@ def test_malformed_answers_and_hung_calls_are_bounded(project, cli, results):
     assert requests == 3, requests
     assert rows[0]["error"].startswith("ModelCallFailed: malformed structured answer after 2 "
                                        "attempt(s): ValidationError")
+
+
+def _body(static: str, ticket: str, tools=None) -> dict:
+    return {"model": "m", "tools": tools, "messages": [
+        {"role": "system", "content": static}, {"role": "user", "content": ticket}]}
+
+
+def test_the_fake_servers_prompt_cache_serves_the_longest_recent_prefix_in_128_token_steps():
+    cache = PrefixCache()
+    static = "rules " * 1000  # 6,000 characters: 1,500 tokens of 4 characters
+    assert cache.serve(_body(static, "ticket one")) == 0  # nothing seen yet
+    # Shared: "<|system|>" + 6,000 characters = 6,010 characters: 11 whole 128-token blocks.
+    assert cache.serve(_body(static, "ticket two")) == 11 * 128
+    assert cache.serve(_body(static, "ticket two")) == 11 * 128  # the last partial block is not
+    # Other tools open the prompt: nothing is shared.
+    assert cache.serve(_body(static, "ticket two", tools=[{"name": "x"}])) == 0
+    # A shared prefix below 1,024 tokens is not served from the cache.
+    short = "rules " * 600  # 3,600 characters: 7 blocks
+    cache.serve(_body(short, "a"))
+    assert cache.serve(_body(short, "b")) == 0
+
+
+def test_the_connection_pool_is_sized_to_the_tickets_in_flight(project):
+    import os
+
+    from crews import framework
+    from crews.settings import load_config
+
+    framework.prepare(project / "runs" / ".crewai")
+    from crews.crew import CrewRunner
+    from crews.knowledge import KnowledgeBase, Orders
+    from crews.llms import build_llms
+
+    config = load_config(project)
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test-pool", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    llms = build_llms(config, "fake-model", env)
+    runner = CrewRunner(config, llms, KnowledgeBase(config.knowledge_dir),
+                        Orders(config.orders_file), 2)
+    runner.warm(40)
+    pool = llms["writer"].inner._get_sync_client()._client._transport._pool
+    assert pool._max_keepalive_connections == 40 and pool._max_connections == 56
+    runner.close()
