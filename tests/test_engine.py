@@ -164,19 +164,26 @@ def test_a_killed_workers_tickets_are_finished_by_the_live_one_each_once(tmp_pat
         return inner(outcome_id, ticket)
 
     engine = Engine(ledger, str(tmp_path / "ledger.db"), tmp_path, "r1", process, concurrency=4,
-                    threads=2, should_stop=lambda: None, lease_s=2, role="run").start()
+                    threads=2, should_stop=lambda: None, lease_s=3, role="run").start()
     ledger.owner = engine.executor_id
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    worker = subprocess.Popen([sys.executable, str(script), str(tmp_path), "2"],
-                              stdout=subprocess.PIPE, text=True,
+    errors = tmp_path / "worker.err"
+    worker = subprocess.Popen([sys.executable, str(script), str(tmp_path), "3"],
+                              stdout=subprocess.PIPE, stderr=open(errors, "w"), text=True,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    def line() -> str:
+        text = worker.stdout.readline()
+        assert text, f"the worker exited: {errors.read_text()[-3000:]}"
+        return text.strip()
+
     try:
-        assert worker.stdout.readline().strip() == "joined"
+        assert line() == "joined"
         todo = ledger.add_records("r1", tickets(8), False)
         for outcome_id, _ in todo:
             engine.submit(outcome_id)
-        taken = [worker.stdout.readline().split()[1] for _ in range(2)]  # both its threads busy
+        taken = [line().split()[1] for _ in range(2)]  # both its threads busy
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait()
         held = {o["outcome_id"] for o in ledger.outcomes("r1") if o["status"] == RUNNING
