@@ -65,6 +65,9 @@ def one(n_hosts: int, names: list[str], server: FakeOpenAI, url: str, args, tmp:
     for w in workers:
         w.wait(timeout=300)
     requests = server.requests[first:]
+    if not requests:
+        raise SystemExit(f"the run asked the model nothing (exit {run.returncode}): "
+                         f"{run.stderr[-2000:]}")
     start = min(r["at"] for r in requests)
     steady = [r for r in requests if 20 <= r["at"] - start <= args.seconds]
     span = max(r["at"] for r in steady) - min(r["at"] for r in steady)

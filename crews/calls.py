@@ -123,7 +123,8 @@ class RetryPolicy:
 class RateLimiter:
     """Requests and tokens per minute for one model, shared by every thread; sliding 60 s window.
 
-    With `--workers` each process has its own limiter with an equal share of the limits, and
+    In a run the limits are the fleet's (`fleet`: every worker's requests counted in the ledger);
+    without one, each of N processes would get an equal share. And
     `shared_pause` (`engine.SharedPause`, or anything with `.value` — the monotonic time until
     which the model is paused — and `get_lock()`) carries a Retry-After to every worker.
     """

@@ -971,9 +971,10 @@ class Ledger:
             self._serialize(db, RATE_LOCK)
             db.execute("DELETE FROM model_requests WHERE model = ? AND at_s <= ?",
                        (model, now_s - window_s))
-            count, used, oldest = db.execute(
+            row = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(tokens), 0), MIN(at_s) FROM model_requests "
                 "WHERE model = ?", (model,)).fetchone()
+            count, used, oldest = row[0], row[1], row[2]  # a PostgreSQL row iterates its names
             wait = 0.0
             if count and ((rpm and count >= rpm) or (tpm and used + tokens > tpm)):
                 wait = oldest + window_s - now_s

@@ -1,10 +1,10 @@
-"""A run: read the sources in batches, hand each ticket to the crew, record every outcome.
+"""A run: take the lock, feed the sources into the ledger, let the engine work them, finish.
 
-The ledger is registered before any work (every record read gets a row), the crew runs tickets on a
-bounded thread pool, and each ticket's result — its status, every agent output, its actions — is
-written in one transaction by the thread that ran it. A ticket whose crew raised is `failed` with
-the error (caught once, in `CrewRunner.run`); the batch goes on. A stop request (SIGTERM, Ctrl-C)
-lets in-flight tickets finish, leaves the rest pending for the next run and exits 3.
+Every record read gets a ledger row before any work; each ticket is then put on the engine's
+queue (crews/engine.py), where this process's threads and any worker that joined take it, and its
+result — status, every agent output, its actions — is written in one transaction by whoever
+worked it (crews/work.py, the per-ticket boundary). A stop request (SIGTERM, Ctrl-C, the budget or
+time limit) lets in-flight tickets finish, leaves the rest pending for the next run and exits 3.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class Budget:
         self.max_cost, self.max_minutes = max_cost, max_minutes
         self.started = time.monotonic()
         self.spent = 0.0
-        self.spent_in = None  # with --workers: the run's cost from the ledger, all processes
+        self.spent_in = None  # the run's cost from the ledger: every worker's tickets
         self._lock = threading.Lock()
 
     def add(self, cost: float) -> None:

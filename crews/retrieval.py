@@ -228,7 +228,8 @@ def fuse(keyword: list[tuple[int, float]], semantic: list[tuple[int, float]],
 
 def embedder_for(config: Any, environ=os.environ, processes: int = 1) -> Any:
     """The configured embedder, or None for `none` (BM25 only). With `--workers`, each process
-    gets an equal share of the model's rate limits, as chat models do."""
+    gets an equal share of the embedding model's rate limits (the chat models' limits are the
+    fleet's, kept in the ledger: engine.FleetWindow)."""
     model = config.settings.knowledge.embedding_model
     if model == NONE:
         return None

@@ -193,3 +193,17 @@ def test_check_helpers_on_a_database(pg_server, pg_url):
 ])
 def test_redact_url(url, shown):
     assert redact_url(url) == shown
+
+
+def test_the_fleet_rate_window_and_pauses_on_postgresql(pg_url):
+    import time
+
+    with Ledger(pg_url) as ledger:
+        now = time.time()
+        assert ledger.take_request_slot("m", 2, None, 5, now) == 0.0
+        assert ledger.take_request_slot("m", 2, None, 5, now + 1) == 0.0
+        assert 58 < ledger.take_request_slot("m", 2, None, 5, now + 2) <= 58.0 + 1e-6
+        assert ledger.take_request_slot("m", 2, None, 5, now + 61) == 0.0
+        ledger.pause_model("m", now + 30)
+        ledger.pause_model("m", now + 10)  # a shorter pause does not shorten it
+        assert ledger.model_paused_until("m") == now + 30
