@@ -233,20 +233,26 @@ class Engine:
         its workflow is forked from its last checkpoint instead: the model requests it finished
         are answered from their checkpoints, only the ones in flight are asked again."""
         from dbos import DBOS, SetWorkflowID
+        from dbos._error import DBOSNonExistentWorkflowError
 
         earlier = self.ledger.resumable(outcome_id)
         if earlier is not None:
-            # Step ids count from 1: the fork starts at the first step without a checkpoint.
-            done = max((s["function_id"] for s in DBOS.list_workflow_steps(earlier[1])),
-                       default=0)
-            handle = DBOS.fork_workflow(earlier[1], done + 1, queue_name=QUEUE)
-            self.ledger.set_workflow(outcome_id, handle.workflow_id)
-            LOG.info("ticket %s resumes %s from step %d", outcome_id, earlier[1], done)
-            return
+            try:
+                # Step ids count from 1: the fork starts at the first step without a checkpoint.
+                done = max((s["function_id"] for s in DBOS.list_workflow_steps(earlier[1])),
+                           default=0)
+                handle = DBOS.fork_workflow(earlier[1], done + 1, queue_name=QUEUE)
+            except DBOSNonExistentWorkflowError:
+                pass  # the killed run died before its queue held it: start afresh
+            else:
+                self.ledger.set_workflow(outcome_id, handle.workflow_id)
+                LOG.info("ticket %s resumes %s from step %d", outcome_id, earlier[1], done)
+                return
         workflow_id = f"{self.run_id}:{outcome_id}"
-        self.ledger.set_workflow(outcome_id, workflow_id)
         with SetWorkflowID(workflow_id):
             self.queue.enqueue(_workflow, self.run_id, outcome_id)
+        # Named once queued: a run killed in between leaves nothing to resume, not a dangling id.
+        self.ledger.set_workflow(outcome_id, workflow_id)
 
     def cancel_queued(self) -> int:
         """Cancel the run's workflows no worker has started (the run is ending)."""

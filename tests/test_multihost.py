@@ -37,7 +37,7 @@ def hosts():
 def test_three_hosts_share_a_run_and_a_killed_one_is_taken_over(project, pg_url, hosts):
     settings = project / "config/settings.yaml"
     settings.write_text(settings.read_text() + "\nlease_s: 3\n")
-    with FakeOpenAI(Faults(latency_s=0.3), host="0.0.0.0") as server:
+    with FakeOpenAI(Faults(latency_s=0.5), host="0.0.0.0") as server:
         model_port = server.base_url.rsplit(":", 1)[1].split("/")[0]
         base = {**os.environ, "OPENAI_API_KEY": "sk-test-aaaaaaaa", "PYTHONPATH": str(REPO),
                 "CREWAI_DISABLE_TELEMETRY": "true", "CREWAI_TRACING_ENABLED": "false"}
@@ -53,7 +53,7 @@ def test_three_hosts_share_a_run_and_a_killed_one_is_taken_over(project, pg_url,
                 env=env, stdout=log, stderr=log))
         run = subprocess.Popen(
             [sys.executable, "-m", "crews", "--root", str(project), "run", "--model",
-             "fake-model", "--limit", "30", "--concurrency", "8", "--worker-concurrency", "2"],
+             "fake-model", "--limit", "48", "--concurrency", "8", "--worker-concurrency", "2"],
             env={**base, "CREWBATCH_DATABASE_URL": pg_url, "OPENAI_BASE_URL": server.base_url},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         victim = workers[0]
@@ -82,9 +82,9 @@ def test_three_hosts_share_a_run_and_a_killed_one_is_taken_over(project, pg_url,
         outcomes = ledger.outcomes(run_id)
         roster = {w["executor_id"]: w for w in ledger.workers(run_id)}
         events = [e for o in outcomes for e in ledger.outcome_trail(o["outcome_id"])["events"]]
-    assert len(outcomes) == 30
+    assert len(outcomes) == 48
     assert {o["status"] for o in outcomes} <= {"approved", "needs_human"}
-    assert len({o["ticket_id"] for o in outcomes}) == 30
+    assert len({o["ticket_id"] for o in outcomes}) == 48
     states = sorted((w["role"], w["state"]) for w in roster.values())
     assert states == [("run", "left"), ("worker", "dead"), ("worker", "left"),
                       ("worker", "left")]
