@@ -398,6 +398,9 @@ def _pg_param(value):
     return value
 
 
+IDLE_TX_S = 20  # seconds a PostgreSQL session may sit in an open transaction, waiting for us
+
+
 class _PgConnection:
     """A psycopg connection that takes this module's SQL the way sqlite3 does: `?` placeholders,
     rows by name or position, `execute` returning the cursor. In autocommit, so a read is a
@@ -407,8 +410,16 @@ class _PgConnection:
         import psycopg
 
         given = _pg_conninfo(url)
-        defaults = {k: v for k, v in (("connect_timeout", "10"), ("application_name", "crewbatch"))
+        # A worker cut off mid-transaction must not hold its row locks until TCP gives up (hours):
+        # the server ends a session idle in a transaction after IDLE_TX_S, keepalives find a
+        # vanished peer in about half a minute, and the rest of the fleet goes on (the fence in
+        # record_result keeps the cut-off worker's late result out).
+        defaults = {k: v for k, v in (("connect_timeout", "10"), ("application_name", "crewbatch"),
+                                      ("keepalives", "1"), ("keepalives_idle", "10"),
+                                      ("keepalives_interval", "5"), ("keepalives_count", "3"))
                     if k not in given}
+        defaults["options"] = (given.get("options", "") +
+                               f" -c idle_in_transaction_session_timeout={IDLE_TX_S * 1000}").strip()
         self._conn = psycopg.connect(url, autocommit=True, row_factory=_pg_rows, **defaults)
 
     def execute(self, sql: str, params: Iterable = ()):

@@ -20,6 +20,11 @@ def _ip(*args: str, ns: str | None = None) -> None:
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30)
 
 
+def cut(i: int, cut_off: bool = True) -> None:
+    """Take host i's link down (a network partition: the host lives on, unreachable), or up."""
+    _ip("link", "set", f"cb{os.getpid() % 10000}a{i}", "down" if cut_off else "up")
+
+
 def gateway(i: int) -> str:
     """The address host i reaches this machine at."""
     return f"10.77.{i}.1"

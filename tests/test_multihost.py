@@ -99,3 +99,57 @@ def test_three_hosts_share_a_run_and_a_killed_one_is_taken_over(project, pg_url,
     assert "127.0.0.1" in peers and peers <= {"127.0.0.1"} | {f"10.77.{i}.2"
                                                               for i in range(1, HOSTS + 1)}
     assert len(peers - {"127.0.0.1"}) >= 2  # at least two hosts asked the model themselves
+
+
+def test_a_partitioned_worker_cannot_record_a_ticket_handed_to_another(project, pg_url, hosts):
+    """A worker cut off (its link down, the process alive) for longer than the lease: the run's
+    own process declares it dead and finishes its tickets; when the link comes back, the cut-off
+    worker's late results are refused by the ledger's fence and it leaves."""
+    settings = project / "config/settings.yaml"
+    settings.write_text(settings.read_text() + "\nlease_s: 3\n")
+    with FakeOpenAI(Faults(latency_s=1.0), host="0.0.0.0") as server:
+        model_port = server.base_url.rsplit(":", 1)[1].split("/")[0]
+        base = {**os.environ, "OPENAI_API_KEY": "sk-test-aaaaaaaa", "PYTHONPATH": str(REPO),
+                "CREWAI_DISABLE_TELEMETRY": "true", "CREWAI_TRACING_ENABLED": "false"}
+        log = open(project / "worker1.log", "w")
+        worker = subprocess.Popen(
+            ["ip", "netns", "exec", hosts[0], sys.executable, "-m", "crews", "--root",
+             str(project), "worker", "--once", "--concurrency", "2"],
+            env={**base, "CREWBATCH_DATABASE_URL": pg_url.replace("127.0.0.1", netns.gateway(1)),
+                 "OPENAI_BASE_URL": f"http://{netns.gateway(1)}:{model_port}/v1"},
+            stdout=log, stderr=log)
+        run = subprocess.Popen(
+            [sys.executable, "-m", "crews", "--root", str(project), "run", "--model",
+             "fake-model", "--limit", "16", "--concurrency", "4", "--worker-concurrency", "2"],
+            env={**base, "CREWBATCH_DATABASE_URL": pg_url, "OPENAI_BASE_URL": server.base_url},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with Ledger(pg_url) as ledger:
+            deadline = time.monotonic() + 240
+            while True:
+                assert time.monotonic() < deadline and run.poll() is None
+                run_id = ledger.active_run()
+                mine = {w["executor_id"] for w in ledger.workers(run_id) if w["role"] == "worker"} \
+                    if run_id else set()
+                held = [o["outcome_id"] for o in ledger.outcomes(run_id)
+                        if o["status"] == "running" and o["claimed_by"] in mine] if mine else []
+                if held:
+                    break
+                time.sleep(0.1)
+            netns.cut(1)
+            try:
+                out, err = run.communicate(timeout=300)  # finished without the cut-off worker
+            finally:
+                netns.cut(1, cut_off=False)
+        worker.wait(timeout=180)  # back on the network, it learns the run is over and leaves
+    assert run.returncode == 0, err[-3000:]
+    with Ledger(pg_url) as ledger:
+        outcomes = ledger.outcomes(out.strip())
+        roster = {w["executor_id"]: w for w in ledger.workers(out.strip())}
+    (cut_off,) = mine
+    assert roster[cut_off]["state"] == "dead"
+    assert len(outcomes) == 16 and len({o["ticket_id"] for o in outcomes}) == 16
+    assert {o["status"] for o in outcomes} <= {"approved", "needs_human"}
+    finished_by = {o["outcome_id"]: o["claimed_by"] for o in outcomes}
+    assert all(finished_by[h] != cut_off for h in held)  # its tickets were finished elsewhere
+    outbox = [p.name for p in (project / "runs").glob("*/outbox/*.eml")]
+    assert len(outbox) == len(set(outbox)) == sum(o["status"] == "approved" for o in outcomes)
