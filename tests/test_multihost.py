@@ -34,28 +34,41 @@ def hosts():
         pytest.skip(f"multi-host test skipped: {exc}")
 
 
+ENV = {"OPENAI_API_KEY": "sk-test-aaaaaaaa", "PYTHONPATH": str(REPO),
+       "CREWAI_DISABLE_TELEMETRY": "true", "CREWAI_TRACING_ENABLED": "false"}
+
+
+def start_worker(project: Path, server: FakeOpenAI, pg_url: str, ns: str, i: int):
+    """`crewbatch worker --once` on host i, reaching the database and the model over its link."""
+    model_port = server.base_url.rsplit(":", 1)[1].split("/")[0]
+    log = open(project / f"worker{i}.log", "w")
+    return subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-m", "crews", "--root", str(project),
+         "worker", "--once", "--concurrency", "2"],
+        env={**os.environ, **ENV,
+             "CREWBATCH_DATABASE_URL": pg_url.replace("127.0.0.1", netns.gateway(i)),
+             "OPENAI_BASE_URL": f"http://{netns.gateway(i)}:{model_port}/v1"},
+        stdout=log, stderr=log)
+
+
+def start_run(project: Path, server: FakeOpenAI, pg_url: str, *args: str):
+    """`crewbatch run --model fake-model ARGS` on this host, over loopback."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "crews", "--root", str(project), "run", "--model", "fake-model",
+         *args],
+        env={**os.environ, **ENV, "CREWBATCH_DATABASE_URL": pg_url,
+             "OPENAI_BASE_URL": server.base_url},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_three_hosts_share_a_run_and_a_killed_one_is_taken_over(project, pg_url, hosts):
     settings = project / "config/settings.yaml"
     settings.write_text(settings.read_text() + "\nlease_s: 3\n")
     with FakeOpenAI(Faults(latency_s=0.5), host="0.0.0.0") as server:
-        model_port = server.base_url.rsplit(":", 1)[1].split("/")[0]
-        base = {**os.environ, "OPENAI_API_KEY": "sk-test-aaaaaaaa", "PYTHONPATH": str(REPO),
-                "CREWAI_DISABLE_TELEMETRY": "true", "CREWAI_TRACING_ENABLED": "false"}
-        workers = []
-        for i, ns in enumerate(hosts, start=1):
-            env = {**base,
-                   "CREWBATCH_DATABASE_URL": pg_url.replace("127.0.0.1", netns.gateway(i)),
-                   "OPENAI_BASE_URL": f"http://{netns.gateway(i)}:{model_port}/v1"}
-            log = open(project / f"worker{i}.log", "w")
-            workers.append(subprocess.Popen(
-                ["ip", "netns", "exec", ns, sys.executable, "-m", "crews", "--root",
-                 str(project), "worker", "--once", "--concurrency", "2"],
-                env=env, stdout=log, stderr=log))
-        run = subprocess.Popen(
-            [sys.executable, "-m", "crews", "--root", str(project), "run", "--model",
-             "fake-model", "--limit", "48", "--concurrency", "8", "--worker-concurrency", "2"],
-            env={**base, "CREWBATCH_DATABASE_URL": pg_url, "OPENAI_BASE_URL": server.base_url},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        workers = [start_worker(project, server, pg_url, ns, i)
+                   for i, ns in enumerate(hosts, start=1)]
+        run = start_run(project, server, pg_url, "--limit", "48", "--concurrency", "8",
+                        "--worker-concurrency", "2")
         victim = workers[0]
         with Ledger(pg_url) as ledger:
             deadline = time.monotonic() + 240
@@ -108,21 +121,9 @@ def test_a_partitioned_worker_cannot_record_a_ticket_handed_to_another(project, 
     settings = project / "config/settings.yaml"
     settings.write_text(settings.read_text() + "\nlease_s: 3\n")
     with FakeOpenAI(Faults(latency_s=1.0), host="0.0.0.0") as server:
-        model_port = server.base_url.rsplit(":", 1)[1].split("/")[0]
-        base = {**os.environ, "OPENAI_API_KEY": "sk-test-aaaaaaaa", "PYTHONPATH": str(REPO),
-                "CREWAI_DISABLE_TELEMETRY": "true", "CREWAI_TRACING_ENABLED": "false"}
-        log = open(project / "worker1.log", "w")
-        worker = subprocess.Popen(
-            ["ip", "netns", "exec", hosts[0], sys.executable, "-m", "crews", "--root",
-             str(project), "worker", "--once", "--concurrency", "2"],
-            env={**base, "CREWBATCH_DATABASE_URL": pg_url.replace("127.0.0.1", netns.gateway(1)),
-                 "OPENAI_BASE_URL": f"http://{netns.gateway(1)}:{model_port}/v1"},
-            stdout=log, stderr=log)
-        run = subprocess.Popen(
-            [sys.executable, "-m", "crews", "--root", str(project), "run", "--model",
-             "fake-model", "--limit", "16", "--concurrency", "4", "--worker-concurrency", "2"],
-            env={**base, "CREWBATCH_DATABASE_URL": pg_url, "OPENAI_BASE_URL": server.base_url},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        worker = start_worker(project, server, pg_url, hosts[0], 1)
+        run = start_run(project, server, pg_url, "--limit", "16", "--concurrency", "4",
+                        "--worker-concurrency", "2")
         with Ledger(pg_url) as ledger:
             deadline = time.monotonic() + 240
             while True:
