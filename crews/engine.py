@@ -129,11 +129,10 @@ class Engine:
     def __init__(self, ledger: Ledger, ledger_url: str, runs_dir: Path, run_id: str,
                  process: Process, *, concurrency: int, threads: int,
                  should_stop: Callable[[], str | None], lease_s: float = 30.0,
-                 executor_id: str | None = None, role: str = "worker",
-                 on_finished: Callable[[str | None, float], None] | None = None):
+                 executor_id: str | None = None, role: str = "worker"):
         self.ledger, self.run_id, self.process = ledger, run_id, process
         self.concurrency, self.threads, self.lease_s = concurrency, threads, lease_s
-        self.should_stop, self.role, self.on_finished = should_stop, role, on_finished
+        self.should_stop, self.role = should_stop, role
         self.executor_id = executor_id or new_executor_id()
         self.url = system_database_url(ledger_url, runs_dir)
         self.dead = threading.Event()  # declared dead by a peer: stop working this run
@@ -289,9 +288,7 @@ class Engine:
             durable_step.reset(held)
             with self._active_lock:
                 self._active -= 1
-        status, cost = result if result else (None, 0.0)
-        if self.on_finished is not None:
-            self.on_finished(status, cost)
+        status = result[0] if result else None
         LOG.debug("ticket %s %s in %.2fs", outcome_id, status, time.monotonic() - started)
         return status or "released"
 

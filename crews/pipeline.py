@@ -81,22 +81,17 @@ def _records(files: list[Path], options: intake.IntakeOptions, limit: int | None
 
 
 class Budget:
-    """--max-cost and --max-minutes: once reached, no new ticket starts (in-flight ones finish)."""
+    """--max-cost and --max-minutes: once reached, no new ticket starts (in-flight ones finish).
+    `spent` is the run's cost so far, from the ledger: every worker's tickets."""
 
-    def __init__(self, max_cost: float | None, max_minutes: float | None):
-        self.max_cost, self.max_minutes = max_cost, max_minutes
+    def __init__(self, max_cost: float | None, max_minutes: float | None,
+                 spent: Callable[[], float]):
+        self.max_cost, self.max_minutes, self.spent = max_cost, max_minutes, spent
         self.started = time.monotonic()
-        self.spent = 0.0
-        self.spent_in = None  # the run's cost from the ledger: every worker's tickets
-        self._lock = threading.Lock()
-
-    def add(self, cost: float) -> None:
-        with self._lock:
-            self.spent += cost
 
     def exhausted(self) -> str | None:
         if self.max_cost is not None:
-            spent = self.spent_in() if self.spent_in else self.spent
+            spent = self.spent()
             if spent >= self.max_cost:
                 return f"budget of ${self.max_cost:g} reached (spent ${spent:.4f})"
         if self.max_minutes is not None and \
@@ -214,8 +209,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
         lock.describe(run_id)
         log = RunLog(run_dir / "run.log", json_lines=config.settings.log_json)
         status, stop_reason = "crashed", ""
-        budget = Budget(options.max_cost, options.max_minutes)
-        budget.spent_in = lambda: ledger.run_cost(run_id)  # every worker's tickets
+        budget = Budget(options.max_cost, options.max_minutes, lambda: ledger.run_cost(run_id))
         finished = threading.Event()
         threading.Thread(target=_stop_watchdog, args=(config, run_id, stop, finished),
                          name="crewbatch-stop", daemon=True).start()
