@@ -54,6 +54,8 @@ for _p in (REPO, REPO / "benchmarks"):
 
 import throughput  # noqa: E402
 
+from crews.action_kinds import QUEUE_REPLY, REQUEST_REFUND  # noqa: E402
+
 REQUESTS_PER_TICKET = 4.0  # measured k of the four-task crew against the fake server
 DONE = ("approved", "needs_human")  # a ticket with one of these is skipped by later runs
 FINAL = ("approved", "needs_human", "failed")
@@ -450,8 +452,8 @@ def verify(report: Report, project: Path, source: Path) -> None:
                 "leftover_tmp": sorted(str(p.relative_to(project / "runs"))
                                        for p in (project / "runs").glob(f"*/{folder}/.*.tmp"))}
 
-    outbox = files("outbox", "*.eml", "queue_reply")
-    refunds = files("refund_requests", "*.json", "request_refund")
+    outbox = files("outbox", "*.eml", QUEUE_REPLY)
+    refunds = files("refund_requests", "*.json", REQUEST_REFUND)
     report.files = {"outbox": outbox, "refund_requests": refunds}
     n, k = len(input_ids), report.settings["kills"]
 
@@ -476,11 +478,11 @@ def verify(report: Report, project: Path, source: Path) -> None:
     check("duplicate outbox file names", outbox["duplicate_names"], [])
     check("outbox files vs approved tickets", outbox["count"], approved)
     check("outbox files without a side_effects row", outbox["without_side_effect"], [])
-    check("queue_reply side effects without a file", outbox["side_effect_without_file"], [])
+    check(f"{QUEUE_REPLY} side effects without a file", outbox["side_effect_without_file"], [])
     check("side_effects keys twice", keys_twice, [])
     check("duplicate refund request file names", refunds["duplicate_names"], [])
     check("refund files without a side_effects row", refunds["without_side_effect"], [])
-    check("request_refund side effects without a file", refunds["side_effect_without_file"], [])
+    check(f"{REQUEST_REFUND} side effects without a file", refunds["side_effect_without_file"], [])
     check("processes alive 60 s after their run was killed",
           sum(r.alive_after_grace for r in killed), 0)
     # A survivor still working when the next run has recovered the crashed one races it for

@@ -25,13 +25,24 @@ from pathlib import Path
 from typing import Any
 
 from crewai.tools import BaseTool
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, Field, PrivateAttr, create_model
 
 from . import files
+from .action_kinds import (
+    ACTIONS,
+    BATCH_ARGS,
+    BATCH_FIELDS,
+    ESCALATE_TO_HUMAN,
+    QUEUE_REPLY,
+    REQUEST_REFUND,
+    TAG_TICKET,
+    ActionKind,
+    spoken,
+)
 from .knowledge import Orders
 from .ledger import RefundHistory, RefundRequest
 from .outputs import CachedSchema, Draft, ProposedAction
-from .settings import Policy, RefundPolicy, slug
+from .settings import BATCH_TOOL, Policy, RefundPolicy, slug
 from .ticket import Ticket
 
 SUPPORT_ADDRESS = "support@crewbatch.invalid"
@@ -96,19 +107,23 @@ class ActionDesk:
         return None
 
     def queue_reply(self) -> str:
-        refusal = self._common_refusal("queue_reply")
-        if refusal is None and self._planned("queue_reply") is None:
+        refusal = self._common_refusal(QUEUE_REPLY)
+        if refusal is None and self._planned(QUEUE_REPLY) is None:
             refusal = "sending a reply is not in the approved plan"
-        return self._decide("queue_reply", {}, refusal)
+        return self._decide(QUEUE_REPLY, {}, refusal)
 
     def tag_ticket(self, queue: str) -> str:
         queue = (queue or "").strip()
-        refusal = self._common_refusal("tag_ticket")
+        refusal = self._common_refusal(TAG_TICKET)
         if refusal is None and queue not in self.policy.queues:
             refusal = f"queue `{queue}` is not one of the queues in policy: {', '.join(self.policy.queues)}"
-        if refusal is None and self._planned("tag_ticket", queue=queue) is None:
+        if refusal is None and self._planned(TAG_TICKET, queue=queue) is None:
             refusal = f"routing to `{queue}` is not in the approved plan"
-        return self._decide("tag_ticket", {"queue": queue}, refusal)
+        return self._decide(TAG_TICKET, {"queue": queue}, refusal)
+
+    def call(self, kind: str, args: dict[str, Any]) -> str:
+        """Check one action of a kind in `action_kinds.ACTIONS` by its method, named after it."""
+        return getattr(self, ACTIONS[kind].name)(**args)
 
     def refuse(self, kind: str, args: dict, reason: str) -> str:
         """Record an action that cannot even be checked (unknown kind, missing arguments)."""
@@ -116,8 +131,8 @@ class ActionDesk:
 
     def escalate_to_human(self, reason: str) -> str:
         # Escalating only narrows what happens, so it is always allowed.
-        return self._decide("escalate_to_human", {"reason": (reason or "").strip()[:500]},
-                            self._common_refusal("escalate_to_human"))
+        return self._decide(ESCALATE_TO_HUMAN, {"reason": (reason or "").strip()[:500]},
+                            self._common_refusal(ESCALATE_TO_HUMAN))
 
     def request_refund(self, order_id: str, amount: float, currency: str) -> str:
         order_id = (order_id or "").strip().upper()
@@ -132,7 +147,7 @@ class ActionDesk:
                                       now=self.as_of)
             if self.history is not None:
                 refusal = guard(self.history(args["order_id"], self.ticket.customer))
-        return self._decide("request_refund", args, refusal, guard)
+        return self._decide(REQUEST_REFUND, args, refusal, guard)
 
     def _order_total(self, order_id: str) -> float:
         try:
@@ -142,7 +157,7 @@ class ActionDesk:
 
     def refund_refusal(self, order_id: str, amount: float, currency: str) -> str | None:
         """Why policy refuses this refund, or None if it may be requested automatically."""
-        refusal = self._common_refusal("request_refund")
+        refusal = self._common_refusal(REQUEST_REFUND)
         if refusal:
             return refusal
         order = self.orders.get(order_id)
@@ -166,11 +181,11 @@ class ActionDesk:
             return (f"a refund of {amount:.2f} {order_currency} is above the auto-approve limit of "
                     f"{limit:g} {order_currency}; a person must approve it")
         with self._lock:
-            done = sum(1 for d in self.decisions if d.kind == "request_refund" and d.allowed)
+            done = sum(1 for d in self.decisions if d.kind == REQUEST_REFUND and d.allowed)
         if done >= self.policy.refunds.max_refunds_per_ticket:
             return (f"policy allows at most {self.policy.refunds.max_refunds_per_ticket} refund "
                     "request(s) per ticket")
-        planned = self._planned("request_refund", order_id=order_id)
+        planned = self._planned(REQUEST_REFUND, order_id=order_id)
         if planned is None:
             return f"a refund on {order_id} is not in the approved plan"
         if amount > planned.amount + 0.005:
@@ -227,75 +242,30 @@ class _DeskTool(BaseTool):
         return self
 
 
-class _NoArgs(CachedSchema):
-    pass
+class ActionTool(_DeskTool):
+    """A kind's own tool (`action_kinds.ACTIONS`): its call goes to the desk's check of that kind."""
+
+    def _run(self, **args: Any) -> str:
+        return self._desk.call(self.name, args)
 
 
-class QueueReply(_DeskTool):
-    name: str = "queue_reply"
-    description: str = "Queue the approved reply to be sent to the customer (the text is fixed)."
-    args_schema: type[BaseModel] = _NoArgs
-
-    def _run(self, **_: Any) -> str:
-        return self._desk.queue_reply()
+def _args_model(kind: ActionKind) -> type[BaseModel]:
+    return create_model(f"{kind.name}_args", __base__=CachedSchema,
+                        **{a.name: (a.type, Field(description=a.about)) for a in kind.args})
 
 
-class _TagArgs(CachedSchema):
-    queue: str = Field(description="the queue to route the ticket to")
+_ARGS_MODELS = {kind.name: _args_model(kind) for kind in ACTIONS.values()}
 
 
-class TagTicket(_DeskTool):
-    name: str = "tag_ticket"
-    description: str = "Route the ticket to a support queue."
-    args_schema: type[BaseModel] = _TagArgs
-
-    def _run(self, queue: str) -> str:
-        return self._desk.tag_ticket(queue)
+def _batch_field(name: str) -> tuple:
+    kind, arg = BATCH_ARGS[name]
+    return (arg.type | None, Field(None, description=f"{kind.name}: {arg.about_in_batch}"))
 
 
-class _EscalateArgs(CachedSchema):
-    reason: str = Field(description="why a person must handle this ticket")
-
-
-class EscalateToHuman(_DeskTool):
-    name: str = "escalate_to_human"
-    description: str = "Hand the ticket to a person instead of answering it automatically."
-    args_schema: type[BaseModel] = _EscalateArgs
-
-    def _run(self, reason: str) -> str:
-        return self._desk.escalate_to_human(reason)
-
-
-class _RefundArgs(CachedSchema):
-    order_id: str = Field(description="the order to refund")
-    amount: float = Field(description="amount to refund, in the order's currency")
-    currency: str = Field(description="ISO currency code of the amount")
-
-
-class RequestRefund(_DeskTool):
-    name: str = "request_refund"
-    description: str = ("Request a refund on one of this customer's orders. Policy decides whether "
-                        "it can be approved automatically.")
-    args_schema: type[BaseModel] = _RefundArgs
-
-    def _run(self, order_id: str, amount: float, currency: str) -> str:
-        return self._desk.request_refund(order_id, amount, currency)
-
-
-# What each kind needs in a batch. An escalation's reason is optional: escalating only narrows
-# what happens, so a missing reason must not stop it.
-BATCH_REQUIRED = {"queue_reply": (), "tag_ticket": ("queue",), "escalate_to_human": (),
-                  "request_refund": ("order_id", "amount", "currency")}
-
-
-class ActionCall(CachedSchema):
-    kind: str = Field(description="the action: queue_reply, tag_ticket, escalate_to_human or "
-                                  "request_refund")
-    order_id: str | None = Field(None, description="request_refund: the order to refund")
-    amount: float | None = Field(None, description="request_refund: amount, in the order's currency")
-    currency: str | None = Field(None, description="request_refund: ISO currency code of the amount")
-    queue: str | None = Field(None, description="tag_ticket: the queue to route the ticket to")
-    reason: str | None = Field(None, description="escalate_to_human: why a person must handle it")
+ActionCall = create_model(
+    "ActionCall", __base__=CachedSchema,
+    kind=(str, Field(description=f"the action: {spoken(ACTIONS)}")),
+    **{name: _batch_field(name) for name in BATCH_FIELDS})
 
 
 class _BatchArgs(CachedSchema):
@@ -303,7 +273,7 @@ class _BatchArgs(CachedSchema):
 
 
 class CarryOutActions(_DeskTool):
-    name: str = "carry_out_actions"
+    name: str = BATCH_TOOL
     description: str = (
         "Carry out all the approved actions in this one call (leave a field null when the action "
         "does not use it). Policy checks each action on its own; the answer lists, per action, "
@@ -324,30 +294,31 @@ class CarryOutActions(_DeskTool):
         desk = self._desk
         given = {k: v for k, v in call.model_dump(exclude={"kind"}).items() if v is not None}
         kind = call.kind.strip()
-        if kind not in BATCH_REQUIRED:
+        spec = ACTIONS.get(kind)
+        if spec is None:
             name = kind[:80] or "(none)"
             return desk.refuse(name, given, f"`{name}` is not an action; the actions are "
-                                            f"{', '.join(BATCH_REQUIRED)}")
-        missing = [k for k in BATCH_REQUIRED[kind] if given.get(k) is None]
+                                            f"{', '.join(ACTIONS)}")
+        missing = [k for k in spec.required if given.get(k) is None]
         if missing:
-            return desk.refuse(kind, given, f"{kind} needs {', '.join(BATCH_REQUIRED[kind])}; "
+            return desk.refuse(kind, given, f"{kind} needs {', '.join(spec.required)}; "
                                             f"missing: {', '.join(missing)}")
-        if kind == "queue_reply":
-            return desk.queue_reply()
-        if kind == "tag_ticket":
-            return desk.tag_ticket(call.queue)
-        if kind == "escalate_to_human":
-            return desk.escalate_to_human(call.reason or "")
-        return desk.request_refund(call.order_id, call.amount, call.currency)
+        return desk.call(kind, {a.name: given.get(a.name) for a in spec.args})
 
 
-TOOLS = {"queue_reply": QueueReply, "tag_ticket": TagTicket,
-         "escalate_to_human": EscalateToHuman, "request_refund": RequestRefund,
-         "carry_out_actions": CarryOutActions}
+def _tool(name: str) -> _DeskTool:
+    if name == BATCH_TOOL:
+        return CarryOutActions()
+    kind = ACTIONS[name]
+    return ActionTool(name=kind.name, description=kind.description,
+                      args_schema=_ARGS_MODELS[kind.name])
+
+
+TOOLS = (BATCH_TOOL, *ACTIONS)
 
 
 def action_tools(names: list[str], desk: ActionDesk) -> list[BaseTool]:
-    return [TOOLS[n]().bind(desk) for n in names if n in TOOLS]
+    return [_tool(n).bind(desk) for n in names if n in TOOLS]
 
 
 # --- carrying out staged actions -----------------------------------------------------------------
@@ -377,21 +348,21 @@ def perform(decisions: list[Decision], ticket: Ticket, draft: Draft, run_dir: Pa
         RefundRequest(idempotency_key(ticket, d), outcome_id, d.args["order_id"],
                       ticket.customer, d.args["amount"], d.args["currency"],
                       automatic=not d.by_reviewer, guard=d.guard)
-        for d in allowed if d.kind == "request_refund" and d.guard is not None])
+        for d in allowed if d.kind == REQUEST_REFUND and d.guard is not None])
     if refusal:
         raise PolicyRefusal(refusal)
     lines = []
     name = f"{outcome_id}-{slug(ticket.key)[:60]}"
     for d in allowed:
         key = idempotency_key(ticket, d)
-        if d.kind in ("queue_reply", "request_refund"):
-            planned = (run_dir / "outbox" / f"{name}.eml" if d.kind == "queue_reply"
+        if d.kind in (QUEUE_REPLY, REQUEST_REFUND):
+            planned = (run_dir / "outbox" / f"{name}.eml" if d.kind == QUEUE_REPLY
                        else run_dir / "refund_requests" / f"{name}.json")
             target, done = ledger.intend_side_effect(key, outcome_id, d.kind, str(planned))
             if done:
                 lines.append(f"{d.kind}: already done earlier, not repeated")
                 continue
-            if d.kind == "queue_reply":
+            if d.kind == QUEUE_REPLY:
                 write_outbox(ticket, draft.reply, Path(target), replay_of)
             else:
                 _write_json(Path(target), {"ticket_id": ticket.ticket_id,

@@ -32,6 +32,7 @@ from crewai.events.types.llm_events import LLMCallCompletedEvent, LLMCallType
 from crewai_core.printer import set_suppress_console_output
 
 from . import gate
+from .action_kinds import ESCALATE_TO_HUMAN, QUEUE_REPLY, REQUEST_REFUND, TAG_TICKET
 from .actions import ActionDesk, Decision, action_tools
 from .calls import request_done, share_generic_cache, ticket_deadline
 from .executor import StepAgent
@@ -487,21 +488,21 @@ def plan_actions(draft: Draft, policy: Policy, escalate: str = "") -> list[Propo
     if escalate:
         # The gate's reason comes first, also when the writer escalated for a reason of its own:
         # a reviewer must see "legal: ..." rather than only "the customer is unhappy".
-        own = next((a for a in plan if a.kind == "escalate_to_human"), None)
+        own = next((a for a in plan if a.kind == ESCALATE_TO_HUMAN), None)
         if own is None:
-            plan.append(ProposedAction(kind="escalate_to_human", reason=escalate))
+            plan.append(ProposedAction(kind=ESCALATE_TO_HUMAN, reason=escalate))
         elif escalate not in (own.reason or ""):
             plan[plan.index(own)] = own.model_copy(update={
                 "reason": f"{escalate}; {own.reason}" if own.reason else escalate})
     if draft.category in policy.escalate_categories and \
-            not any(a.kind == "escalate_to_human" for a in plan):
-        plan.append(ProposedAction(kind="escalate_to_human",
+            not any(a.kind == ESCALATE_TO_HUMAN for a in plan):
+        plan.append(ProposedAction(kind=ESCALATE_TO_HUMAN,
                                    reason=f"policy escalates every `{draft.category}` ticket"))
-    escalates = any(a.kind == "escalate_to_human" for a in plan)
+    escalates = any(a.kind == ESCALATE_TO_HUMAN for a in plan)
     if escalates:
-        plan = [a for a in plan if a.kind != "queue_reply"]
-    elif not any(a.kind == "queue_reply" for a in plan):
-        plan.insert(0, ProposedAction(kind="queue_reply", reason="send the approved reply"))
+        plan = [a for a in plan if a.kind != QUEUE_REPLY]
+    elif not any(a.kind == QUEUE_REPLY for a in plan):
+        plan.insert(0, ProposedAction(kind=QUEUE_REPLY, reason="send the approved reply"))
     return plan
 
 
@@ -509,9 +510,9 @@ def _carried_out(action: ProposedAction, decisions: list[Decision]) -> bool:
     for d in decisions:
         if not d.allowed or d.kind != action.kind:
             continue
-        if action.kind == "request_refund" and d.args.get("order_id") != action.order_id.upper():
+        if action.kind == REQUEST_REFUND and d.args.get("order_id") != action.order_id.upper():
             continue
-        if action.kind == "tag_ticket" and d.args.get("queue") != action.queue:
+        if action.kind == TAG_TICKET and d.args.get("queue") != action.queue:
             continue
         return True
     return False
@@ -522,10 +523,10 @@ def decide(result: TicketResult) -> None:
     refused = [d for d in result.decisions if not d.allowed]
     # An escalation in the plan sends the ticket to a person even if the executor skipped the call.
     escalated = [d.args.get("reason", "") for d in result.decisions
-                 if d.allowed and d.kind == "escalate_to_human"]
+                 if d.allowed and d.kind == ESCALATE_TO_HUMAN]
     escalated += [a.reason for a in result.plan
-                  if a.kind == "escalate_to_human" and a.reason not in escalated]
-    missing = [a for a in result.plan if a.kind != "escalate_to_human"
+                  if a.kind == ESCALATE_TO_HUMAN and a.reason not in escalated]
+    missing = [a for a in result.plan if a.kind != ESCALATE_TO_HUMAN
                and not _carried_out(a, result.decisions)]
     if refused:
         result.status = Status.NEEDS_HUMAN

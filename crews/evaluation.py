@@ -32,6 +32,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from . import baselines, intake, metrics
+from .action_kinds import TAG_TICKET
 from .export import neutralise
 from .files import write_atomically
 from .settings import Config, ConfigError, RunOptions, _suggest
@@ -342,7 +343,7 @@ def predicted(outcome: dict | None, config: Config) -> dict[str, Any]:
     if outcome is None or outcome["status"] not in DECIDED:
         return dict.fromkeys(FIELDS)
     actions = json.loads(outcome.get("actions_json") or "[]")
-    queue = next((a["args"].get("queue") for a in actions if a["kind"] == "tag_ticket"), None)
+    queue = next((a["args"].get("queue") for a in actions if a["kind"] == TAG_TICKET), None)
     category = outcome["category"] or None
     return {"category": category, "priority": outcome["priority"] or None,
             "queue": queue or config.taxonomy.queue_of(category or ""),

@@ -27,6 +27,7 @@ from crewai.events.types.llm_events import LLMCallType
 from crewai.llms.base_llm import BaseLLM, llm_call_context
 from pydantic import Field
 
+from .action_kinds import BATCH_FIELDS, ESCALATE_TO_HUMAN, REQUEST_REFUND, TAG_TICKET, tool_args
 from .gate import INJECTION, ORDER_ID
 from .knowledge import AGENTS, CUSTOMERS, words
 from .replies import Replies, generic_replies
@@ -396,7 +397,7 @@ def write(messages: list[dict], replies: Replies | None = None,
             paragraphs.append(paragraph)
 
     def escalate(reason: str) -> None:
-        actions.append({"kind": "escalate_to_human", "reason": reason})
+        actions.append({"kind": ESCALATE_TO_HUMAN, "reason": reason})
 
     def from_knowledge() -> None:
         lines, why = knowledge_answer(ev.sections, text, category, r)
@@ -424,7 +425,7 @@ def write(messages: list[dict], replies: Replies | None = None,
             say("shipping_shipped")
             if order.get("estimated_delivery") and received > order["estimated_delivery"]:
                 say("shipping_late")
-                actions.append({"kind": "tag_ticket", "queue": queue,
+                actions.append({"kind": TAG_TICKET, "queue": queue,
                                 "reason": "late parcel: carrier investigation"})
             else:
                 say("shipping_on_time")
@@ -462,7 +463,7 @@ def write(messages: list[dict], replies: Replies | None = None,
         if order:
             asked = requested_amount(text)
             amount = asked[0] if asked and asked[0] > 0 else float(order["total"])
-            actions.append({"kind": "request_refund", "order_id": order["order_id"],
+            actions.append({"kind": REQUEST_REFUND, "order_id": order["order_id"],
                             "amount": round(amount, 2), "currency": order["currency"],
                             "reason": "the customer asked for a refund"})
             say("refund_thanks")
@@ -499,8 +500,8 @@ def write(messages: list[dict], replies: Replies | None = None,
         from_knowledge()
 
     # Every ticket is routed, also one that goes to a person: the queue is where that person works.
-    if queue and not any(a["kind"] == "tag_ticket" for a in actions):
-        actions.append({"kind": "tag_ticket", "queue": queue,
+    if queue and not any(a["kind"] == TAG_TICKET for a in actions):
+        actions.append({"kind": TAG_TICKET, "queue": queue,
                         "reason": f"{category.replace('_', ' ')} ticket"})
     if not paragraphs:
         say("fallback")
@@ -527,20 +528,9 @@ def review(messages: list[dict]) -> str:
                        "summary": summary}, ensure_ascii=False)
 
 
-ACTION_FIELDS = ("order_id", "amount", "currency", "queue", "reason")
-
-
 def action_args(action: dict) -> dict:
     """The arguments a planned action's tool takes."""
-    kind = action.get("kind")
-    if kind == "request_refund":
-        return {"order_id": action["order_id"], "amount": action["amount"],
-                "currency": action["currency"]}
-    if kind == "tag_ticket":
-        return {"queue": action["queue"]}
-    if kind == "escalate_to_human":
-        return {"reason": action.get("reason", "")}
-    return {}
+    return tool_args(action.get("kind"), action)
 
 
 def action_calls(actions: list[tuple[str, dict]], tools: list[str]) -> list[dict]:
@@ -548,7 +538,7 @@ def action_calls(actions: list[tuple[str, dict]], tools: list[str]) -> list[dict
     tool is offered (every field present, null when unused, as a strict-schema model sends them),
     else one call per action whose tool is offered."""
     if BATCH_TOOL in tools:
-        return [_call(BATCH_TOOL, {"actions": [{"kind": kind, **dict.fromkeys(ACTION_FIELDS),
+        return [_call(BATCH_TOOL, {"actions": [{"kind": kind, **dict.fromkeys(BATCH_FIELDS),
                                                 **args} for kind, args in actions]})]
     return [_call(kind, args) for kind, args in actions if kind in tools]
 

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, create_model
 
+from .action_kinds import ACTIONS, REQUEST_REFUND, TAG_TICKET, spoken
 from .taxonomy import Taxonomy
 
 _schemas: dict[tuple, str] = {}
@@ -38,25 +39,19 @@ class CachedSchema(BaseModel):
             text = _schemas[key] = json.dumps(super().model_json_schema(*args, **kwargs))
         return json.loads(text)
 
-ActionKind = Literal["queue_reply", "tag_ticket", "escalate_to_human", "request_refund"]
+ActionKind = Literal[tuple(ACTIONS)]
 
 
 class ProposedAction(CachedSchema):
-    kind: ActionKind = Field(description="queue_reply, tag_ticket, escalate_to_human or request_refund")
+    kind: ActionKind = Field(description=spoken(ACTIONS))
     order_id: str = Field("", description="the order the action is about, if any")
-    amount: float = Field(0.0, description="refund amount in the order's currency (request_refund)")
-    currency: str = Field("", description="ISO currency of the amount (request_refund)")
-    queue: str = Field("", description="the queue to route to (tag_ticket)")
+    amount: float = Field(0.0, description=f"refund amount in the order's currency ({REQUEST_REFUND})")
+    currency: str = Field("", description=f"ISO currency of the amount ({REQUEST_REFUND})")
+    queue: str = Field("", description=f"the queue to route to ({TAG_TICKET})")
     reason: str = Field("", description="one line: why this action")
 
     def label(self) -> str:
-        if self.kind == "request_refund":
-            return f"request_refund({self.order_id}, {self.amount:.2f} {self.currency})".strip()
-        if self.kind == "tag_ticket":
-            return f"tag_ticket({self.queue})"
-        if self.kind == "escalate_to_human":
-            return f"escalate_to_human({self.reason})"
-        return "queue_reply"
+        return ACTIONS[self.kind].label(self.model_dump())
 
 
 class Draft(CachedSchema):

@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import export
+from .action_kinds import ESCALATE_TO_HUMAN, QUEUE_REPLY, REQUEST_REFUND, tool_args
 from .show import cut
 from .ticket import PENDING, RUNNING, Status
 
@@ -278,7 +279,7 @@ def _what_was_done(config, ledger, outcome) -> str:
     """What an approved ticket's run already did, with the reply's file as the reviewer finds it."""
     replies = []
     for effect in ledger.side_effects(outcome["outcome_id"]):
-        if effect["kind"] == "queue_reply":
+        if effect["kind"] == QUEUE_REPLY:
             target = Path(effect["detail"])
             try:
                 target = target.relative_to(config.root)
@@ -319,11 +320,11 @@ class _DeskFactory:
         # The plan a reviewer approves is the final draft's: the actions the writer proposed and
         # the critic reviewed. Anything the executor attempted outside that plan (refused then,
         # and listed in the sheet) is never carried out by an approval.
-        plan = [ProposedAction(kind="queue_reply", reason="approved by the reviewer")]
+        plan = [ProposedAction(kind=QUEUE_REPLY, reason="approved by the reviewer")]
         drafts = [s for s in trail["steps"] if s["step"] == "draft" and s["output_json"]]
         proposed = Draft.model_validate_json(drafts[-1]["output_json"]).actions if drafts else []
         for action in proposed:
-            if action.kind not in ("queue_reply", "escalate_to_human") and action not in plan:
+            if action.kind not in (QUEUE_REPLY, ESCALATE_TO_HUMAN) and action not in plan:
                 plan.append(action)
         taxonomy = self.config.taxonomy
         return Draft(category=o["category"] or taxonomy.fallback_category,
@@ -356,7 +357,7 @@ class _DeskFactory:
 
         policy = self.config.policy
         limit = max([policy.refunds.auto_approve_limit] +
-                    [a.amount for a in draft.actions if a.kind == "request_refund"])
+                    [a.amount for a in draft.actions if a.kind == REQUEST_REFUND])
         if limit not in self._gates:
             lifted = policy.model_copy(update={"refunds": policy.refunds.model_copy(
                 update={"auto_approve_limit": limit})})
@@ -376,13 +377,10 @@ class _DeskFactory:
         # the automatic caps are lifted by the approval).
         desk = ActionDesk(ticket, draft, plan, self.config.policy, self.orders,
                           reviewer_approved=True, history=ledger.refund_history)
+        # An approval by a person supersedes an escalation to one (`draft` leaves it out).
         for action in plan:
-            if action.kind == "queue_reply":
-                desk.queue_reply()
-            elif action.kind == "tag_ticket":
-                desk.tag_ticket(action.queue)
-            elif action.kind == "request_refund":
-                desk.request_refund(action.order_id, action.amount, action.currency)
+            if action.kind != ESCALATE_TO_HUMAN:
+                desk.call(action.kind, tool_args(action.kind, action.model_dump()))
         refused = [f"{d.kind}: {d.reason}" for d in desk.decisions if not d.allowed]
         if refused:
             return [], refused
@@ -390,4 +388,4 @@ class _DeskFactory:
         try:
             return perform(desk.decisions, ticket, draft, run_dir, ledger, o["outcome_id"]), []
         except PolicyRefusal as refusal:
-            return [], [f"request_refund: {refusal}"]
+            return [], [f"{REQUEST_REFUND}: {refusal}"]

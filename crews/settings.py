@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .action_kinds import ACTIONS, TAG_TICKET
 from .taxonomy import TAXONOMY_FILE, Taxonomy
 from .taxonomy import problems as taxonomy_problems
 
@@ -44,7 +45,7 @@ STEP_PLACEHOLDERS = {
 OUTPUT_PLACEHOLDERS = {"research": "research", "evidence": "research", "draft": "draft"}
 STRUCTURED_OUTPUTS = {"draft": "Draft", "review": "Verdict"}
 RESEARCH_TOOLS = ("search_knowledge", "lookup_order", "customer_orders")
-ACTION_TOOLS = ("queue_reply", "tag_ticket", "escalate_to_human", "request_refund")
+ACTION_TOOLS = tuple(ACTIONS)
 # The executor's tools: one per action kind, or the batch tool that takes the whole plan at once.
 BATCH_TOOL = "carry_out_actions"
 EXECUTOR_TOOLS = (BATCH_TOOL, *ACTION_TOOLS)
@@ -537,7 +538,7 @@ def _load_taxonomy(root: Path, policy: Policy, problems: list[str]) -> Taxonomy 
     for name, spec in taxonomy.categories.items():
         if spec.queue in taxonomy.queues and spec.queue not in policy.queues:
             found.append(f"{TAXONOMY_FILE}: category `{name}` goes to queue `{spec.queue}`, which "
-                         f"{POLICY_FILE} `queues` does not allow; add it there (tag_ticket would "
+                         f"{POLICY_FILE} `queues` does not allow; add it there ({TAG_TICKET} would "
                          "refuse it)")
     problems.extend(found)
     return None if found else taxonomy

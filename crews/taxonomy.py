@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
+from .action_kinds import TAG_TICKET
+
 TAXONOMY_FILE = "config/taxonomy.yaml"
 
 
@@ -98,7 +100,7 @@ class Taxonomy(_Strict):
             lines.append(f"- {name}: {spec.description}{queue}")
         lines.append("Priorities, lowest first (`priority` is exactly one of these names):")
         lines += [f"- {name}: {text}" for name, text in self.priorities.items()]
-        lines.append("Queues (route the ticket to one with tag_ticket):")
+        lines.append(f"Queues (route the ticket to one with {TAG_TICKET}):")
         lines += [f"- {name}: {text}" for name, text in self.queues.items()]
         return "\n".join(lines)
 

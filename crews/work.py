@@ -13,6 +13,7 @@ import json
 import time
 from pathlib import Path
 
+from .action_kinds import QUEUE_REPLY, REQUEST_REFUND
 from .ledger import Ledger, LedgerError
 from .pricing import cost_usd
 from .redaction import redact
@@ -85,7 +86,7 @@ def carry_out(result, ticket: Ticket, run_dir: Path, effects, outcome_id: int,
         # Another ticket used the order's or customer's refund room while this one ran.
         result.needs_human_reason = f"policy refused the refund when carrying it out: {refusal}"
         for d in result.decisions:
-            if d.kind == "request_refund" and d.allowed:
+            if d.kind == REQUEST_REFUND and d.allowed:
                 d.allowed, d.reason = False, str(refusal)
         return Status.NEEDS_HUMAN
     return Status.APPROVED
@@ -151,7 +152,7 @@ def action_rows(result, status: Status, performed: bool = True) -> list[dict]:
     planned = result.plan or (result.draft.actions if result.draft else [])
     for a in planned:
         args = {k: v for k, v in a.model_dump().items() if k not in ("kind", "reason") and v}
-        if a.kind == "queue_reply":
+        if a.kind == QUEUE_REPLY:
             args = {}
         if not any(r["kind"] == a.kind and all(r["args"].get(k) == v for k, v in args.items())
                    for r in rows) and (a.kind, json.dumps(args, sort_keys=True)) not in seen:

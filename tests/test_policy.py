@@ -415,3 +415,32 @@ def test_over_http_the_executor_sends_one_strict_batch_request_per_ticket(projec
     for name in ("order_id", "amount", "currency", "queue", "reason"):
         assert {"type": "null"} in item["properties"][name]["anyOf"], name
     assert "default" not in json.dumps(params)
+
+
+def test_every_kind_in_the_registry_has_its_own_tool_label_and_check(desk_for):
+    """One entry in action_kinds.ACTIONS is enough for a kind to be proposed, offered as a tool,
+    checked by the desk and labelled: the four places read the same table."""
+    from crews.action_kinds import ACTIONS, tool_args
+    from crews.actions import action_tools
+
+    plan = [ProposedAction(kind="queue_reply"), ProposedAction(kind="tag_ticket", queue="returns"),
+            ProposedAction(kind="escalate_to_human", reason="legal threat"), refund()]
+    assert [a.kind for a in plan] == list(ACTIONS)
+    desk = desk_for(plan)
+    tools = {t.name: t for t in action_tools(list(ACTIONS), desk)}
+    assert list(tools) == list(ACTIONS)
+    for action in plan:
+        spec = ACTIONS[action.kind]
+        tool = tools[action.kind]
+        assert tool.description == spec.description
+        assert list(tool.args_schema.model_fields) == [a.name for a in spec.args]
+        json.loads(tool.run(**tool_args(action.kind, action.model_dump())))
+    assert [(d.kind, d.allowed, d.args) for d in desk.decisions] == [
+        ("queue_reply", True, {}), ("tag_ticket", True, {"queue": "returns"}),
+        ("escalate_to_human", True, {"reason": "legal threat"}),
+        ("request_refund", True, {"order_id": "NW-10335", "amount": 24.0, "currency": "USD"})]
+    assert [a.label() for a in plan] == [
+        "queue_reply", "tag_ticket(returns)", "escalate_to_human(legal threat)",
+        "request_refund(NW-10335, 24.00 USD)"]
+    with pytest.raises(ValueError):
+        ProposedAction(kind="delete_account")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
+from ..action_kinds import REQUEST_REFUND
 from . import parsing as p
 from .case import Case
 from .patterns import (
@@ -38,7 +39,7 @@ from .registry import check
 def over_policy_promise(case: Case):
     limit = Decimal(str(case.gate.policy.refunds.auto_approve_limit)).quantize(Decimal("0.01"))
     action_amounts = [Decimal(str(a.amount)).quantize(Decimal("0.01"))
-                      for a in case.draft.actions if a.kind == "request_refund"]
+                      for a in case.draft.actions if a.kind == REQUEST_REFUND]
     for sentence in p.sentences(case.reply):
         done = DONE.search(sentence) and not NOT_DONE.search(sentence)
         if not REFUND_WORD.search(sentence) or not (
