@@ -18,8 +18,7 @@ from pathlib import Path
 import click
 
 from .settings import FORMATS, ConfigError, find_root, load_config, resolve_options
-
-EXIT_CANNOT_RUN = 2
+from .ticket import ExitCode
 
 
 class Context:
@@ -43,7 +42,7 @@ class Context:
         return Ledger(config.ledger_url)
 
 
-def fail(message: str, code: int = EXIT_CANNOT_RUN) -> None:
+def fail(message: str, code: int = ExitCode.CANNOT_RUN) -> None:
     click.echo(f"crewbatch: {message}", err=True)
     sys.exit(code)
 
@@ -65,7 +64,7 @@ class CrewbatchGroup(click.Group):
                        else "crewbatch: configuration problem:", err=True)
             for problem in err.problems:
                 click.echo(f"  - {problem}", err=True)
-            sys.exit(EXIT_CANNOT_RUN)
+            sys.exit(ExitCode.CANNOT_RUN)
         except (SourceError, LockHeld, LedgerError) as err:
             if ctx.obj and ctx.obj.debug:
                 raise

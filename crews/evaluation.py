@@ -36,7 +36,7 @@ from .action_kinds import TAG_TICKET
 from .export import neutralise
 from .files import write_atomically
 from .settings import Config, ConfigError, RunOptions, _suggest
-from .ticket import Rejection, Status, Ticket
+from .ticket import ExitCode, Rejection, RunStatus, Status, Ticket
 
 FIELDS = ("category", "priority", "queue", "needs_human")
 TRIAGE = ("category", "priority", "queue")
@@ -333,7 +333,7 @@ def run_eval(config: Config, options: RunOptions, spec: EvalOptions,
     write_log(log, directory / LOG_FILE)
     write_samples(log, directory / SAMPLES_FILE)
     write_atomically(directory / REPORT_FILE, render(log).encode("utf-8"))
-    exit_code = (pipeline.EXIT_STOPPED if summary.exit_code == pipeline.EXIT_STOPPED else
+    exit_code = (ExitCode.STOPPED if summary.exit_code == ExitCode.STOPPED else
                  1 if log.comparison is not None and log.comparison.dropped else 0)
     return EvalOutcome(log, directory, exit_code, summary)
 
@@ -415,7 +415,7 @@ def score(config: Config, model: str, summary, dataset: Dataset, records: list, 
     from .llms import role_models
 
     log = EvalLog(
-        status="success" if summary.status == "completed" else "cancelled",
+        status="success" if summary.status == RunStatus.COMPLETED else "cancelled",
         eval=EvalSpec(
             eval_id=summary.run_id, run_id=summary.run_id, created=started_at,
             dataset=EvalDataset(name=Path(spec.datasets[0]).name, location=spec.datasets,

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .ticket import DONE, PENDING, RUNNING, Rejection, Status, Ticket
+from .ticket import DONE, PENDING, RUNNING, Rejection, RunStatus, Status, Ticket
 
 MIGRATIONS: list[tuple[int, str]] = [
     (1, """
@@ -37,7 +37,7 @@ CREATE TABLE runs (
     run_id        TEXT PRIMARY KEY,
     started_utc   TEXT NOT NULL,
     finished_utc  TEXT,
-    status        TEXT NOT NULL,            -- running | completed | interrupted | crashed
+    status        TEXT NOT NULL, -- RunStatus: running, completed, stopped, interrupted, crashed
     model         TEXT NOT NULL,
     options_json  TEXT NOT NULL,
     sources_json  TEXT NOT NULL,
@@ -736,17 +736,19 @@ class Ledger:
                   replay_of: str | None = None) -> None:
         with self._tx() as db:
             db.execute("INSERT INTO runs (run_id, started_utc, status, model, options_json, "
-                       "sources_json, replay_of) VALUES (?, ?, 'running', ?, ?, ?, ?)",
-                       (run_id, utc_now(), model, json.dumps(options), json.dumps(sources),
-                        replay_of))
-            self._event(db, run_id, None, "", "running", f"run started with model {model}"
+                       "sources_json, replay_of) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (run_id, utc_now(), RunStatus.RUNNING.value, model, json.dumps(options),
+                        json.dumps(sources), replay_of))
+            self._event(db, run_id, None, "", RunStatus.RUNNING.value,
+                        f"run started with model {model}"
                         + (f", replaying run {replay_of}" if replay_of else ""))
 
     def finish_run(self, run_id: str, status: str, exit_code: int, detail: str = "") -> None:
+        status, exit_code = RunStatus(status).value, int(exit_code)  # plain values, as stored
         with self._tx() as db:
             db.execute("UPDATE runs SET status = ?, finished_utc = ?, exit_code = ?, detail = ? "
                        "WHERE run_id = ?", (status, utc_now(), exit_code, detail, run_id))
-            self._event(db, run_id, None, "running", status, detail)
+            self._event(db, run_id, None, RunStatus.RUNNING.value, status, detail)
 
     def runs(self, limit: int = 50) -> list[dict]:
         with self._lock:
@@ -914,8 +916,9 @@ class Ledger:
 
     def active_run(self) -> str | None:
         with self._lock:
-            row = self._db.execute("SELECT run_id FROM runs WHERE status = 'running' ORDER BY "
-                                   "started_utc DESC LIMIT 1").fetchone()
+            row = self._db.execute("SELECT run_id FROM runs WHERE status = ? ORDER BY "
+                                   "started_utc DESC LIMIT 1", (RunStatus.RUNNING.value,)
+                                   ).fetchone()
             return row["run_id"] if row else None
 
     def in_flight(self, run_id: str) -> int:
@@ -942,8 +945,8 @@ class Ledger:
                 "p.ticket_key = o.ticket_key AND p.content_hash = o.content_hash AND "
                 "p.outcome_id < o.outcome_id JOIN runs r ON r.run_id = p.run_id WHERE "
                 "o.outcome_id = ? AND p.status = ? AND p.workflow_id <> '' AND p.resumed_by IS "
-                "NULL AND r.status <> 'running' ORDER BY p.outcome_id DESC LIMIT 1",
-                (outcome_id, PENDING)).fetchone()
+                "NULL AND r.status <> ? ORDER BY p.outcome_id DESC LIMIT 1",
+                (outcome_id, PENDING, RunStatus.RUNNING.value)).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE outcomes SET resumed_by = ? WHERE outcome_id = ?",
@@ -1170,14 +1173,15 @@ class Ledger:
         """Runs still marked running while we hold the run lock died: mark them crashed and put
         their in-flight tickets back to pending (a later run over the same source redoes them)."""
         with self._lock:
-            dead = [r[0] for r in self._db.execute("SELECT run_id FROM runs WHERE status = "
-                                                   "'running'")]
+            dead = [r[0] for r in self._db.execute("SELECT run_id FROM runs WHERE status = ?",
+                                                   (RunStatus.RUNNING.value,))]
         for run_id in dead:
             self.release_unfinished(run_id, detail)
             with self._tx() as db:
-                db.execute("UPDATE runs SET status = 'crashed', finished_utc = ? WHERE run_id = ?",
-                           (utc_now(), run_id))
-                self._event(db, run_id, None, "running", "crashed", detail)
+                db.execute("UPDATE runs SET status = ?, finished_utc = ? WHERE run_id = ?",
+                           (RunStatus.CRASHED.value, utc_now(), run_id))
+                self._event(db, run_id, None, RunStatus.RUNNING.value, RunStatus.CRASHED.value,
+                            detail)
         return dead
 
     def failed_tickets(self, run_id: str) -> list[Ticket]:

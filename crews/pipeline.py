@@ -30,11 +30,9 @@ from .lock import RunLock
 from .retrieval import knowledge_for_run
 from .runlog import RunLog
 from .settings import Config, RunOptions
-from .ticket import PENDING, Rejection, Status, Ticket
+from .ticket import PENDING, ExitCode, Rejection, RunStatus, Status, Ticket
 from .work import process_safely
 from .worker import share
-
-EXIT_OK, EXIT_FAILED, EXIT_CANNOT_RUN, EXIT_STOPPED = 0, 1, 2, 3
 
 
 @dataclass
@@ -130,13 +128,14 @@ def _stop_watchdog(config: Config, run_id: str, stop: threading.Event,
         with Ledger(config.ledger_url) as ledger:
             ledger.release_unfinished(run_id, f"run interrupted ({why}) before this ticket "
                                               "finished")
-            ledger.finish_run(run_id, "interrupted", EXIT_STOPPED, f"forced stop: {why}")
+            ledger.finish_run(run_id, RunStatus.INTERRUPTED.value, ExitCode.STOPPED,
+                              f"forced stop: {why}")
             export.write_results(ledger, run_id, config.runs_dir / run_id / "results.csv",
                                  config.runs_dir)
     finally:
         os.write(2, f"crewbatch: stopped at once ({why}); run {run_id} is interrupted, its "
                     "unfinished tickets stay pending for the next run\n".encode())
-        os._exit(EXIT_STOPPED)
+        os._exit(ExitCode.STOPPED)
 
 
 def run(config: Config, options: RunOptions, sources: list[str],
@@ -208,7 +207,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
             raise
         lock.describe(run_id)
         log = RunLog(run_dir / "run.log", json_lines=config.settings.log_json)
-        status, stop_reason = "crashed", ""
+        status, stop_reason = RunStatus.CRASHED.value, ""
         budget = Budget(options.max_cost, options.max_minutes, lambda: ledger.run_cost(run_id))
         finished = threading.Event()
         threading.Thread(target=_stop_watchdog, args=(config, run_id, stop, finished),
@@ -261,20 +260,21 @@ def run(config: Config, options: RunOptions, sources: list[str],
                 replay.copy_unprocessed(ledger, run_id)
             if stop.is_set():
                 stop_reason = stop_reasons[0] if stop_reasons else "stop requested (signal)"
-                status = "stopped" if stop_reasons else "interrupted"
+                status = (RunStatus.STOPPED if stop_reasons else RunStatus.INTERRUPTED).value
             else:
-                status = "completed"
+                status = RunStatus.COMPLETED.value
         finally:
             try:
                 if engine is not None:
                     engine.close()
                 runner.close()
-                if status != "completed":
+                if status != RunStatus.COMPLETED:
                     ledger.release_unfinished(run_id, f"run {status} before this ticket finished")
                 counts = ledger.counts(run_id)
-                exit_code = (EXIT_STOPPED if status in ("interrupted", "stopped") else
-                             EXIT_CANNOT_RUN if status == "crashed" else
-                             EXIT_FAILED if counts.get(Status.FAILED.value) else EXIT_OK)
+                exit_code = (ExitCode.STOPPED if status in (RunStatus.INTERRUPTED, RunStatus.STOPPED)
+                             else ExitCode.CANNOT_RUN if status == RunStatus.CRASHED
+                             else ExitCode.FAILED if counts.get(Status.FAILED.value)
+                             else ExitCode.OK)
                 ledger.finish_run(run_id, status, exit_code,
                                   "; ".join(filter(None, [stop_reason, json.dumps(counts)])))
                 results = export.write_results(ledger, run_id, run_dir / "results.csv",

@@ -37,6 +37,46 @@ FINAL = tuple(s.value for s in Status)
 DONE = (Status.APPROVED.value, Status.NEEDS_HUMAN.value)
 
 
+class RunStatus(str, enum.Enum):
+    """A run's status in the ledger's `runs` table, as `crewbatch runs` and the report show it.
+
+    Store `.value`: the PostgreSQL driver writes an enum member by its name.
+    """
+
+    RUNNING = "running"  # started and not finished, or its process died unnoticed so far
+    COMPLETED = "completed"  # every record reached a final status
+    STOPPED = "stopped"  # on purpose: --max-cost or --max-minutes; the rest stays pending
+    INTERRUPTED = "interrupted"  # a signal (SIGTERM, Ctrl-C) or a forced stop; the rest is pending
+    CRASHED = "crashed"  # an error outside any ticket ended it, or a later run found it
+    #                      still `running`: its process died
+
+    def __str__(self) -> str:  # as stored and shown, on every Python version
+        return self.value
+
+
+class ExitCode(enum.IntEnum):
+    """What a run exits with (`crewbatch run`, `retry`, `replay`, `eval`), as the README's table
+    says; any command that cannot start exits CANNOT_RUN. `diff`, `replay --strict`, `review
+    apply` and `eval --baseline` answer a question with 0 (nothing to look at) or 1 (something).
+    """
+
+    meaning: str
+
+    def __new__(cls, code: int, meaning: str) -> ExitCode:
+        member = int.__new__(cls, code)
+        member._value_ = code
+        member.meaning = meaning
+        return member
+
+    OK = 0, "every record reached a final status"
+    FAILED = 1, "some tickets failed"
+    CANNOT_RUN = 2, "it could not run"
+    STOPPED = 3, "it stopped early; the rest is pending"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
 @dataclass(frozen=True)
 class Ticket:
     key: str

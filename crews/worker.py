@@ -20,6 +20,7 @@ import time
 from datetime import datetime
 
 from .settings import Config, RunOptions
+from .ticket import RunStatus
 
 
 def share(options: RunOptions) -> int:
@@ -58,7 +59,7 @@ def wait_for_run(ledger, run_id: str | None, stop: threading.Event, poll_s: floa
     while not stop.is_set():
         if run_id is not None:
             status, _ = ledger.run_state(run_id)
-            if status == "running":
+            if status == RunStatus.RUNNING:
                 return run_id
             if status:
                 return None  # finished already
@@ -108,7 +109,7 @@ def work_run(config: Config, ledger, run_id: str, concurrency: int | None,
         if stop.is_set():
             return "the worker was asked to stop"
         status, requested = ledger.run_state(run_id)
-        if status != "running":
+        if status != RunStatus.RUNNING:
             return f"run {run_id} is {status}"
         if requested:
             return requested
@@ -135,7 +136,7 @@ def work_run(config: Config, ledger, run_id: str, concurrency: int | None,
         ledger.owner = engine.executor_id
         log.info("worker joined", run_id=run_id, worker=engine.executor_id, threads=threads)
         while not stop.is_set() and not engine.dead.is_set() and engine.fatal is None:
-            if ledger.run_state(run_id)[0] != "running":
+            if ledger.run_state(run_id)[0] != RunStatus.RUNNING:
                 break
             stop.wait(0.2)
     finally:
@@ -170,7 +171,7 @@ def main(config: Config, run_id: str | None, concurrency: int | None, once: bool
             echo(f"crewbatch: worker left run {joined} after {done} ticket(s)")
             if once or run_id is not None:
                 return
-            while ledger.run_state(joined)[0] == "running" and not stop.is_set():
+            while ledger.run_state(joined)[0] == RunStatus.RUNNING and not stop.is_set():
                 stop.wait(1.0)
 
 

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from conftest import REPO
 
 from crews.cli import main
+from crews.ticket import ExitCode
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
@@ -30,7 +31,8 @@ def test_readme_has_two_setup_commands_and_ci_runs_the_test_one():
 
 
 def test_exit_codes_and_statuses_are_documented():
-    for code in ("| 0 |", "| 1 |", "| 2 |", "| 3 |"):
-        assert code in README
+    assert [int(c) for c in ExitCode] == [0, 1, 2, 3]
+    table = README.split("### Exit codes")[1].split("###")[0]
+    assert re.findall(r"^\| (\d) \|", table, re.M) == [str(int(c)) for c in ExitCode]
     for status in ("approved", "needs_human", "failed", "rejected", "skipped"):
         assert f"| `{status}` |" in README

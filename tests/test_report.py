@@ -23,7 +23,7 @@ from crews.cli import main
 from crews.ledger import Ledger
 from crews.report import percentile, write_report
 from crews.report.data import RUN_TONE
-from crews.ticket import Rejection, Status, Ticket
+from crews.ticket import Rejection, RunStatus, Status, Ticket
 
 HOSTILE = "<script>alert(1)</script>"
 CHARTS = ["share of records by status", "records by status", "tickets by category",
@@ -232,8 +232,9 @@ def test_markup_breaking_out_of_attributes_is_escaped_and_nothing_links_out(tmp_
 
 
 def test_every_run_status_has_a_tone_and_a_stopped_run_is_a_warning(tmp_path):
-    # The statuses pipeline.run and the ledger record for a run.
-    assert set(RUN_TONE) == {"running", "completed", "interrupted", "stopped", "crashed"}
+    # The statuses pipeline.run and the ledger record for a run, and no other.
+    assert set(RUN_TONE) == {s.value for s in RunStatus} == {
+        "running", "completed", "interrupted", "stopped", "crashed"}
     with Ledger(tmp_path / "ledger.db") as ledger:
         ledger.start_run("r-stop", "offline", {}, [])
         ledger.finish_run("r-stop", "stopped", 3)

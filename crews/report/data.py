@@ -16,6 +16,7 @@ from functools import cached_property
 
 from ..export import describe_actions
 from ..pricing import cost_usd
+from ..ticket import ExitCode, RunStatus
 from .charts import percentile
 from .formats import compact, css_name, cut, ms, n, pct, usd, when
 
@@ -23,11 +24,10 @@ STATUS_ORDER = ["approved", "needs_human", "failed", "rejected", "skipped", "pen
 PROCESSED = ("approved", "needs_human", "failed")
 SEVERITY_ORDER = ["critical", "major", "minor", "info"]
 AGENT_ORDER = ["researcher", "writer", "critic", "executor", "gate"]
-EXIT_MEANING = {0: "every record reached a final status", 1: "some tickets failed",
-                2: "it could not run", 3: "it stopped early; the rest is pending"}
-# Every run status pipeline.run records, as the colour of the header's badge.
-RUN_TONE = {"completed": "good", "interrupted": "warn", "stopped": "warn", "crashed": "bad",
-            "running": "info"}
+# Every run status, as the colour of the header's badge.
+RUN_TONE = {s.value: tone for s, tone in [
+    (RunStatus.COMPLETED, "good"), (RunStatus.INTERRUPTED, "warn"), (RunStatus.STOPPED, "warn"),
+    (RunStatus.CRASHED, "bad"), (RunStatus.RUNNING, "info")]}
 TABLE_LIMIT = 500  # rows of a list table (needs_human, failed, rejected) before "… and N more"
 TOP_N = 10
 
@@ -132,13 +132,20 @@ class Header:
     meta: list[tuple[str, str]]
 
 
+def _meaning(exit_code: int) -> str:
+    try:
+        return ExitCode(exit_code).meaning
+    except ValueError:
+        return "unknown exit code"
+
+
 def header(data: ReportData) -> Header:
     run, options = data.run, data.options
     sources = _json(run.get("sources_json")) or []
     seconds = _seconds_between(run.get("started_utc"), run.get("finished_utc"))
     exit_code = run.get("exit_code")
     exit_text = ("—" if exit_code is None else
-                 f"{exit_code} · {EXIT_MEANING.get(exit_code, 'unknown exit code')}")
+                 f"{exit_code} · {_meaning(exit_code)}")
     models = options.get("models") or {}
     model_text = run["model"]
     if isinstance(models, dict) and len(set(models.values())) > 1:
