@@ -54,6 +54,7 @@ for _p in (REPO, REPO / "benchmarks"):
 
 import throughput  # noqa: E402
 
+from crews import rundir  # noqa: E402
 from crews.action_kinds import QUEUE_REPLY, REQUEST_REFUND  # noqa: E402
 
 REQUESTS_PER_TICKET = 4.0  # measured k of the four-task crew against the fake server
@@ -452,8 +453,8 @@ def verify(report: Report, project: Path, source: Path) -> None:
                 "leftover_tmp": sorted(str(p.relative_to(project / "runs"))
                                        for p in (project / "runs").glob(f"*/{folder}/.*.tmp"))}
 
-    outbox = files("outbox", "*.eml", QUEUE_REPLY)
-    refunds = files("refund_requests", "*.json", REQUEST_REFUND)
+    outbox = files(rundir.OUTBOX, "*.eml", QUEUE_REPLY)
+    refunds = files(rundir.REFUND_REQUESTS, "*.json", REQUEST_REFUND)
     report.files = {"outbox": outbox, "refund_requests": refunds}
     n, k = len(input_ids), report.settings["kills"]
 

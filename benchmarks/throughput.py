@@ -373,6 +373,8 @@ def run_crewbatch(server, recorder: Recorder, project: Path, n: int, concurrency
                   latency_s: float, name: str = "crewbatch", timeout_s: float = 1800,
                   note: str = "", workers: int = 1) -> Measurement:
     """Run `crewbatch run` over the project's generated tickets as a child process."""
+    from crews import rundir
+
     start = len(server.requests)
     server.forget_cache()
     args = [sys.executable, "-m", "crews", "--root", str(project), "run",
@@ -395,7 +397,8 @@ def run_crewbatch(server, recorder: Recorder, project: Path, n: int, concurrency
     ledger_cached = db.execute("SELECT SUM(c.cached_tokens) FROM model_calls c JOIN outcomes o "
                                "USING (outcome_id) WHERE o.run_id = ?", (run_id,)).fetchone()[0]
     db.close()
-    with open(project / "runs" / run_id / "results.csv", encoding="utf-8-sig", newline="") as f:
+    with open(rundir.results(rundir.run_dir(project / "runs", run_id)), encoding="utf-8-sig",
+              newline="") as f:
         rows = list(csv.DictReader(f))
     statuses = dict(Counter(r["status"] for r in rows))
     errors = dict(Counter(re.sub(r"\d+(\.\d+)?", "N", r["error"])[:120]
@@ -458,9 +461,9 @@ def lookups(config, tickets: list) -> list[list[dict]]:
     """Per ticket, the lookups crewbatch makes before the researcher's call
     (crews.research.look_up), made here once so every baseline's researcher gets the same prompt
     as crewbatch's."""
-    from crews import framework
+    from crews import framework, rundir
 
-    framework.prepare(config.runs_dir / ".crewai")
+    framework.prepare(config.runs_dir / rundir.CREWAI)
     from crews.knowledge import KnowledgeBase, Orders
     from crews.research import Evidence, look_up, research_tools
 

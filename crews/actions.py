@@ -27,7 +27,7 @@ from typing import Any
 from crewai.tools import BaseTool
 from pydantic import BaseModel, Field, PrivateAttr, create_model
 
-from . import files
+from . import files, rundir
 from .action_kinds import (
     ACTIONS,
     BATCH_ARGS,
@@ -356,8 +356,8 @@ def perform(decisions: list[Decision], ticket: Ticket, draft: Draft, run_dir: Pa
     for d in allowed:
         key = idempotency_key(ticket, d)
         if d.kind in (QUEUE_REPLY, REQUEST_REFUND):
-            planned = (run_dir / "outbox" / f"{name}.eml" if d.kind == QUEUE_REPLY
-                       else run_dir / "refund_requests" / f"{name}.json")
+            planned = (rundir.reply(run_dir, name) if d.kind == QUEUE_REPLY
+                       else rundir.refund_request(run_dir, name))
             target, done = ledger.intend_side_effect(key, outcome_id, d.kind, str(planned))
             if done:
                 lines.append(f"{d.kind}: already done earlier, not repeated")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from . import rundir
 from .settings import FORMATS, ConfigError, find_root, load_config, resolve_options
 from .ticket import ExitCode
 
@@ -510,7 +511,7 @@ def report(obj: Context, run_id, output):
     config = obj.config(check_files=False)
     with obj.ledger(config) as ledger:
         run_id = _resolve_run(ledger, run_id)
-        path = Path(output) if output else config.runs_dir / run_id / "report.html"
+        path = Path(output) if output else rundir.report(rundir.run_dir(config.runs_dir, run_id))
         click.echo(str(write_report(ledger, run_id, path, config.settings.pricing)))
 
 
@@ -543,7 +544,7 @@ def review_apply(obj: Context, file):
 
     config = obj.config()
     try:
-        with RunLock(config.runs_dir / "crewbatch.lock"), obj.ledger(config) as ledger:
+        with RunLock(config.runs_dir / rundir.LOCK), obj.ledger(config) as ledger:
             report = review_module.apply(config, ledger, Path(file))
     except review_module.SheetError as err:
         fail(str(err))

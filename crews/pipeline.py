@@ -12,16 +12,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
-from . import export, framework, intake, report, worker
+from . import export, framework, intake, report, rundir, worker
 from .engine import Engine, fleet_windows, shared_pauses
 from .knowledge import Orders
 from .ledger import Ledger, LedgerError
@@ -57,11 +54,7 @@ class RunSummary:
                  s in (Status.APPROVED.value, Status.NEEDS_HUMAN.value, Status.FAILED.value)]
         return (f"run {self.run_id} {self.status}: {self.records} records: {', '.join(parts)}; "
                 f"cost ${self.cost_usd:.4f}; {self.duration_s:.1f}s; results: {self.results_path}; "
-                f"report: {self.results_path.with_name('report.html')}")
-
-
-def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+                f"report: {rundir.report(self.results_path.parent)}")
 
 
 def _batches(items: Iterator, size: int) -> Iterator[list]:
@@ -130,7 +123,8 @@ def _stop_watchdog(config: Config, run_id: str, stop: threading.Event,
                                               "finished")
             ledger.finish_run(run_id, RunStatus.INTERRUPTED.value, ExitCode.STOPPED,
                               f"forced stop: {why}")
-            export.write_results(ledger, run_id, config.runs_dir / run_id / "results.csv",
+            export.write_results(ledger, run_id,
+                                 rundir.results(rundir.run_dir(config.runs_dir, run_id)),
                                  config.runs_dir)
     finally:
         os.write(2, f"crewbatch: stopped at once ({why}); run {run_id} is interrupted, its "
@@ -167,7 +161,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
     kb = knowledge_for_run(config, processes=options.workers)
     orders = Orders(config.orders_file)
 
-    with RunLock(config.runs_dir / "crewbatch.lock") as lock:
+    with RunLock(config.runs_dir / rundir.LOCK) as lock:
         ledger = open_ledger(config, options.new_ledger)
         recovered = ledger.recover_crashed_runs("the process running it died; its unfinished "
                                                 "tickets go back to pending")
@@ -179,14 +173,14 @@ def run(config: Config, options: RunOptions, sources: list[str],
             records = iter(replay.tickets(ledger))
         else:
             records = _records(files, intake_options, options.limit)
-        run_id = new_run_id()
-        run_dir = config.runs_dir / run_id
+        run_id = rundir.new_run_id()
+        run_dir = rundir.run_dir(config.runs_dir, run_id)
         run_dir.mkdir(parents=True, exist_ok=True)
         # Started first: their seconds of start-up (CrewAI's import) overlap this process's own;
         # each waits for the run to start in the ledger, then joins it.
         helpers = worker.spawn(config, run_id, options) if options.workers > 1 else []
         try:
-            framework.prepare(config.runs_dir / ".crewai")
+            framework.prepare(config.runs_dir / rundir.CREWAI)
             from .crew import CrewRunner
 
             runner = CrewRunner(config, build_llms(config, options.model, environ,
@@ -206,7 +200,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
                 p.kill()
             raise
         lock.describe(run_id)
-        log = RunLog(run_dir / "run.log", json_lines=config.settings.log_json)
+        log = RunLog(rundir.log(run_dir), json_lines=config.settings.log_json)
         status, stop_reason = RunStatus.CRASHED.value, ""
         budget = Budget(options.max_cost, options.max_minutes, lambda: ledger.run_cost(run_id))
         finished = threading.Event()
@@ -277,9 +271,9 @@ def run(config: Config, options: RunOptions, sources: list[str],
                              else ExitCode.OK)
                 ledger.finish_run(run_id, status, exit_code,
                                   "; ".join(filter(None, [stop_reason, json.dumps(counts)])))
-                results = export.write_results(ledger, run_id, run_dir / "results.csv",
+                results = export.write_results(ledger, run_id, rundir.results(run_dir),
                                                config.runs_dir)
-                report.write_report(ledger, run_id, run_dir / "report.html",
+                report.write_report(ledger, run_id, rundir.report(run_dir),
                                     config.settings.pricing)
                 cost = sum(o["cost_usd"] for o in ledger.outcomes(run_id))
                 log.info("run finished", run_id=run_id, status=status, exit_code=exit_code,
@@ -294,17 +288,13 @@ def run(config: Config, options: RunOptions, sources: list[str],
                       time.monotonic() - started, warnings, stop_reason)
 
 
-RUN_DIR = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{4}$")
-
-
 def missing_ledger(config: Config) -> str | None:
     """Why the project's ledger must not be started afresh, or None: it is missing or empty
     while run folders exist, so it would forget which tickets were answered and answer them
     again. `run` refuses then (unless --new-ledger) and `check` reports it."""
     if not Ledger.is_empty(config.ledger_url) or not config.runs_dir.is_dir():
         return None
-    earlier = sorted(p.name for p in config.runs_dir.glob("*") if RUN_DIR.match(p.name)
-                     and p.is_dir())
+    earlier = rundir.run_ids(config.runs_dir)
     if not earlier:
         return None
     state = ("is empty (0 bytes or no runs)" if config.database_url or config.ledger_file.exists()

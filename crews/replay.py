@@ -35,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from . import rundir
 from .ledger import RefundHistory, RefundRequest
 from .recording import Recorded, RecordedCall, message_from_blob
 from .ticket import Status, Ticket
@@ -379,7 +380,7 @@ def replay_cassette(config, cassette: Cassette | Path, model: str | None = None,
     model = model or cassette.model
     env = environ_for(strict or offline, environ)
     preflight(config, model, env)
-    framework.prepare(config.runs_dir / ".crewai")
+    framework.prepare(config.runs_dir / rundir.CREWAI)
     from .crew import CrewRunner
 
     runner = CrewRunner(config, build_llms(config, model, env), KnowledgeBase(config.knowledge_dir),

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import export
+from . import export, rundir
 from .action_kinds import ESCALATE_TO_HUMAN, QUEUE_REPLY, REQUEST_REFUND, tool_args
 from .show import cut
 from .ticket import PENDING, RUNNING, Status
@@ -306,7 +306,7 @@ class _DeskFactory:
         from . import framework
         from .knowledge import KnowledgeBase, Orders
 
-        framework.prepare(self.config.runs_dir / ".crewai")
+        framework.prepare(self.config.runs_dir / rundir.CREWAI)
         self.orders = Orders(self.config.orders_file)
         self.kb = KnowledgeBase(self.config.knowledge_dir)
         self._ready = True
@@ -384,7 +384,7 @@ class _DeskFactory:
         refused = [f"{d.kind}: {d.reason}" for d in desk.decisions if not d.allowed]
         if refused:
             return [], refused
-        run_dir = self.config.runs_dir / o["run_id"]
+        run_dir = rundir.run_dir(self.config.runs_dir, o["run_id"])
         try:
             return perform(desk.decisions, ticket, draft, run_dir, ledger, o["outcome_id"]), []
         except PolicyRefusal as refusal:

@@ -19,6 +19,7 @@ import threading
 import time
 from datetime import datetime
 
+from . import rundir
 from .settings import Config, RunOptions
 from .ticket import RunStatus
 
@@ -41,7 +42,7 @@ def _die_with_parent() -> None:
 
 def spawn(config: Config, run_id: str, options: RunOptions) -> list[subprocess.Popen]:
     """The run's `--workers N` - 1 extra processes, each `crewbatch worker --run RUN_ID`."""
-    log = open(config.runs_dir / run_id / "workers.log", "ab")
+    log = open(rundir.workers_log(rundir.run_dir(config.runs_dir, run_id)), "ab")
     try:
         return [subprocess.Popen(
             [sys.executable, "-m", "crews", "--root", str(config.root), "worker", "--run", run_id,
@@ -88,7 +89,7 @@ def work_run(config: Config, ledger, run_id: str, concurrency: int | None,
     threads = concurrency or int(opts.get("worker_concurrency") or 0) or \
         max(1, -(-int(opts.get("concurrency") or 1) // processes))
     started = datetime.fromisoformat(run["started_utc"].replace("Z", "+00:00")).timestamp()
-    framework.prepare(config.runs_dir / ".crewai")
+    framework.prepare(config.runs_dir / rundir.CREWAI)
     from .crew import CrewRunner
 
     runner = CrewRunner(config, build_llms(config, run["model"], processes=processes,
@@ -98,9 +99,9 @@ def work_run(config: Config, ledger, run_id: str, concurrency: int | None,
                         Orders(config.orders_file), int(opts.get("revision_limit") or 0))
     runner.warm(threads)
     runner.refund_history = ledger.refund_history
-    run_dir = config.runs_dir / run_id
+    run_dir = rundir.run_dir(config.runs_dir, run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
-    log = RunLog(run_dir / "run.log", json_lines=config.settings.log_json)
+    log = RunLog(rundir.log(run_dir), json_lines=config.settings.log_json)
     recorded = 0
     max_cost, max_minutes = opts.get("max_cost"), opts.get("max_minutes")
     side_effects = opts.get("side_effects", True) is not False
@@ -156,7 +157,7 @@ def main(config: Config, run_id: str | None, concurrency: int | None, once: bool
     from .ledger import Ledger
 
     # CrewAI's import is most of a worker's start-up: done while the run is awaited.
-    framework.prepare(config.runs_dir / ".crewai")
+    framework.prepare(config.runs_dir / rundir.CREWAI)
     from . import crew  # noqa: F401
 
     with Ledger(config.ledger_url) as ledger:
