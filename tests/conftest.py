@@ -29,9 +29,12 @@ os.environ.update({
     "OTEL_SDK_DISABLED": "true",
     "CREWAI_STORAGE_DIR": tempfile.mkdtemp(prefix="crewbatch-tests-crewai-"),
 })
-for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "CREWBATCH_ROOT", "CREWBATCH_MODEL",
-            "CREWBATCH_CONCURRENCY", "CREWBATCH_BATCH_SIZE", "CREWBATCH_REVISION_LIMIT",
-            "CREWBATCH_DATABASE_URL"):
+# Every variable crewbatch reads or sets: a developer's shell (CREWBATCH_WORKERS=4) changes no test;
+# tests/test_settings.py checks the list against the CREWBATCH_ names in crews/.
+CLEARED_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "CREWBATCH_ROOT", "CREWBATCH_MODEL",
+               "CREWBATCH_CONCURRENCY", "CREWBATCH_BATCH_SIZE", "CREWBATCH_REVISION_LIMIT",
+               "CREWBATCH_WORKERS", "CREWBATCH_DATABASE_URL", "CREWBATCH_LOCAL_WORKER")
+for var in CLEARED_ENV:
     os.environ.pop(var, None)
 
 

@@ -36,8 +36,9 @@ def ticket(body: str, customer="jess.lee@example.net", subject="Refund request",
 
 def scripted(drafts: list[dict] | None = None, verdicts: list[dict] | None = None,
              boom_on: str | None = None):
-    """An OfflineLLM whose writer and critic answers come from a script, in order."""
-    from crews.offline import OfflineLLM, respond
+    """An OfflineLLM whose writer and critic answers come from a script, in order; the roles
+    left unscripted are played by the offline model (`offline` lists those calls)."""
+    from crews.offline import OfflineLLM
 
     class Scripted(OfflineLLM):
         def call(self, messages, tools=None, callbacks=None, available_functions=None,
@@ -49,12 +50,13 @@ def scripted(drafts: list[dict] | None = None, verdicts: list[dict] | None = Non
             if script:
                 self.calls.append(name)
                 return json.dumps(script.pop(0))
+            self.offline.append(name or "tools")
             return super().call(messages, tools, callbacks, available_functions, from_task,
                                 from_agent, response_model)
 
     llm = Scripted(model="scripted")
     object.__setattr__(llm, "calls", [])
-    assert respond  # the unscripted roles are played by the offline model
+    object.__setattr__(llm, "offline", [])
     return llm
 
 
@@ -97,7 +99,9 @@ def test_invented_order_number_is_sent_back_and_fixed_by_revision(make_runner):
     result = make_runner(llm).run(ticket("Please refund the candles from NW-10335, $24.00."))
     assert result.status == Status.APPROVED
     assert result.revisions == 1
-    assert llm.calls.count("Draft") == 2
+    assert llm.calls == ["Draft", "Draft"]
+    # The researcher, the critic (each round) and the executor were the offline model's.
+    assert llm.offline == ["tools", "Verdict", "Verdict", "tools"]
     first_checks = [s for s in result.steps if s["step"] == "checks" and s["round"] == 0][0]
     assert "invented_fact: order number NW-99999" in first_checks["output_text"]
     second_draft = [s for s in result.steps if s["step"] == "draft" and s["round"] == 1][0]

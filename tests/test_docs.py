@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import click
+import pytest
 from click.testing import CliRunner
 from conftest import REPO
 
@@ -13,12 +15,28 @@ from crews.ticket import ExitCode
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
 
-def test_every_command_has_help_and_is_in_the_readme():
-    for name, command in main.commands.items():
-        result = CliRunner().invoke(main, [name, "--help"])
-        assert result.exit_code == 0
-        assert command.help and len(command.help.strip()) > 20, name
-        assert f"crewbatch {name}" in README, name
+def commands(group: click.Group = main, prefix: tuple[str, ...] = ()):
+    """Every command a user can run, by its full name (`review apply`), sub-commands included."""
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from commands(command, (*prefix, name))
+        else:
+            yield " ".join((*prefix, name))
+
+
+def test_the_command_list_reaches_into_groups():
+    assert "review apply" in list(commands()) and "review" not in list(commands())
+
+
+@pytest.mark.parametrize("name", list(commands()))
+def test_every_command_has_help_with_an_example_and_is_in_the_readme(name):
+    result = CliRunner().invoke(main, [*name.split(), "--help"])
+    assert result.exit_code == 0, result.output
+    summary = result.output.split("\n\n")[1].strip()
+    assert len(summary) > 20, summary
+    assert re.search(r"^\s*Examples?:\n(?:\s+.*\n)*?\s+crewbatch " + re.escape(name) + r"\b",
+                     result.output, re.M), result.output
+    assert re.search(r"^\| `crewbatch " + re.escape(name) + r"\b", README, re.M), name
 
 
 def test_readme_has_two_setup_commands_and_ci_runs_the_test_one():

@@ -151,3 +151,18 @@ def test_a_database_url_is_checked_and_its_password_kept_out_of_config(project, 
             "ledger at `paths.ledger`") in found
     assert ("environment: CREWBATCH_DATABASE_URL='sqlite:///x:***@y' is not a PostgreSQL URL; "
             "write it as postgresql://USER@HOST:5432/DBNAME, or unset it") in found
+
+
+def test_every_crewbatch_environment_variable_is_cleared_for_the_tests():
+    """A variable the settings read but conftest leaves set would make tests depend on the
+    shell they run in (CREWBATCH_WORKERS=4 turns every run into four processes)."""
+    import os
+    import re
+
+    from conftest import CLEARED_ENV, REPO
+
+    named = {m for path in (REPO / "crews").rglob("*.py")
+             for m in re.findall(r"\bCREWBATCH_[A-Z_]+\b", path.read_text(encoding="utf-8"))}
+    assert "CREWBATCH_WORKERS" in named
+    assert named <= set(CLEARED_ENV), named - set(CLEARED_ENV)
+    assert not [var for var in CLEARED_ENV if var in os.environ]
