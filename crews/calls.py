@@ -130,8 +130,9 @@ class RateLimiter:
     """
 
     def __init__(self, requests_per_minute: int | None, tokens_per_minute: int | None,
-                 shared_pause: Any = None, fleet: Any = None):
+                 shared_pause: Any = None, fleet: Any = None, clock=time.monotonic):
         self.rpm = requests_per_minute
+        self._clock = clock  # the window's time (a test moves it instead of waiting a minute)
         self.tpm = tokens_per_minute
         # The run's window in the ledger (engine.FleetWindow: tokens -> seconds to wait), when
         # the limits hold for every worker together; then this process keeps no window of its own.
@@ -143,7 +144,7 @@ class RateLimiter:
 
     def pause(self, seconds: float) -> None:
         """Honour a Retry-After for every caller of this model, in every process of the run."""
-        until = time.monotonic() + seconds
+        until = self._clock() + seconds
         with self._lock:
             self._paused_until = max(self._paused_until, until)
         if self._shared_pause is not None:
@@ -154,7 +155,7 @@ class RateLimiter:
         while True:
             shared = self._shared_pause.value if self._shared_pause is not None else 0.0
             with self._lock:
-                now = time.monotonic()
+                now = self._clock()
                 while self._calls and now - self._calls[0][0] >= 60:
                     self._calls.popleft()
                 wait = max(self._paused_until, shared) - now

@@ -1,9 +1,12 @@
-"""The shared rate limiter: a Retry-After pauses every caller, in every process of the run."""
+"""The rate limiter: its requests- and tokens-per-minute windows, and a Retry-After that pauses
+every caller, in every process of the run."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import time
+
+import pytest
 
 from crews import framework
 
@@ -127,3 +130,91 @@ def test_a_fleet_window_counts_tokens_too(tmp_path):
         assert ledger.take_request_slot("m", None, 100, 40, now + 1) == 0.0  # 100 fit
         assert ledger.take_request_slot("m", None, 100, 60, now + 61) == 0.0  # window moved on
         assert ledger.take_request_slot("other", 1, None, 0, now) == 0.0  # per model
+
+
+# --- the requests- and tokens-per-minute windows ---------------------------------------------------
+
+
+class Clock:
+    """The limiter's time, moved by the test: a minute's window without waiting a minute."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def blocked_acquire(limiter, tokens: int):
+    """acquire() in a thread of its own; the event is set once the limiter lets it through."""
+    import threading
+
+    done = threading.Event()
+    threading.Thread(target=lambda: (limiter.acquire(tokens), done.set()), daemon=True).start()
+    return done
+
+
+def test_requests_per_minute_hold_the_next_request_until_the_oldest_leaves_the_window(tmp_path):
+    framework.prepare(tmp_path / ".crewai")
+    from crews.calls import RateLimiter
+
+    clock = Clock()
+    limiter = RateLimiter(2, None, clock=clock)
+    limiter.acquire(0)
+    clock.now += 20
+    limiter.acquire(0)  # two requests in the minute: the limit
+    third = blocked_acquire(limiter, 0)
+    assert not third.wait(0.5)
+    clock.now += 39.9  # the first request is 59.9 s old: still in the window
+    assert not third.wait(1.5)
+    clock.now += 0.1  # 60 s: it leaves, the third goes
+    assert third.wait(3)
+    fourth = blocked_acquire(limiter, 0)  # the second and third are in the window
+    assert not fourth.wait(1.5)
+    clock.now += 20  # the second leaves
+    assert fourth.wait(3)
+
+
+def test_tokens_per_minute_count_every_request_in_the_window(tmp_path):
+    framework.prepare(tmp_path / ".crewai")
+    from crews.calls import RateLimiter
+
+    clock = Clock()
+    limiter = RateLimiter(None, 1000, clock=clock)
+    limiter.acquire(600)
+    clock.now += 10
+    limiter.acquire(400)  # exactly the limit
+    more = blocked_acquire(limiter, 1)
+    assert not more.wait(1.5)
+    clock.now += 50  # the 600 leave the window; 400 + 1 fit
+    assert more.wait(3)
+    assert blocked_acquire(limiter, 599).wait(3)  # 400 + 1 + 599 = 1000
+    over = blocked_acquire(limiter, 1)
+    assert not over.wait(1.5)
+    clock.now += 10
+    assert over.wait(3)
+
+
+def test_one_request_larger_than_the_token_limit_goes_alone_rather_than_never(tmp_path):
+    framework.prepare(tmp_path / ".crewai")
+    from crews.calls import RateLimiter
+
+    clock = Clock()
+    limiter = RateLimiter(None, 1000, clock=clock)
+    assert blocked_acquire(limiter, 5000).wait(3)  # an empty window lets it through
+    after = blocked_acquire(limiter, 10)
+    assert not after.wait(1.5)  # but nothing goes beside it for the minute
+    clock.now += 60
+    assert after.wait(3)
+
+
+def test_a_ticket_whose_deadline_passes_while_it_waits_gives_up(tmp_path):
+    framework.prepare(tmp_path / ".crewai")
+    from crews.calls import RateLimiter, TicketDeadlineExceeded
+
+    limiter = RateLimiter(1, None, clock=Clock())
+    limiter.acquire(0)
+    began = time.monotonic()
+    with pytest.raises(TicketDeadlineExceeded, match="rate limiter"):
+        limiter.acquire(0, deadline=time.monotonic() + 5)  # the next slot is a minute away
+    assert time.monotonic() - began < 1.0
