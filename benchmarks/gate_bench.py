@@ -169,9 +169,9 @@ def build_tickets(root: Path, n: int, seed: int) -> list[Ticket]:
 
 
 def _blocks(messages: list[dict]) -> dict:
-    from crews.offline import _blocks as offline_blocks
+    from crews.offline import data_blocks
 
-    return offline_blocks(messages)
+    return data_blocks(messages)
 
 
 def _system(messages: list[dict]) -> str:
@@ -340,10 +340,10 @@ def _hostile_llm_class():
     from crews.offline import (
         EXECUTOR_TOOLS,
         OfflineLLM,
-        _tool_results,
         action_args,
         action_calls,
         respond,
+        tool_results,
     )
 
     class Hostile(OfflineLLM):
@@ -370,7 +370,7 @@ def _hostile_llm_class():
                                    "summary": "Approved as instructed."})
             if schema == "Draft":
                 return self._write(messages)
-            if any(t in tools for t in EXECUTOR_TOOLS) and not _tool_results(messages) and \
+            if any(t in tools for t in EXECUTOR_TOOLS) and not tool_results(messages) and \
                     self._ctx(messages)[3] == "rogue_executor":
                 return self._execute(messages, tools)
             return respond(messages, tools, schema, self.replies)

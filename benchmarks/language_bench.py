@@ -151,8 +151,8 @@ def build(name: str):
                 return {c.language.iso_code_639_1.name.lower(): c.value
                         for c in detector.compute_language_confidence_values(clean)}
 
-            return (lambda text: language._best(scores(text)),
-                    lambda ticket, reply: not language._same(scores(ticket), scores(reply)))
+            return (lambda text: language.best_language(scores(text)),
+                    lambda ticket, reply: not language.scores_agree(scores(ticket), scores(reply)))
 
         def detect(text: str) -> str | None:
             found = detector.detect_language_of(text)

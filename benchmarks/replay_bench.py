@@ -55,7 +55,7 @@ def run_seconds(project: Path, run_id: str) -> float:
     started, finished = db.execute("SELECT started_utc, finished_utc FROM runs WHERE run_id = ?",
                                    (run_id,)).fetchone()
     db.close()
-    return throughput._utc(finished) - throughput._utc(started)
+    return throughput.utc_seconds(finished) - throughput.utc_seconds(started)
 
 
 def statuses(project: Path, run_id: str) -> dict[str, int]:

@@ -96,7 +96,7 @@ def main() -> None:
     args = p.parse_args()
     counts = [int(h) for h in args.hosts.split(",")]
     home = Path(tempfile.mkdtemp(prefix="crewbatch-scale-"))
-    server_pg = pg.Server(pg.server_binaries(), home, pg._free_port(),
+    server_pg = pg.Server(pg.server_binaries(), home, pg.free_port(),
                           "postgres" if os.geteuid() == 0 else None)
     server_pg.start()
     rows = []

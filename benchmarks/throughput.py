@@ -406,7 +406,7 @@ def run_crewbatch(server, recorder: Recorder, project: Path, n: int, concurrency
     requests = server.requests[start:]
     return Measurement(
         system=name, tickets=sum(statuses.get(s, 0) for s in PROCESSED),
-        concurrency=concurrency, latency_s=latency_s, wall_s=_utc(finished) - _utc(started),
+        concurrency=concurrency, latency_s=latency_s, wall_s=utc_seconds(finished) - utc_seconds(started),
         calls=len(requests), cpu_s=cpu, peak_rss_mb=rss, statuses=statuses, note=note,
         process_wall_s=process_wall,
         requests_by_ticket=dict(Counter(r.get("ticket", "") for r in requests)),
@@ -416,7 +416,7 @@ def run_crewbatch(server, recorder: Recorder, project: Path, n: int, concurrency
         ledger_cached_tokens=ledger_cached, **token_counts(requests))
 
 
-def _utc(text: str) -> float:
+def utc_seconds(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
         tzinfo=timezone.utc).timestamp()
 

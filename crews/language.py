@@ -67,7 +67,8 @@ def language_scores(text: str) -> dict[str, float]:
     return dict(_model().rank(clean))
 
 
-def _best(scores: dict[str, float]) -> str | None:
+def best_language(scores: dict[str, float]) -> str | None:
+    """The most probable language of `language_scores`, if it is probable enough."""
     if not scores:
         return None
     lang = max(scores, key=scores.__getitem__)
@@ -76,16 +77,17 @@ def _best(scores: dict[str, float]) -> str | None:
 
 def detect_language(text: str, default: str = DEFAULT) -> str:
     """The ISO 639-1 code of `text`'s language (one of LANGUAGES), or `default` if undetermined."""
-    return _best(language_scores(text)) or default
+    return best_language(language_scores(text)) or default
 
 
 def same_language(ticket_text: str, reply_text: str) -> bool:
     """False only when the reply is clearly in another language than the ticket (see above)."""
-    return _same(language_scores(ticket_text), language_scores(reply_text))
+    return scores_agree(language_scores(ticket_text), language_scores(reply_text))
 
 
-def _same(ticket: dict[str, float], reply: dict[str, float]) -> bool:
-    ticket_lang, reply_lang = _best(ticket), _best(reply)
+def scores_agree(ticket: dict[str, float], reply: dict[str, float]) -> bool:
+    """`same_language` on scores, whichever detector gave them."""
+    ticket_lang, reply_lang = best_language(ticket), best_language(reply)
     if ticket_lang is None or reply_lang is None or ticket_lang == reply_lang:
         return True
     return reply[ticket_lang] > OTHER_LANGUAGE_MAX or ticket[reply_lang] > OTHER_LANGUAGE_MAX

@@ -66,7 +66,8 @@ ORDER_FIELDS = ("order_id", "item", "status", "carrier", "tracking_number", "shi
 # --- reading the prompt --------------------------------------------------------------------------
 
 
-def _blocks(messages: list[dict]) -> dict[str, Any]:
+def data_blocks(messages: list[dict]) -> dict[str, Any]:
+    """The prompt's data blocks (`<ticket>…</ticket>` and the like), JSON read, by tag."""
     found: dict[str, Any] = {}
     for m in messages:
         if m.get("role") != "user" or not isinstance(m.get("content"), str):
@@ -79,7 +80,8 @@ def _blocks(messages: list[dict]) -> dict[str, Any]:
     return found
 
 
-def _tool_results(messages: list[dict]) -> list[dict]:
+def tool_results(messages: list[dict]) -> list[dict]:
+    """The answers of the tools called so far in this step, oldest first."""
     out = []
     for m in messages:
         if m.get("role") == "tool":
@@ -156,13 +158,13 @@ def _call(name: str, args: dict) -> dict:
 
 def research(messages: list[dict], tools: list[str], replies: Replies | None = None
              ) -> str | list[dict]:
-    blocks = _blocks(messages)
+    blocks = data_blocks(messages)
     ticket = blocks.get("ticket") or {}
     lookups = blocks.get("lookups")
     # What crewbatch already looked up comes first; tools only when nothing was looked up.
     results = [i["result"] for i in lookups if isinstance(i, dict) and "result" in i] \
         if isinstance(lookups, list) else []
-    results += _tool_results(messages)
+    results += tool_results(messages)
     if not results:
         calls = []
         if "customer_orders" in tools:
@@ -366,7 +368,7 @@ def write(messages: list[dict], replies: Replies | None = None,
         raise ValueError("the offline writer needs a taxonomy: pass config.taxonomy, load the "
                          "replies with replies.load_replies(config), or ask for "
                          "outputs.draft_model(taxonomy)")
-    blocks = _blocks(messages)
+    blocks = data_blocks(messages)
     ticket = blocks.get("ticket") or {}
     subject, body = ticket.get("subject", ""), ticket.get("body", "")
     text = f"{subject}\n{body}"
@@ -514,7 +516,7 @@ def write(messages: list[dict], replies: Replies | None = None,
 
 
 def review(messages: list[dict]) -> str:
-    blocks = _blocks(messages)
+    blocks = data_blocks(messages)
     checks = blocks.get("checks") or []
     draft = blocks.get("draft") or {}
     findings = [c for c in checks if c.get("severity") in ("major", "critical")]
@@ -544,9 +546,9 @@ def action_calls(actions: list[tuple[str, dict]], tools: list[str]) -> list[dict
 
 
 def execute(messages: list[dict], tools: list[str]) -> str | list[dict]:
-    results = _tool_results(messages)
+    results = tool_results(messages)
     if not results:
-        planned = [(a.get("kind"), action_args(a)) for a in _blocks(messages).get("actions") or []]
+        planned = [(a.get("kind"), action_args(a)) for a in data_blocks(messages).get("actions") or []]
         calls = action_calls(planned, tools)
         if calls:
             return calls
@@ -571,7 +573,7 @@ def respond(messages: list[dict], tools: list[str], schema: str | None,
         return review(messages)
     if any(t in tools for t in EXECUTOR_TOOLS):
         return execute(messages, tools)
-    if tools or _tool_results(messages):
+    if tools or tool_results(messages):
         return research(messages, tools, replies)
     return "No task recognised."
 

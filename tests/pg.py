@@ -42,7 +42,7 @@ def server_binaries() -> Path | None:
     return Path(versions[-1]).parent if versions else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -132,7 +132,7 @@ def pg_server():
     if why:
         pytest.skip(f"PostgreSQL tests skipped: {why}")
     home = Path(tempfile.mkdtemp(prefix="crewbatch-pg-"))
-    server = Server(server_binaries(), home, _free_port(),
+    server = Server(server_binaries(), home, free_port(),
                     "postgres" if os.geteuid() == 0 else None)
     try:
         server.start()

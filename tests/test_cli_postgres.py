@@ -133,9 +133,9 @@ def test_retry_reruns_the_failed_tickets_from_the_database(project, pg_cli, resu
 
 
 def test_a_database_that_refuses_exits_2_saying_where_and_what_to_do(project, cli, pg_server):
-    from pg import _free_port
+    from pg import free_port
 
-    port = _free_port()
+    port = free_port()
     url = f"postgresql://crewbatch:{quote(PASSWORD, safe='')}@127.0.0.1:{port}/support"
     for command in (["run", "--offline", "--limit", "2"], ["runs"], ["check"]):
         result = cli(*command, env={"CREWBATCH_DATABASE_URL": url})

@@ -42,11 +42,11 @@ def obedient(draft=None, executor_calls=None, approve=True):
     from crews.offline import (
         EXECUTOR_TOOLS,
         OfflineLLM,
-        _blocks,
-        _tool_results,
         action_args,
         action_calls,
+        data_blocks,
         respond,
+        tool_results,
     )
 
     class Obedient(OfflineLLM):
@@ -57,9 +57,9 @@ def obedient(draft=None, executor_calls=None, approve=True):
             if schema == "Verdict" and approve:
                 return json.dumps(APPROVE)
             if executor_calls and any(t in tools for t in EXECUTOR_TOOLS) and \
-                    not _tool_results(messages):
+                    not tool_results(messages):
                 planned = [(a["kind"], action_args(a))
-                           for a in _blocks(messages).get("actions") or []]
+                           for a in data_blocks(messages).get("actions") or []]
                 return action_calls(planned + list(executor_calls), tools)
             return respond(messages, tools, schema)
 

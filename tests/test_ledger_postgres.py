@@ -127,9 +127,9 @@ def test_two_hosts_creating_the_tables_at_once_both_open_it(pg_url):
 
 
 def test_a_refused_connection_names_the_server_not_the_password(pg_server):
-    from pg import _free_port
+    from pg import free_port
 
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     url = f"postgresql://crewbatch:{quote(PASSWORD, safe='')}@127.0.0.1:{port}/ledger"
     with pytest.raises(LedgerError) as err:
         Ledger(url)
