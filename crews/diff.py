@@ -23,7 +23,6 @@ from pathlib import Path
 
 from . import files
 
-OUTCOME_FACETS = ("status", "category", "priority", "actions", "findings", "verdict", "reply")
 CONTEXT_WORDS = 6  # words of unchanged reply text kept around each change
 LIST_LIMIT = 2000  # changed tickets listed on the HTML page
 

@@ -39,7 +39,6 @@ from .settings import Config, ConfigError, RunOptions, _suggest
 from .ticket import ExitCode, Rejection, RunStatus, Status, Ticket
 
 FIELDS = ("category", "priority", "queue", "needs_human")
-TRIAGE = ("category", "priority", "queue")
 EVALS_DIR = "evals"
 LOG_FILE, SAMPLES_FILE, REPORT_FILE = "eval.json", "samples.csv", "report.html"
 DECIDED = (Status.APPROVED.value, Status.NEEDS_HUMAN.value)

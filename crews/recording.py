@@ -28,7 +28,6 @@ from typing import Any
 
 from pydantic import BaseModel
 
-MODES = ("full", "responses", "off")
 # Attributes of a model object that change its answers (those that are set are hashed).
 SAMPLING = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "seed",
             "frequency_penalty", "presence_penalty", "reasoning_effort", "logprobs",

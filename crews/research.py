@@ -52,9 +52,6 @@ class Evidence:
                 found[order["order_id"]] = order
         return found
 
-    def texts(self) -> list[str]:
-        return [json.dumps(i["result"], ensure_ascii=False) for i in self.items]
-
     def searched(self, query: str, found) -> None:
         """Keep how a knowledge search ranked its sections (scores, source, method, embedding
         tokens) for the ledger and the reviewer; the model's answer has only the sections."""

@@ -257,7 +257,6 @@ class Config:
     agents: dict[str, AgentSpec]
     tasks: dict[str, TaskSpec]
     policy: Policy
-    warnings: list[str] = field(default_factory=list)
     escalation: dict[str, EscalationKind] = field(default_factory=dict)
     taxonomy: Taxonomy | None = None
     # CREWBATCH_DATABASE_URL, else settings `ledger.url` (`database_url` merges them); None = SQLite.
@@ -440,7 +439,6 @@ def _placeholders(text: str) -> set[str]:
 def load_config(root: Path, check_files: bool = True) -> Config:
     """Load and cross-check every config file; raise ConfigError listing every problem found."""
     problems: list[str] = []
-    warnings: list[str] = []
 
     settings = load_model(SETTINGS_FILE, _read_yaml(root, SETTINGS_FILE, problems), Settings,
                           problems, "of keys (llm, batch_size, ...)") or Settings()
@@ -461,7 +459,7 @@ def load_config(root: Path, check_files: bool = True) -> Config:
 
     problems.extend(override_problems(policy.checks, POLICY_FILE))
 
-    config = Config(root, settings, agents, tasks, policy, warnings, escalation, taxonomy,
+    config = Config(root, settings, agents, tasks, policy, escalation, taxonomy,
                     database_url(settings, os.environ, problems))
     if check_files:
         _check_files(config, problems)
