@@ -54,3 +54,18 @@ def test_exit_codes_and_statuses_are_documented():
     assert re.findall(r"^\| (\d) \|", table, re.M) == [str(int(c)) for c in ExitCode]
     for status in ("approved", "needs_human", "failed", "rejected", "skipped"):
         assert f"| `{status}` |" in README
+
+
+def architecture_map() -> str:
+    return README.split("\n## Architecture map\n")[1].split("\n## ")[0]
+
+
+def test_the_architecture_map_names_every_module_and_only_modules_that_exist():
+    named = set(re.findall(r"`(crews/[\w/]+(?:\.py|/))`", architecture_map()))
+    missing = sorted(n for n in named if not (REPO / n).exists())
+    assert not missing, f"the README's architecture map names modules that do not exist: {missing}"
+    modules = {str(p.relative_to(REPO)) for p in (REPO / "crews").rglob("*.py")}
+    packages = {str(p.parent.relative_to(REPO)) + "/" for p in (REPO / "crews").rglob("*/__init__.py")
+                if p.parent != REPO / "crews"}
+    unnamed = sorted((modules | packages) - named)
+    assert not unnamed, f"add these to the README's architecture map: {unnamed}"
