@@ -255,7 +255,7 @@ def retry(obj: Context, run_id, offline, model, concurrency):
                  "`crewbatch eval` again to score its failed tickets")
     if not failed:
         click.echo(f"crewbatch: run {run_id} has no failed tickets; nothing to retry", err=True)
-        sys.exit(0)
+        sys.exit(ExitCode.OK)
     options = resolve_options(config, {"offline": offline, "model": model,
                                        "concurrency": concurrency})
     _run_and_report(pipeline.run, config, options, [], retry_of=run_id)
