@@ -25,7 +25,7 @@ from . import export, intake, report, worker
 from .engine import Engine
 from .ledger import Ledger, LedgerError
 from .llms import preflight, role_models
-from .lock import RunLock
+from .lock import LockHeld, RunLock
 from .runlog import RunLog
 from .settings import Config, RunOptions
 from .ticket import PENDING, Rejection, Status, Ticket
@@ -171,6 +171,12 @@ def run(config: Config, options: RunOptions, sources: list[str],
 
     with RunLock(config.runs_dir / "crewbatch.lock") as lock:
         ledger = open_ledger(config, options.new_ledger)
+        holder = ledger.take_run_lock()
+        if holder:
+            ledger.close()
+            raise LockHeld(f"another crewbatch run is active on {config.ledger_name} "
+                           f"({holder}). Wait for it to finish, or stop it (SIGTERM) and run "
+                           "again; to add this host's capacity to it, run `crewbatch worker`")
         recovered = ledger.recover_crashed_runs("the process running it died; its unfinished "
                                                 "tickets go back to pending")
         if retry_of is not None:

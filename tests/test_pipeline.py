@@ -185,3 +185,44 @@ def test_a_stop_request_lets_in_flight_tickets_finish_and_leaves_the_rest_pendin
 def test_a_crew_handed_in_cannot_be_combined_with_worker_processes(config):
     with pytest.raises(ValueError, match="works in this process only"):
         run(config, Crew(), workers=2)
+
+
+def test_one_run_at_a_time_per_postgresql_ledger_whichever_host_starts_it(
+        tmp_path, tickets_file, pg_url, monkeypatch):
+    """Two hosts (run folders and lock files of their own) on one PostgreSQL ledger: the second
+    `run` is refused while the first works — before, it took its own host's lock and marked the
+    live run crashed."""
+    from conftest import make_project
+    from pg import PASSWORD
+
+    from crews.lock import LockHeld
+
+    monkeypatch.setenv("CREWBATCH_DATABASE_URL", pg_url)
+    hosts = [make_project(tmp_path / f"host{i}") for i in (1, 2)]
+    for h in hosts:
+        tickets_file(h / "t.csv", ROWS)
+    first, second = (load_config(h) for h in hosts)
+    entered, release = threading.Event(), threading.Event()
+    outcome: list = []
+
+    def hold(ticket):
+        entered.set()
+        release.wait(30)
+
+    worker = threading.Thread(target=lambda: outcome.append(
+        run(first, Crew(hook=hold), concurrency=1)))
+    worker.start()
+    try:
+        assert entered.wait(60)
+        with pytest.raises(LockHeld) as refused:
+            run(second, Crew())
+    finally:
+        release.set()
+        worker.join(120)
+    message = str(refused.value)
+    assert message.startswith("another crewbatch run is active on postgresql://crewbatch:***@")
+    assert f"run {outcome[0].run_id} on " in message and "(pid " in message
+    assert PASSWORD not in message
+    assert outcome[0].status == "completed" and outcome[0].counts == {"approved": 12}
+    after = run(second, Crew())  # once it is over, the other host runs: nothing left to do
+    assert after.counts == {"skipped": 12}
