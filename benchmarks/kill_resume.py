@@ -56,6 +56,7 @@ import throughput  # noqa: E402
 
 from crews import rundir  # noqa: E402
 from crews.action_kinds import QUEUE_REPLY, REQUEST_REFUND  # noqa: E402
+from crews.ticket import ExitCode, RunStatus  # noqa: E402
 
 REQUESTS_PER_TICKET = 4.0  # measured k of the four-task crew against the fake server
 DONE = ("approved", "needs_human")  # a ticket with one of these is skipped by later runs
@@ -472,9 +473,10 @@ def verify(report: Report, project: Path, source: Path) -> None:
           f"<= {in_flight} (one per ticket in flight at a kill)", ok=asked_again <= in_flight)
     check("kills that landed mid-run", len(killed), k)
     check("runs marked crashed", crashed, k)
-    check("killed runs not marked crashed", [r.index for r in killed if r.status != "crashed"], [])
+    check("killed runs not marked crashed", [r.index for r in killed if r.status != RunStatus.CRASHED], [])
     check("final run", f"{last.status}, exit {last.exit_code}", "completed, exit 0 or 1",
-          ok=last.status == "completed" and last.exit_code in (0, 1))
+          ok=last.status == RunStatus.COMPLETED
+          and last.exit_code in (ExitCode.OK, ExitCode.FAILED))
     check("outcomes left running", running, 0)
     check("duplicate outbox file names", outbox["duplicate_names"], [])
     check("outbox files vs approved tickets", outbox["count"], approved)

@@ -1,6 +1,7 @@
 """Throughput benchmark: crewbatch against the baselines a user would reach for, in one run.
 
     .venv/bin/python benchmarks/throughput.py [--tickets N] [--concurrency C] [--latency S] [--faults]
+        [--workers 1,2] [--ledgers sqlite,postgres] [--systems crewbatch,langgraph,...]
 
 One fake OpenAI-compatible server (benchmarks/fake_server.py, answering with the offline model's
 `respond`) runs in this process with a fixed latency per request; every measured system runs in
@@ -44,6 +45,7 @@ import heapq
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -369,10 +371,30 @@ def retry_bound(project: Path) -> int:
 # --- crewbatch ------------------------------------------------------------------------------------
 
 
+def _ledger_rows(project: Path, database_url: str | None, run_id: str) -> tuple:
+    """The run's start and finish and the cached tokens its model_calls rows record."""
+    if database_url:
+        import psycopg
+
+        db, mark = psycopg.connect(database_url), "%s"
+    else:
+        db, mark = sqlite3.connect(project / "runs/ledger.db"), "?"
+    try:
+        started, finished = db.execute("SELECT started_utc, finished_utc FROM runs WHERE "
+                                       f"run_id = {mark}", (run_id,)).fetchone()
+        cached = db.execute("SELECT SUM(c.cached_tokens) FROM model_calls c JOIN outcomes o "
+                            f"USING (outcome_id) WHERE o.run_id = {mark}", (run_id,)).fetchone()[0]
+    finally:
+        db.close()
+    return started, finished, int(cached or 0)
+
+
 def run_crewbatch(server, recorder: Recorder, project: Path, n: int, concurrency: int,
                   latency_s: float, name: str = "crewbatch", timeout_s: float = 1800,
-                  note: str = "", workers: int = 1) -> Measurement:
-    """Run `crewbatch run` over the project's generated tickets as a child process."""
+                  note: str = "", workers: int = 1, database_url: str | None = None
+                  ) -> Measurement:
+    """Run `crewbatch run` over the project's generated tickets as a child process (on the
+    PostgreSQL ledger at `database_url`, else the project's SQLite one)."""
     from crews import rundir
 
     start = len(server.requests)
@@ -381,7 +403,10 @@ def run_crewbatch(server, recorder: Recorder, project: Path, n: int, concurrency
             str(project / "data/bench_tickets.csv"), "--model", "fake-model",
             "--concurrency", str(concurrency), "--batch-size", str(max(20, concurrency)),
             "--limit", str(n)] + (["--workers", str(workers)] if workers > 1 else [])
-    child = Child(args, child_env(server.base_url), project / "bench-logs",
+    env = child_env(server.base_url)
+    if database_url:
+        env["CREWBATCH_DATABASE_URL"] = database_url
+    child = Child(args, env, project / "bench-logs",
                   name.replace(" ", "").replace("+", "-"), processes=workers)
     recorder.child = child
     try:
@@ -391,12 +416,7 @@ def run_crewbatch(server, recorder: Recorder, project: Path, n: int, concurrency
     run_id = child.stdout.strip().splitlines()[-1] if child.stdout.strip() else ""
     if code not in (0, 1) or not run_id:
         raise RuntimeError(f"crewbatch exited {code}:\n{child.stderr_tail()}")
-    db = sqlite3.connect(project / "runs/ledger.db")
-    started, finished = db.execute("SELECT started_utc, finished_utc FROM runs WHERE run_id = ?",
-                                   (run_id,)).fetchone()
-    ledger_cached = db.execute("SELECT SUM(c.cached_tokens) FROM model_calls c JOIN outcomes o "
-                               "USING (outcome_id) WHERE o.run_id = ?", (run_id,)).fetchone()[0]
-    db.close()
+    started, finished, ledger_cached = _ledger_rows(project, database_url, run_id)
     with open(rundir.results(rundir.run_dir(project / "runs", run_id)), encoding="utf-8-sig",
               newline="") as f:
         rows = list(csv.DictReader(f))
@@ -798,11 +818,14 @@ def benchmark(tickets: int = 200, concurrency: int = 32, latency_s: float = 0.5,
               workers: tuple[int, ...] = (1,),
               fault_mix: dict | None = None, client_timeout_s: float = 3.0,
               baseline_budget_s: float = 40.0, seed: int = 1, settings: dict | None = None,
-              work: Path | None = None, progress=None) -> Report:
+              work: Path | None = None, progress=None,
+              ledgers: tuple[str, ...] = ("sqlite",)) -> Report:
     """Run every requested system (and the fault run) against one fake server; see the module doc.
 
     `settings` are extra overrides for the temp projects' settings.yaml (dotted keys);
-    crewbatch runs once per value of `workers` (its --workers), the fault run with the largest.
+    crewbatch runs once per value of `workers` (its --workers) and per ledger in `ledgers`
+    ("sqlite", "postgres": a throwaway server of tests/pg.py, fsync off, a database per run),
+    the fault run with the largest `workers` on the first ledger.
     """
     from fake_server import FakeOpenAI, Faults
 
@@ -811,7 +834,7 @@ def benchmark(tickets: int = 200, concurrency: int = 32, latency_s: float = 0.5,
     recorder = Recorder()
     report = Report(settings={"tickets": tickets, "concurrency": concurrency,
                               "latency_s": latency_s, "systems": list(systems),
-                              "workers": list(workers),
+                              "workers": list(workers), "ledgers": list(ledgers),
                               "faults": fault_mix if faults else None,
                               "client_timeout_s": client_timeout_s if faults else None,
                               "cpus": os.cpu_count(), "python": sys.version.split()[0],
@@ -822,17 +845,25 @@ def benchmark(tickets: int = 200, concurrency: int = 32, latency_s: float = 0.5,
     if work is None:
         own_tmp = tempfile.TemporaryDirectory(prefix="crewbatch-bench-")
         work = Path(own_tmp.name)
+    server_pg = None
     try:
+        if "postgres" in ledgers:
+            server_pg = _postgres()
         with FakeOpenAI(Faults(latency_s=latency_s), keep_bodies=False,
                         on_request=recorder) as server:
             clean = None
-            for w in (workers if "crewbatch" in systems or faults else ()):
-                name = "crewbatch" if w == 1 else f"crewbatch --workers {w}"
+            for ledger, w in [(g, w) for g in ledgers for w in workers] \
+                    if "crewbatch" in systems or faults else ():
+                name = ("crewbatch" if w == 1 else f"crewbatch --workers {w}") + \
+                    (" (PostgreSQL)" if ledger == "postgres" else "")
                 say(f"{name}: {tickets} tickets, concurrency {concurrency}")
-                project = make_project(work / f"crewbatch-w{w}", tickets, settings)
-                clean = run_crewbatch(server, recorder, project, tickets, concurrency, latency_s,
-                                      name=name, workers=w)
-                report.measurements.append(clean)
+                project = make_project(work / f"crewbatch-{ledger}-w{w}", tickets, settings)
+                url = server_pg.url(server_pg.new_database()) if ledger == "postgres" else None
+                m = run_crewbatch(server, recorder, project, tickets, concurrency, latency_s,
+                                  name=name, workers=w, database_url=url)
+                report.measurements.append(m)
+                if ledger == ledgers[0] and w == max(workers):
+                    clean = m  # what the fault run (the same workers, faults added) is held to
             data = None
             for system in [s for s in systems if s != "crewbatch"]:
                 if data is None:
@@ -866,6 +897,9 @@ def benchmark(tickets: int = 200, concurrency: int = 32, latency_s: float = 0.5,
                 report.measurements.append(faulted)
                 report.faults = check_fault_run(faulted, clean, tickets, retry_bound(project))
     finally:
+        if server_pg is not None:
+            server_pg.stop()
+            shutil.rmtree(server_pg.home, ignore_errors=True)
         if own_tmp is not None:
             own_tmp.cleanup()
     langgraph = next((m for m in report.measurements if m.system == "langgraph"), None)
@@ -878,6 +912,21 @@ def benchmark(tickets: int = 200, concurrency: int = 32, latency_s: float = 0.5,
             report.notes.append(f"{m.system} / langgraph tickets/s: "
                                 f"{m.tickets_per_s / langgraph.tickets_per_s:.2f}")
     return report
+
+
+def _postgres():
+    """A throwaway PostgreSQL server (tests/pg.py's) for the PostgreSQL-ledger rows."""
+    sys.path.insert(0, str(REPO / "tests"))
+    import pg
+
+    home = Path(tempfile.mkdtemp(prefix="crewbatch-bench-pg-"))  # `postgres` must reach it
+    bindir = pg.server_binaries()
+    if bindir is None:
+        raise SystemExit("throughput: --ledgers postgres needs the PostgreSQL server binaries "
+                         "(Debian's `postgresql` package)")
+    server = pg.Server(bindir, home, pg._free_port(), "postgres" if os.geteuid() == 0 else None)
+    server.start()
+    return server
 
 
 def render(report: Report) -> str:
@@ -922,6 +971,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="add a crewbatch run with random 429/500/hang/malformed faults")
     p.add_argument("--workers", default="1" if (os.cpu_count() or 1) < 2 else f"1,{os.cpu_count()}",
                    help="crewbatch --workers values to measure, comma-separated (default 1,CPUs)")
+    p.add_argument("--ledgers", default="sqlite",
+                   help="crewbatch's ledger(s), comma-separated: sqlite, postgres (a throwaway "
+                        "server; needs Debian's postgresql)")
     p.add_argument("--systems", default=",".join(SYSTEMS),
                    help=f"comma-separated subset of {','.join(SYSTEMS)}")
     p.add_argument("--baseline-budget", type=float, default=40.0,
@@ -956,7 +1008,8 @@ def main(argv: list[str] | None = None) -> int:
     workers = tuple(sorted({int(w) for w in args.workers.split(",") if w.strip()}))
     report = benchmark(args.tickets, args.concurrency, args.latency, systems, args.faults,
                        workers=workers, client_timeout_s=args.client_timeout, baseline_budget_s=args.baseline_budget,
-                       seed=args.seed, progress=lambda t: print(f"... {t}", file=sys.stderr))
+                       seed=args.seed, progress=lambda t: print(f"... {t}", file=sys.stderr),
+                       ledgers=tuple(g.strip() for g in args.ledgers.split(",") if g.strip()))
     report.settings["benchmark_s"] = round(time.monotonic() - started, 1)
     print(render(report))
     args.out.mkdir(parents=True, exist_ok=True)

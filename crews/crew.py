@@ -23,7 +23,6 @@ import json
 import threading
 import time
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from typing import Any
 
 from crewai import Agent, Task
@@ -37,9 +36,10 @@ from .actions import ActionDesk, Decision, action_tools
 from .calls import request_done, share_generic_cache, ticket_deadline
 from .executor import StepAgent
 from .knowledge import KnowledgeBase, Orders
-from .outputs import Draft, Finding, ProposedAction, Verdict, models
+from .outputs import Draft, Finding, ProposedAction, models
 from .recording import RequestChanged, Tape, current_exchange, recording_step
 from .research import Evidence, look_up, research_tools
+from .result import TicketResult, Usage
 from .settings import Config, Policy
 from .ticket import Status, Ticket
 
@@ -90,20 +90,6 @@ def render(template: str, values: dict[str, str]) -> str:
 
 
 # --- accounting ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Usage:
-    calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-
-    def add(self, other: Usage) -> None:
-        self.calls += other.calls
-        self.prompt_tokens += other.prompt_tokens
-        self.completion_tokens += other.completion_tokens
-        self.cached_tokens += other.cached_tokens
 
 
 class Meter:
@@ -187,24 +173,6 @@ def _install_accounting() -> None:
 
 
 # --- one ticket ----------------------------------------------------------------------------------
-
-
-@dataclass
-class TicketResult:
-    status: Status
-    detail: str
-    draft: Draft | None = None
-    verdict: Verdict | None = None
-    findings: list[Finding] = field(default_factory=list)
-    revisions: int = 0
-    needs_human_reason: str = ""
-    plan: list[ProposedAction] = field(default_factory=list)
-    decisions: list[Decision] = field(default_factory=list)
-    steps: list[dict] = field(default_factory=list)
-    usage: Usage = field(default_factory=Usage)
-    models: set[str] = field(default_factory=set)
-    error: str = ""
-    calls: list[dict] = field(default_factory=list)
 
 
 class CrewRunner:
@@ -378,6 +346,8 @@ class CrewRunner:
             # without end in a batch. Nothing of crewbatch reads it.
             crewai_event_bus.reset_runtime_state()
         return result
+
+    __call__ = run  # the engine's `Ticket -> TicketResult` (work.Crew)
 
     def _run(self, ticket: Ticket, meter: Meter, result: TicketResult) -> None:
         cfg = self.config

@@ -464,6 +464,8 @@ POSTGRES = _Dialect(
     ))
 # Keys of the transaction-scoped advisory locks `_Dialect.serialize` takes on PostgreSQL.
 MIGRATIONS_LOCK, REFUNDS_LOCK, RATE_LOCK = 0x63726577_0001, 0x63726577_0002, 0x63726577_0003
+# The session-scoped one a run holds for its whole life (`Ledger.take_run_lock`).
+RUN_LOCK = 0x63726577_0004
 
 
 RESULT_FIELDS = ("category", "priority", "language", "draft_reply", "critic_verdict",
@@ -1168,6 +1170,26 @@ class Ledger:
             for oid in ids:
                 self._transition(db, oid, PENDING, detail, {"claimed_by": ""})
         return len(ids)
+
+    def take_run_lock(self) -> str | None:
+        """One run at a time per ledger, whichever host starts it: on PostgreSQL a session
+        advisory lock, held by this connection until it closes — the server frees it when the
+        holder's process or host dies, so it is never stale. None when taken; else who holds
+        it. On SQLite the ledger is a file of this machine, whose run lock file guards it
+        (crews/lock.py)."""
+        if not self._dialect.serialize:
+            return None
+        with self._lock:
+            if self._db.execute("SELECT pg_try_advisory_lock(?)", (RUN_LOCK,)).fetchone()[0]:
+                return None
+            row = self._db.execute(
+                "SELECT r.run_id, w.host, w.pid FROM runs r LEFT JOIN workers w ON w.run_id = "
+                "r.run_id AND w.role = 'run' WHERE r.status = 'running' ORDER BY r.started_utc "
+                "DESC LIMIT 1").fetchone()
+        if row is None:
+            return "a run that is starting"
+        return f"run {row['run_id']}" + (f" on {row['host']} (pid {row['pid']})"
+                                         if row["host"] else "")
 
     def recover_crashed_runs(self, detail: str) -> list[str]:
         """Runs still marked running while we hold the run lock died: mark them crashed and put

@@ -18,17 +18,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import export, framework, intake, report, rundir, worker
-from .engine import Engine, fleet_windows, shared_pauses
-from .knowledge import Orders
+from . import export, intake, report, rundir, worker
+from .engine import Engine
 from .ledger import Ledger, LedgerError
-from .llms import build_llms, preflight, role_models
-from .lock import RunLock
-from .retrieval import knowledge_for_run
+from .llms import preflight, role_models
+from .lock import LockHeld, RunLock
 from .runlog import RunLog
 from .settings import Config, RunOptions
 from .ticket import PENDING, ExitCode, Rejection, RunStatus, Status, Ticket
-from .work import process_safely
+from .work import Crew, build_crew, close_crew, process_safely
 from .worker import share
 
 
@@ -136,11 +134,16 @@ def run(config: Config, options: RunOptions, sources: list[str],
         intake_options: intake.IntakeOptions | None = None,
         stop: threading.Event | None = None,
         progress: Callable[[int], None] | None = None,
-        retry_of: str | None = None, replay=None, records: Iterable | None = None
-        ) -> RunSummary:
+        retry_of: str | None = None, replay=None, records: Iterable | None = None,
+        crew: Crew | None = None) -> RunSummary:
     """Process the sources (or a run's failed tickets, or `records` already read from the
     sources: an eval's sample, or with `replay` — a `replay.ReplayPlan` — a recorded run's
-    tickets again); raises ConfigError/SourceError/LockHeld before any work."""
+    tickets again); raises ConfigError/SourceError/LockHeld before any work.
+    `crew` replaces the configured CrewAI crew with a plain `Ticket -> TicketResult` callable
+    (tests, library use); it runs in this process, so not with `--workers`."""
+    if crew is not None and options.workers > 1:
+        raise ValueError("a crew handed to run() works in this process only; --workers starts "
+                         "processes that build the configured crew")
     stop = stop or Stop()
     intake_options = intake_options or intake.IntakeOptions.from_config(config)
     started = time.monotonic()
@@ -158,11 +161,15 @@ def run(config: Config, options: RunOptions, sources: list[str],
     warnings = [f"no price for model `{m}` in config/settings.yaml `pricing`; its cost_usd is 0"
                 for m in sorted(set(role_models(config, options.model).values()))
                 if m != "offline" and m not in config.settings.pricing]
-    kb = knowledge_for_run(config, processes=options.workers)
-    orders = Orders(config.orders_file)
 
     with RunLock(config.runs_dir / rundir.LOCK) as lock:
         ledger = open_ledger(config, options.new_ledger)
+        holder = ledger.take_run_lock()
+        if holder:
+            ledger.close()
+            raise LockHeld(f"another crewbatch run is active on {config.ledger_name} "
+                           f"({holder}). Wait for it to finish, or stop it (SIGTERM) and run "
+                           "again; to add this host's capacity to it, run `crewbatch worker`")
         recovered = ledger.recover_crashed_runs("the process running it died; its unfinished "
                                                 "tickets go back to pending")
         if retry_of is not None:
@@ -180,20 +187,12 @@ def run(config: Config, options: RunOptions, sources: list[str],
         # each waits for the run to start in the ledger, then joins it.
         helpers = worker.spawn(config, run_id, options) if options.workers > 1 else []
         try:
-            framework.prepare(config.runs_dir / rundir.CREWAI)
-            from .crew import CrewRunner
-
-            runner = CrewRunner(config, build_llms(config, options.model, environ,
-                                                   processes=options.workers,
-                                                   pauses=shared_pauses(config, ledger,
-                                                                        options.model),
-                                                   fleet=fleet_windows(config, ledger,
-                                                                       options.model)),
-                                kb, orders, options.revision_limit)
-            runner.warm(share(options))
-            runner.refund_history = ledger.refund_history
+            if crew is None:
+                crew = build_crew(config, ledger, options.model, processes=options.workers,
+                                  threads=share(options), revision_limit=options.revision_limit,
+                                  environ=environ)
             if replay is not None:
-                replay.attach(runner, ledger)
+                replay.attach(crew, ledger)
         except BaseException:
             ledger.close()
             for p in helpers:
@@ -235,7 +234,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
                 return None
 
             def process(outcome_id: int, ticket: Ticket):
-                status_value, cost = process_safely(config, ledger, runner, run_dir, outcome_id,
+                status_value, cost = process_safely(config, ledger, crew, run_dir, outcome_id,
                                                     ticket, options.side_effects)
                 log.info("ticket finished", ticket_id=ticket.ticket_id, status=status_value,
                          cost_usd=round(cost, 6))
@@ -261,7 +260,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
             try:
                 if engine is not None:
                     engine.close()
-                runner.close()
+                close_crew(crew)
                 if status != RunStatus.COMPLETED:
                     ledger.release_unfinished(run_id, f"run {status} before this ticket finished")
                 counts = ledger.counts(run_id)

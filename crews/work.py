@@ -3,22 +3,32 @@ the policy allows, the outcome's columns, model calls and recording, written in 
 
 `process_safely` is the per-ticket boundary of a run, the one broad catch: whatever a ticket
 breaks fails that ticket only. The engine (crews/engine.py) calls it in whichever process holds
-the ticket's claim.
+the ticket's claim. The crew is a plain callable, `Ticket -> TicketResult` (`Crew`): `build_crew`
+makes the configured CrewAI crew for a run or a worker, and a test hands in a function instead,
+so the engine and the pipeline run without CrewAI.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import os
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from . import rundir
 from .action_kinds import QUEUE_REPLY, REQUEST_REFUND
 from .ledger import Ledger, LedgerError
 from .pricing import cost_usd
 from .redaction import redact
+from .result import TicketResult
 from .settings import Config
 from .ticket import Status, Ticket
+
+# The crew as the engine sees it. It may also have `close()` (called once the run's tickets are
+# done) and `effects` (a replay's simulated side effects, used instead of the ledger's).
+Crew = Callable[[Ticket], TicketResult]
 
 RELEASED = "released"  # not a status: the ticket was taken back from this process
 # OS errors that are about the machine, not the record: the run stops (exit 2), the ticket stays
@@ -27,7 +37,38 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errn
                       errno.EIO}
 
 
-def process_safely(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: int,
+def build_crew(config: Config, ledger: Ledger, model: str, *, processes: int, threads: int,
+               revision_limit: int, environ: Mapping[str, str] | None = None) -> Crew:
+    """The configured CrewAI crew for a run's (or a worker's) `threads` tickets at a time, on
+    models whose rate limits and Retry-After pauses are shared with the whole fleet through the
+    ledger, and whose refund tool checks the caps against the ledger's refunds."""
+    from . import framework
+    from .engine import fleet_windows, shared_pauses
+    from .knowledge import Orders
+    from .llms import build_llms
+    from .retrieval import knowledge_for_run
+
+    kb = knowledge_for_run(config, processes=processes)
+    framework.prepare(config.runs_dir / rundir.CREWAI)
+    from .crew import CrewRunner
+
+    runner = CrewRunner(config, build_llms(config, model, os.environ if environ is None else environ,
+                                           processes=processes,
+                                           pauses=shared_pauses(config, ledger, model),
+                                           fleet=fleet_windows(config, ledger, model)),
+                        kb, Orders(config.orders_file), revision_limit)
+    runner.warm(threads)
+    runner.refund_history = ledger.refund_history
+    return runner
+
+
+def close_crew(crew: Crew) -> None:
+    close = getattr(crew, "close", None)
+    if close is not None:
+        close()
+
+
+def process_safely(config: Config, ledger: Ledger, crew: Crew, run_dir: Path, outcome_id: int,
                    ticket: Ticket, side_effects: bool = True) -> tuple[str, float]:
     """`_process`, with the one broad catch of a run: a ticket that breaks something (a header
     the mail library refuses, text SQLite cannot store) ends `failed` with the error and the
@@ -35,7 +76,7 @@ def process_safely(config: Config, ledger: Ledger, runner, run_dir: Path, outcom
     Without `side_effects` (an eval) an approved ticket's actions are decided but not carried
     out: no reply file, no refund request, no side_effects or refunds row."""
     try:
-        return _process(config, ledger, runner, run_dir, outcome_id, ticket, side_effects)
+        return _process(config, ledger, crew, run_dir, outcome_id, ticket, side_effects)
     except (LedgerError, KeyboardInterrupt):
         raise
     except OSError as exc:
@@ -51,15 +92,15 @@ def process_safely(config: Config, ledger: Ledger, runner, run_dir: Path, outcom
     return Status.FAILED.value, 0.0
 
 
-def _process(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: int,
+def _process(config: Config, ledger: Ledger, crew: Crew, run_dir: Path, outcome_id: int,
              ticket: Ticket, side_effects: bool = True) -> tuple[str, float]:
     started = time.monotonic()
-    result = runner.run(ticket)
+    result = crew(ticket)
     if not ledger.still_running(outcome_id):
         # A crashed run's straggler: recovery gave this ticket back to a new run meanwhile.
         return RELEASED, 0.0
     # A replay's side effects are simulated (replay.SimulatedEffects), never the ledger's.
-    effects = getattr(runner, "effects", None)
+    effects = getattr(crew, "effects", None)
     status = carry_out(result, ticket, run_dir, effects or ledger, outcome_id,
                        getattr(effects, "replay_of", None)) if side_effects else result.status
     fields, calls, blobs = outcome_fields(config, result, status,

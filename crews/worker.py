@@ -73,15 +73,12 @@ def wait_for_run(ledger, run_id: str | None, stop: threading.Event, poll_s: floa
 
 
 def work_run(config: Config, ledger, run_id: str, concurrency: int | None,
-             stop: threading.Event) -> int:
-    """Work `run_id`'s tickets until the run ends or `stop`; the number of tickets recorded."""
-    from . import framework
-    from .engine import Engine, fleet_windows, shared_pauses
-    from .knowledge import Orders
-    from .llms import build_llms
-    from .retrieval import knowledge_for_run
+             stop: threading.Event, crew=None) -> int:
+    """Work `run_id`'s tickets until the run ends or `stop`; the number of tickets recorded.
+    `crew` (a `work.Crew`) replaces the configured CrewAI crew, as in `pipeline.run`."""
+    from .engine import Engine
     from .runlog import RunLog
-    from .work import process_safely
+    from .work import build_crew, close_crew, process_safely
 
     run = ledger.run(run_id)
     opts = json.loads(run["options_json"] or "{}")
@@ -89,16 +86,9 @@ def work_run(config: Config, ledger, run_id: str, concurrency: int | None,
     threads = concurrency or int(opts.get("worker_concurrency") or 0) or \
         max(1, -(-int(opts.get("concurrency") or 1) // processes))
     started = datetime.fromisoformat(run["started_utc"].replace("Z", "+00:00")).timestamp()
-    framework.prepare(config.runs_dir / rundir.CREWAI)
-    from .crew import CrewRunner
-
-    runner = CrewRunner(config, build_llms(config, run["model"], processes=processes,
-                                           pauses=shared_pauses(config, ledger, run["model"]),
-                                           fleet=fleet_windows(config, ledger, run["model"])),
-                        knowledge_for_run(config, processes=processes),
-                        Orders(config.orders_file), int(opts.get("revision_limit") or 0))
-    runner.warm(threads)
-    runner.refund_history = ledger.refund_history
+    if crew is None:
+        crew = build_crew(config, ledger, run["model"], processes=processes, threads=threads,
+                          revision_limit=int(opts.get("revision_limit") or 0))
     run_dir = rundir.run_dir(config.runs_dir, run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(rundir.log(run_dir), json_lines=config.settings.log_json)
@@ -122,7 +112,7 @@ def work_run(config: Config, ledger, run_id: str, concurrency: int | None,
 
     def process(outcome_id, ticket):
         nonlocal recorded
-        status, cost = process_safely(config, ledger, runner, run_dir, outcome_id, ticket,
+        status, cost = process_safely(config, ledger, crew, run_dir, outcome_id, ticket,
                                       side_effects)
         recorded += 1
         log.info("ticket finished", ticket_id=ticket.ticket_id, status=status,
@@ -142,7 +132,7 @@ def work_run(config: Config, ledger, run_id: str, concurrency: int | None,
             stop.wait(0.2)
     finally:
         engine.close(wait_s=config.settings.stop_grace_s)
-        runner.close()
+        close_crew(crew)
         log.info("worker left", run_id=run_id, worker=engine.executor_id, recorded=recorded)
         log.close()
     if engine.fatal is not None:

@@ -151,15 +151,14 @@ def test_process_safely_records_a_failure_instead_of_raising(project):
     ticket = Ticket(key="P", ticket_id="P", source="s", received_at="", customer=JESS,
                     customer_name="", subject="s", body="b", record_no=1)
 
-    class Exploding:
-        def run(self, ticket):
-            raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+    def exploding(ticket):
+        raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
 
     with Ledger(config.ledger_file) as ledger:
         ledger.start_run("r1", "offline", {}, [])
         [(oid, _)] = ledger.add_records("r1", [ticket], reprocess=False)
         assert ledger.claim(oid, "main")
-        status, cost = process_safely(config, ledger, Exploding(), project / "runs/r1", oid,
+        status, cost = process_safely(config, ledger, exploding, project / "runs/r1", oid,
                                       ticket)
         row = ledger.outcomes("r1")[0]
     assert status == Status.FAILED.value and row["status"] == "failed"
