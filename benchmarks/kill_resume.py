@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/kill_resume.py [--tickets 300] [--kills 10] [--concurrency 16]
         [--latency 0.05] [--workers 1] [--seed 1] [--out FILE]
+        [--ledger sqlite|postgres] [--kill run|worker] [--hosts 2] [--lease 10]
 
 It checks the acceptance target "kill -9 at ten random moments of a 300-ticket run, re-running
 each time: 300 outcomes, none twice, no duplicate outbox files". One fake OpenAI-compatible server
@@ -23,6 +24,15 @@ per approved ticket); no process of a killed run is still alive when the next ru
 the moment (requests, seconds), the tickets final before it, those in flight (redone by a later
 run), those a surviving worker finished after the kill, and how long the run's processes outlived it.
 
+`--ledger postgres` runs the same on a throwaway PostgreSQL ledger (tests/pg.py's server).
+`--kill worker` (PostgreSQL, root: network namespaces as in tests/test_multihost.py) kills a
+worker host instead: one run on this machine and `--hosts` `crewbatch worker` hosts beside it,
+each in its own namespace reaching the database and the model over its link; at each kill
+moment one host's worker gets SIGKILL and a new one starts there, as a supervisor would. The run
+is never killed: a peer must declare the dead worker dead (within 2 × `--lease`), take its tickets
+over and finish the run, with the same checks (every ticket once, files once, requests asked
+again ≤ the tickets the killed workers held).
+
 The table goes to stdout, the JSON to benchmarks/results/kill_resume-<timestamp>.json (or --out);
 the exit code is 1 if a check fails.
 """
@@ -34,6 +44,7 @@ import csv
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -48,7 +59,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-for _p in (REPO, REPO / "benchmarks"):
+for _p in (REPO, REPO / "benchmarks", REPO / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
@@ -107,6 +118,8 @@ class Report:
     runs: list[Run] = field(default_factory=list)
     checks: dict[str, dict] = field(default_factory=dict)   # name -> {ok, value, expected}
     files: dict = field(default_factory=dict)
+    # --kill worker: per kill, the host, its process, what it held and when a peer took it over
+    worker_kills: list[dict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -120,6 +133,7 @@ class Report:
     def as_json(self) -> dict:
         return {"settings": self.settings, "ok": self.ok, "checks": self.checks,
                 "problems": self.problems, "files": self.files,
+                "worker_kills": self.worker_kills,
                 "runs": [asdict(r) for r in self.runs]}
 
 
@@ -202,32 +216,64 @@ class Watch(threading.Thread):
 # --- the ledger, read from outside --------------------------------------------------------------
 
 
-def connect(project: Path) -> sqlite3.Connection | None:
+class Db:
+    """The ledger read from outside, SQLite or PostgreSQL, with `?` marks and dict rows
+    (`concat` is GROUP_CONCAT or string_agg)."""
+
+    def __init__(self, conn, postgres: bool):
+        self.conn, self.postgres = conn, postgres
+        self.concat = "string_agg({}, ',')" if postgres else "GROUP_CONCAT({})"
+
+    def rows(self, sql: str, params: tuple = ()) -> list[dict]:
+        if self.postgres:
+            sql = sql.replace("?", "%s")
+        cur = self.conn.execute(sql, params)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def value(self, sql: str, params: tuple = ()):
+        rows = self.rows(sql, params)
+        return next(iter(rows[0].values())) if rows else None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def connect(project: Path, database_url: str | None = None) -> Db | None:
+    """The run's ledger: the PostgreSQL at `database_url`, else the project's SQLite file
+    (None while the first run has not made it)."""
+    if database_url:
+        import psycopg
+
+        return Db(psycopg.connect(database_url, autocommit=True), True)
     path = project / "runs/ledger.db"
     if not path.exists():
         return None
-    return sqlite3.connect(path, timeout=30)
+    return Db(sqlite3.connect(path, timeout=30, isolation_level=None), False)
 
 
-def count_tickets(project: Path, statuses: tuple[str, ...]) -> int:
-    db = connect(project)
+def count_tickets(project: Path, statuses: tuple[str, ...], database_url: str | None = None
+                  ) -> int:
+    db = connect(project, database_url)
     if db is None:
         return 0
-    with db:
+    try:
         marks = ", ".join("?" for _ in statuses)
-        n = db.execute("SELECT COUNT(*) FROM (SELECT DISTINCT ticket_key, content_hash FROM "
-                       f"outcomes WHERE status IN ({marks}))", statuses).fetchone()[0]
-    db.close()
-    return n
+        return db.value("SELECT COUNT(*) FROM (SELECT DISTINCT ticket_key, content_hash FROM "
+                        f"outcomes WHERE status IN ({marks})) AS done", statuses)
+    except Exception:  # noqa: BLE001 - the first run is still creating the tables
+        return 0
+    finally:
+        db.close()
 
 
-def new_run_id(project: Path, known: set[str]) -> str:
-    db = connect(project)
+def new_run_id(project: Path, known: set[str], database_url: str | None = None) -> str:
+    db = connect(project, database_url)
     if db is None:
         return ""
     try:
-        rows = [r[0] for r in db.execute("SELECT run_id FROM runs ORDER BY started_utc")]
-    except sqlite3.OperationalError:  # the first run is still creating the tables
+        rows = [r["run_id"] for r in db.rows("SELECT run_id FROM runs ORDER BY started_utc")]
+    except Exception:  # noqa: BLE001 - the first run is still creating the tables
         rows = []
     finally:
         db.close()
@@ -269,14 +315,15 @@ def exited(proc: subprocess.Popen) -> bool:
 
 
 def run_once(project: Path, trigger: Trigger, run: Run, command: list[str], env: dict,
-             known: set[str], timeout_s: float, on_registered=None) -> float | None:
+             known: set[str], timeout_s: float, on_registered=None, url: str | None = None
+             ) -> float | None:
     """One `crewbatch run`, killed at `run.target_requests` unless that is None; returns the
     monotonic time of the kill, if there was one."""
     started = time.monotonic()
     proc = start(project, command, env, project / "bench-logs", f"run-{run.index:02d}")
     try:
         while not exited(proc):  # arm once the run has registered itself in the ledger
-            run.run_id = new_run_id(project, known)
+            run.run_id = new_run_id(project, known, url)
             if run.run_id:
                 trigger.arm(proc.pid, run.target_requests)
                 if on_registered:
@@ -301,22 +348,27 @@ def run_once(project: Path, trigger: Trigger, run: Run, command: list[str], env:
     run.exit_code = proc.returncode
     run.seconds = round((fired_at or time.monotonic()) - started, 2)
     if not run.run_id:
-        run.run_id = new_run_id(project, known)
+        run.run_id = new_run_id(project, known, url)
     known.add(run.run_id)
     return fired_at
 
 
 def benchmark(tickets: int = 300, kills: int = 10, concurrency: int = 16, latency_s: float = 0.05,
               workers: int = 1, seed: int = 1, work: Path | None = None, timeout_s: float = 900,
-              progress=None) -> Report:
-    """Kill and re-run `kills` times, finish, then check the ledger and files; see the module doc."""
+              progress=None, ledger: str = "sqlite", kill: str = "run", hosts: int = 2,
+              lease_s: float = 10.0, database_url: str | None = None) -> Report:
+    """Kill and re-run `kills` times, finish, then check the ledger and files; see the module doc.
+    `kill="worker"`: one run, `hosts` worker hosts beside it, a worker killed `kills` times.
+    `database_url`: an empty PostgreSQL database to use instead of a throwaway server."""
     from fake_server import FakeOpenAI, Faults
 
     say = progress or (lambda text: None)
     rng = random.Random(seed)
     report = Report(settings={
         "tickets": tickets, "kills": kills, "concurrency": concurrency, "latency_s": latency_s,
-        "workers": workers, "seed": seed, "cpus": os.cpu_count(),
+        "workers": workers, "seed": seed, "ledger": ledger, "kill": kill,
+        "hosts": hosts if kill == "worker" else None,
+        "lease_s": lease_s if kill == "worker" else None, "cpus": os.cpu_count(),
         "python": sys.version.split()[0], "code": throughput.code_version(),
         "started_utc": datetime.now(timezone.utc).isoformat()})
     own_tmp = None
@@ -324,58 +376,30 @@ def benchmark(tickets: int = 300, kills: int = 10, concurrency: int = 16, latenc
         own_tmp = tempfile.TemporaryDirectory(prefix="crewbatch-kill-")
         work = Path(own_tmp.name)
     token = uuid.uuid4().hex[:12]
-    watches: list[Watch] = []
     trigger = Trigger()
     began = time.monotonic()
+    if database_url:
+        ledger = report.settings["ledger"] = "postgres"
+    server_pg = throughput.postgres_server() if ledger == "postgres" and not database_url \
+        else None
     try:
-        project = throughput.make_project(work / "project", tickets)
+        url = database_url or (server_pg.url(server_pg.new_database()) if server_pg else None)
+        project = throughput.make_project(work / "project", tickets,
+                                          {"lease_s": lease_s} if kill == "worker" else None)
         source = project / "data/bench_tickets.csv"
-        command = [sys.executable, "-m", "crews", "--root", str(project), "run", str(source),
-                   "--model", "fake-model", "--concurrency", str(concurrency),
-                   "--workers", str(workers)]
-        with FakeOpenAI(Faults(latency_s=latency_s), keep_bodies=False,
-                        on_request=trigger) as server:
+        # Worker hosts reach the fake model over their veth links: it listens on every address.
+        with FakeOpenAI(Faults(latency_s=latency_s), keep_bodies=False, on_request=trigger,
+                        host="0.0.0.0" if kill == "worker" else "127.0.0.1") as server:
             quiet_resets(server)
-            known: set[str] = set()
-            previous: Watch | None = None
-            for i in range(1, kills + 2):
-                final = i == kills + 1
-                remaining = tickets - count_tickets(project, DONE)
-                run = Run(index=i, remaining_before=remaining,
-                          target_requests=None if final else
-                          kill_target(rng, remaining, kills - i + 1))
-                report.runs.append(run)
-                say(f"run {i}: {remaining} tickets left, " +
-                    ("to completion" if final else f"kill at request {run.target_requests}"))
-                env = {**throughput.child_env(server.base_url), MARK: f"{token}-{i}"}
-
-                def registered(prev=previous, run=run) -> None:
-                    if prev is not None:
-                        prev.run_.alive_when_next_run_started = len(
-                            marked_processes(prev.mark))
-
-                killed_at = run_once(project, trigger, run, command, env, known, timeout_s,
-                                     registered)
-                if final:
-                    break
-                if killed_at is None:
-                    say(f"run {i} exited {run.exit_code} before its kill moment")
-                    continue
-                previous = Watch(run, f"{token}-{i}", killed_at)
-                previous.start()
-                watches.append(previous)
-                run.final_before_kill = count_tickets(project, FINAL)
-                db = connect(project)
-                run.running_at_kill = db.execute(
-                    "SELECT COUNT(*) FROM outcomes WHERE run_id = ? AND status = 'running'",
-                    (run.run_id,)).fetchone()[0] if db and run.run_id else 0
-                if db:
-                    db.close()
-        for w in watches:
-            w.join()
+            if kill == "worker":
+                kill_workers(report, project, source, server, trigger, url, rng, token,
+                             timeout_s, say)
+            else:
+                kill_runs(report, project, source, server, trigger, url, rng, token, timeout_s,
+                          say)
         report.settings["benchmark_s"] = round(time.monotonic() - began, 1)
         report.settings["model_requests"] = len(server.requests)
-        verify(report, project, source)
+        verify(report, project, source, url)
     finally:
         # Leave no process of ours behind, even when a run timed out or a check raised.
         for pid in marked_processes(f"{token}-", prefix=True):
@@ -383,62 +407,225 @@ def benchmark(tickets: int = 300, kills: int = 10, concurrency: int = 16, latenc
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+        if server_pg is not None:
+            server_pg.stop()
+            shutil.rmtree(server_pg.home, ignore_errors=True)
         if own_tmp is not None:
             own_tmp.cleanup()
     return report
 
 
+def kill_runs(report: Report, project: Path, source: Path, server, trigger: Trigger,
+              url: str | None, rng: random.Random, token: str, timeout_s: float, say) -> None:
+    """SIGKILL the run's main process at each kill moment and start it again at once."""
+    s = report.settings
+    tickets, kills = s["tickets"], s["kills"]
+    command = [sys.executable, "-m", "crews", "--root", str(project), "run", str(source),
+               "--model", "fake-model", "--concurrency", str(s["concurrency"]),
+               "--workers", str(s["workers"])]
+    known: set[str] = set()
+    watches: list[Watch] = []
+    previous: Watch | None = None
+    for i in range(1, kills + 2):
+        final = i == kills + 1
+        remaining = tickets - count_tickets(project, DONE, url)
+        run = Run(index=i, remaining_before=remaining,
+                  target_requests=None if final else kill_target(rng, remaining, kills - i + 1))
+        report.runs.append(run)
+        say(f"run {i}: {remaining} tickets left, " +
+            ("to completion" if final else f"kill at request {run.target_requests}"))
+        env = {**throughput.child_env(server.base_url), MARK: f"{token}-{i}",
+               **({"CREWBATCH_DATABASE_URL": url} if url else {})}
+
+        def registered(prev=previous, run=run) -> None:
+            if prev is not None:
+                prev.run_.alive_when_next_run_started = len(marked_processes(prev.mark))
+
+        killed_at = run_once(project, trigger, run, command, env, known, timeout_s, registered,
+                             url)
+        if final:
+            break
+        if killed_at is None:
+            say(f"run {i} exited {run.exit_code} before its kill moment")
+            continue
+        previous = Watch(run, f"{token}-{i}", killed_at)
+        previous.start()
+        watches.append(previous)
+        run.final_before_kill = count_tickets(project, FINAL, url)
+        db = connect(project, url)
+        run.running_at_kill = db.value(
+            "SELECT COUNT(*) FROM outcomes WHERE run_id = ? AND status = 'running'",
+            (run.run_id,)) if db and run.run_id else 0
+        if db:
+            db.close()
+    for w in watches:
+        w.join()
+
+
+def kill_workers(report: Report, project: Path, source: Path, server, trigger: Trigger,
+                 url: str | None, rng: random.Random, token: str, timeout_s: float, say) -> None:
+    """One run on this machine and `hosts` `crewbatch worker` hosts (network namespaces
+    reaching the PostgreSQL ledger and the model over their own links); at each kill moment
+    one worker host's process gets SIGKILL and a new one starts on that host, as a supervisor
+    would restart it. The run itself is never killed: its peers must notice the dead worker
+    (the lease) and finish its tickets."""
+    import netns
+
+    s = report.settings
+    if not url:
+        raise SystemExit("kill_resume: --kill worker needs --ledger postgres (workers on other "
+                         "hosts reach the ledger over the network)")
+    tickets, kills, hosts, concurrency = s["tickets"], s["kills"], s["hosts"], s["concurrency"]
+    per_host = max(1, concurrency // (hosts + 1))
+    port = server.base_url.rsplit(":", 1)[1].split("/")[0]
+    env = {**throughput.child_env(server.base_url), "CREWBATCH_DATABASE_URL": url,
+           "PYTHONPATH": str(REPO)}
+    logs = project / "bench-logs"
+    run = Run(index=1, remaining_before=tickets)
+    report.runs.append(run)
+    report.worker_kills = []
+    known: set[str] = set()
+    started = time.monotonic()
+    with netns.hosts(hosts) as names:
+        proc = start(project, [sys.executable, "-m", "crews", "--root", str(project), "run",
+                               str(source), "--model", "fake-model", "--concurrency",
+                               str(concurrency), "--worker-concurrency", str(per_host)],
+                     {**env, MARK: f"{token}-run"}, logs, "run")
+        while not run.run_id:
+            if exited(proc) or time.monotonic() - started > timeout_s:
+                raise RuntimeError(f"the run did not start; see {logs}")
+            run.run_id = new_run_id(project, known, url)
+            time.sleep(0.05)
+        incarnation = Counter()
+
+        def start_worker(h: int) -> subprocess.Popen:
+            incarnation[h] += 1
+            gateway = netns.gateway(h)
+            host_env = {**env, "CREWBATCH_DATABASE_URL": url.replace("127.0.0.1", gateway),
+                        "OPENAI_BASE_URL": f"http://{gateway}:{port}/v1",
+                        MARK: f"{token}-w{h}-{incarnation[h]}"}
+            return start(project, ["ip", "netns", "exec", names[h - 1], sys.executable, "-m",
+                                   "crews", "--root", str(project), "worker", "--run",
+                                   run.run_id, "--concurrency", str(per_host)],
+                         host_env, logs, f"worker{h}-{incarnation[h]}")
+
+        def joined(pid: int) -> bool:
+            db = connect(project, url)
+            try:
+                return bool(db.value("SELECT COUNT(*) FROM workers WHERE run_id = ? AND pid = ? "
+                                     "AND state = 'working'", (run.run_id, pid)))
+            finally:
+                db.close()
+
+        workers = {h: start_worker(h) for h in range(1, hosts + 1)}
+        # Each kill lands an equal share of the run's requests (on average) after its victim
+        # joined the run: a worker killed while still starting up would hold nothing.
+        share = REQUESTS_PER_TICKET * tickets * 0.85 / (kills + 1)
+        for i in range(1, kills + 1):
+            h = (i - 1) % hosts + 1
+            victim = workers[h]
+            while not joined(victim.pid):
+                if exited(proc) or exited(victim):
+                    raise RuntimeError(f"kill {i}: the run or host {h}'s worker ended before the "
+                                       f"worker joined; see {logs}")
+                time.sleep(0.05)
+            gap = max(1, round(rng.uniform(0.5, 1.5) * share))
+            trigger.arm(victim.pid, gap)
+            say(f"kill {i}: worker host {h} (pid {victim.pid}), {gap} requests after it joined")
+            while trigger.fired_at is None:
+                if exited(proc):
+                    raise RuntimeError(f"the run ended before kill {i}; see {logs}")
+                if time.monotonic() - started > timeout_s:
+                    raise TimeoutError(f"kill {i} not reached within {timeout_s:.0f} s")
+                time.sleep(0.01)
+            fired_utc = trigger.fired_utc
+            trigger.arm(None, None)
+            victim.wait()
+            db = connect(project, url)
+            try:
+                executor = db.value("SELECT executor_id FROM workers WHERE run_id = ? AND pid = ? "
+                                    "ORDER BY joined_utc DESC", (run.run_id, victim.pid)) or ""
+                held = db.value("SELECT COUNT(*) FROM outcomes WHERE run_id = ? AND status = "
+                                "'running' AND claimed_by = ?", (run.run_id, executor))
+            finally:
+                db.close()
+            report.worker_kills.append({"kill": i, "host": h, "pid": victim.pid,
+                                        "executor_id": executor, "requests_after_join": gap,
+                                        "at_utc": fired_utc, "in_flight": held})
+            workers[h] = start_worker(h)  # the supervisor restarts the host's worker
+        say("every kill done; the run goes to completion")
+        while not exited(proc):
+            if time.monotonic() - started > timeout_s:
+                raise TimeoutError(f"the run still running after {timeout_s:.0f} s; see {logs}")
+            time.sleep(0.05)
+        proc.wait()
+        run.exit_code = proc.returncode
+        run.seconds = round(time.monotonic() - started, 2)
+        for w in workers.values():  # they leave once the run is no longer running
+            try:
+                w.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                w.kill()
+        run.running_at_kill = sum(k["in_flight"] for k in report.worker_kills)
+
+
 # --- the checks ---------------------------------------------------------------------------------
 
 
-def verify(report: Report, project: Path, source: Path) -> None:
+def verify(report: Report, project: Path, source: Path, database_url: str | None = None
+           ) -> None:
     """Fill in each run from the ledger, then every check of the module doc."""
-    db = sqlite3.connect(project / "runs/ledger.db")
-    db.row_factory = sqlite3.Row
-    q = db.execute
+    db = connect(project, database_url)
+    q, one = db.rows, db.value
     with open(source, encoding="utf-8", newline="") as f:
         input_ids = [row["ticket_id"] for row in csv.DictReader(f)]
     final_marks = ", ".join(f"'{s}'" for s in FINAL)
-    runs = {r["run_id"]: dict(r) for r in q("SELECT * FROM runs")}
+    runs = {r["run_id"]: r for r in q("SELECT * FROM runs")}
     for run in report.runs:
         row = runs.get(run.run_id)
         run.status = row["status"] if row else "(not registered)"
-        run.counts = {r[0]: r[1] for r in q("SELECT status, COUNT(*) FROM outcomes WHERE "
-                                             "run_id = ? GROUP BY status", (run.run_id,))}
+        run.counts = {r["status"]: r["n"] for r in q("SELECT status, COUNT(*) AS n FROM outcomes "
+                                                     "WHERE run_id = ? GROUP BY status",
+                                                     (run.run_id,))}
         if run.killed:
-            run.redone = q("SELECT COUNT(DISTINCT e.outcome_id) FROM events e JOIN outcomes o "
-                           "ON o.outcome_id = e.outcome_id WHERE e.run_id = ? AND e.to_status = "
-                           f"'running' AND o.status NOT IN ({final_marks})",
-                           (run.run_id,)).fetchone()[0]
-            run.finished_after_kill = q(
+            run.redone = one("SELECT COUNT(DISTINCT e.outcome_id) FROM events e JOIN outcomes o "
+                             "ON o.outcome_id = e.outcome_id WHERE e.run_id = ? AND e.to_status "
+                             f"= 'running' AND o.status NOT IN ({final_marks})", (run.run_id,))
+            run.finished_after_kill = one(
                 "SELECT COUNT(DISTINCT outcome_id) FROM events WHERE run_id = ? AND outcome_id IS "
                 f"NOT NULL AND to_status IN ({final_marks}) AND at_utc > ?",
-                (run.run_id, run.kill_utc)).fetchone()[0]
-            run.claimed_after_kill = q(
+                (run.run_id, run.kill_utc))
+            run.claimed_after_kill = one(
                 "SELECT COUNT(*) FROM events WHERE run_id = ? AND outcome_id IS NOT NULL AND "
-                "to_status = 'running' AND at_utc > ?", (run.run_id, run.kill_utc)).fetchone()[0]
+                "to_status = 'running' AND at_utc > ?", (run.run_id, run.kill_utc))
 
     killed = [r for r in report.runs if r.killed]
     last = report.runs[-1]
-    finished_ids = {r[0] for r in q(f"SELECT DISTINCT ticket_id FROM outcomes WHERE status IN "
-                                    f"({final_marks})")}
+    finished_ids = {r["ticket_id"] for r in q("SELECT DISTINCT ticket_id FROM outcomes WHERE "
+                                              f"status IN ({final_marks})")}
+    runs_of = db.concat.format("run_id || ':' || status")
     twice = [f"{r['ticket_id']} in {r['runs']}" for r in q(
-        "SELECT MIN(ticket_id) AS ticket_id, GROUP_CONCAT(run_id || ':' || status) AS runs "
+        f"SELECT MIN(ticket_id) AS ticket_id, {runs_of} AS runs "
         "FROM outcomes WHERE status IN ('approved', 'needs_human') "
         "GROUP BY ticket_key, content_hash HAVING COUNT(*) > 1")]
-    approved = q("SELECT COUNT(*) FROM (SELECT DISTINCT ticket_key, content_hash FROM outcomes "
-                 "WHERE status = 'approved')").fetchone()[0]
-    crashed = q("SELECT COUNT(*) FROM runs WHERE status = 'crashed'").fetchone()[0]
-    running = q("SELECT COUNT(*) FROM outcomes WHERE status = 'running'").fetchone()[0]
-    effects = [dict(r) for r in q("SELECT idempotency_key, kind, detail FROM side_effects")]
+    approved = one("SELECT COUNT(*) FROM (SELECT DISTINCT ticket_key, content_hash FROM outcomes "
+                   "WHERE status = 'approved') AS done")
+    crashed = one("SELECT COUNT(*) FROM runs WHERE status = 'crashed'")
+    running = one("SELECT COUNT(*) FROM outcomes WHERE status = 'running'")
+    effects = q("SELECT idempotency_key, kind, detail FROM side_effects")
     # Requests whose answers no final outcome used, live or from a checkpoint: asked by a killed
     # run and asked again. The engine checkpoints each answered request, so only those in
     # flight at a kill may repeat.
-    kept = q("SELECT COUNT(*) FROM model_calls m JOIN outcomes o ON o.outcome_id = m.outcome_id "
-             f"WHERE o.status IN ({final_marks}) AND m.replayed = 0").fetchone()[0]
-    resumed = q("SELECT COUNT(*) FROM model_calls m JOIN outcomes o ON o.outcome_id = "
-                f"m.outcome_id WHERE o.status IN ({final_marks}) AND m.replayed = 1").fetchone()[0]
+    kept = one("SELECT COUNT(*) FROM model_calls m JOIN outcomes o ON o.outcome_id = "
+               f"m.outcome_id WHERE o.status IN ({final_marks}) AND m.replayed = 0")
+    resumed = one("SELECT COUNT(*) FROM model_calls m JOIN outcomes o ON o.outcome_id = "
+                  f"m.outcome_id WHERE o.status IN ({final_marks}) AND m.replayed = 1")
     keys_twice = [k for k, n in Counter(e["idempotency_key"] for e in effects).items() if n > 1]
+    dead = {r["detail"].split(" ", 1)[0]: r["at_utc"] for r in q(
+        "SELECT detail, at_utc FROM events WHERE to_status = 'dead' AND outcome_id IS NULL")}
+    for k in report.worker_kills:
+        at = dead.get(k["executor_id"])
+        k["declared_dead_after_s"] = round(_utc(at) - _utc(k["at_utc"]), 1) if at else None
     db.close()
 
     def files(folder: str, pattern: str, kind: str) -> dict:
@@ -467,13 +654,27 @@ def verify(report: Report, project: Path, source: Path) -> None:
     check("tickets approved/needs_human twice", twice, [])
     # A request answered from its checkpoint was asked once, by the killed run: it counts once.
     asked_again = report.settings.get("model_requests", kept + resumed) - kept - resumed
-    in_flight = sum(r.running_at_kill for r in report.runs if r.killed)
+    in_flight = sum(r.running_at_kill for r in report.runs if r.killed) + \
+        sum(w["in_flight"] for w in report.worker_kills)
     report.settings["requests_answered_from_checkpoints"] = resumed
     check("model requests asked again after a kill", asked_again,
           f"<= {in_flight} (one per ticket in flight at a kill)", ok=asked_again <= in_flight)
-    check("kills that landed mid-run", len(killed), k)
-    check("runs marked crashed", crashed, k)
-    check("killed runs not marked crashed", [r.index for r in killed if r.status != RunStatus.CRASHED], [])
+    if report.settings.get("kill") == "worker":
+        lease = report.settings["lease_s"]
+        check("worker kills that landed mid-run", len(report.worker_kills), k)
+        # One that held no ticket may go unnoticed if the run ends first: nothing to take over.
+        slow = [(w["kill"], w["declared_dead_after_s"]) for w in report.worker_kills
+                if w["in_flight"] and (w["declared_dead_after_s"] is None
+                                       or w["declared_dead_after_s"] > 2 * lease)]
+        check("killed workers holding tickets declared dead by a peer within 2 × lease", slow,
+              [])
+        check("runs marked crashed", crashed, 0)
+    else:
+        check("kills that landed mid-run", len(killed), k)
+        check("runs marked crashed", crashed, k)
+        check("killed runs not marked crashed", [r.index for r in killed
+                                                  if r.status != RunStatus.CRASHED],
+              [])
     check("final run", f"{last.status}, exit {last.exit_code}", "completed, exit 0 or 1",
           ok=last.status == RunStatus.COMPLETED
           and last.exit_code in (ExitCode.OK, ExitCode.FAILED))
@@ -486,6 +687,8 @@ def verify(report: Report, project: Path, source: Path) -> None:
     check("duplicate refund request file names", refunds["duplicate_names"], [])
     check("refund files without a side_effects row", refunds["without_side_effect"], [])
     check(f"{REQUEST_REFUND} side effects without a file", refunds["side_effect_without_file"], [])
+    if report.settings.get("kill") == "worker":
+        return  # no run was killed: the checks below are about a killed run's processes
     check("processes alive 60 s after their run was killed",
           sum(r.alive_after_grace for r in killed), 0)
     # A survivor still working when the next run has recovered the crashed one races it for
@@ -494,8 +697,15 @@ def verify(report: Report, project: Path, source: Path) -> None:
           sum(r.alive_when_next_run_started for r in killed), 0)
 
 
+def _utc(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=timezone.utc).timestamp()
+
+
 def render(report: Report) -> str:
     s = report.settings
+    if s.get("kill") == "worker":
+        return render_worker_kills(report)
     lines = [f"kill_resume: {s['tickets']} tickets, {s['kills']} kills, concurrency "
              f"{s['concurrency']}, --workers {s['workers']}, latency {s['latency_s']} s, seed "
              f"{s['seed']}, {s['cpus']} CPUs, Python {s['python']}, {s.get('benchmark_s', '?')} s",
@@ -523,14 +733,38 @@ def render(report: Report) -> str:
                   f"run(s), {f['refund_requests']['count']} refund requests; leftover .tmp: "
                   f"{len(tmp)}" + (f" (killed between writing and renaming: {tmp[:3]})"
                                    if tmp else ""), ""]
+    lines += _check_lines(report)
+    return "\n".join(lines)
+
+
+def render_worker_kills(report: Report) -> str:
+    s, r = report.settings, report.runs[0]
+    lines = [f"kill_resume --kill worker: {s['tickets']} tickets, {s['kills']} worker kills over "
+             f"{s['hosts']} worker hosts beside the run, concurrency {s['concurrency']}, lease "
+             f"{s['lease_s']:g} s, ledger {s['ledger']}, latency {s['latency_s']} s, seed "
+             f"{s['seed']}, {s['cpus']} CPUs, {s.get('benchmark_s', '?')} s", "",
+             f"run {r.run_id}: {r.status}, exit {r.exit_code}, {r.seconds:.1f} s, "
+             + ", ".join(f"{v} {k}" for k, v in sorted(r.counts.items())), "",
+             "| kill | host | pid | requests after it joined | tickets it held | declared dead "
+             "after s |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for w in report.worker_kills:
+        lines.append(f"| {w['kill']} | {w['host']} | {w['pid']} | {w['requests_after_join']} | "
+                     f"{w['in_flight']} | {w.get('declared_dead_after_s')} |")
+    lines.append("")
+    lines += _check_lines(report)
+    return "\n".join(lines)
+
+
+def _check_lines(report: Report) -> list[str]:
+    lines = []
     for name, c in report.checks.items():
         value = c["value"]
         if isinstance(value, list):
             value = f"{len(value)}" + (f": {value[:5]}" if value else "")
         lines.append(f"{'ok  ' if c['ok'] else 'FAIL'} {name}: {value}"
                      + ("" if c["ok"] else f" (expected {c['expected']})"))
-    lines += ["", "PASS" if report.ok else "FAILED"]
-    return "\n".join(lines)
+    return lines + ["", "PASS" if report.ok else "FAILED"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -541,6 +775,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--latency", type=float, default=0.05, help="seconds per model request")
     p.add_argument("--workers", type=int, default=1, help="crewbatch run --workers")
+    p.add_argument("--ledger", choices=("sqlite", "postgres"), default="sqlite",
+                   help="the run's ledger (postgres: a throwaway server of tests/pg.py)")
+    p.add_argument("--kill", choices=("run", "worker"), default="run",
+                   help="what gets SIGKILL: the run's main process (re-run each time), or a "
+                        "`crewbatch worker` host beside one run (needs --ledger postgres, root)")
+    p.add_argument("--database-url", help="an empty PostgreSQL database to use (implies "
+                   "--ledger postgres; default: a throwaway server)")
+    p.add_argument("--hosts", type=int, default=2, help="--kill worker: worker hosts")
+    p.add_argument("--lease", type=float, default=10.0, help="--kill worker: lease_s")
     p.add_argument("--seed", type=int, default=1, help="seeds the kill moments")
     p.add_argument("--out", type=Path, help="the JSON report (default "
                    "benchmarks/results/kill_resume-<UTC timestamp>.json)")
@@ -548,7 +791,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.tickets < 1 or args.kills < 0:
         p.error("--tickets must be at least 1 and --kills at least 0")
     report = benchmark(args.tickets, args.kills, args.concurrency, args.latency, args.workers,
-                       args.seed, progress=lambda t: print(f"... {t}", file=sys.stderr))
+                       args.seed, progress=lambda t: print(f"... {t}", file=sys.stderr),
+                       ledger=args.ledger, kill=args.kill, hosts=args.hosts,
+                       lease_s=args.lease, database_url=args.database_url)
     print(render(report))
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = args.out or REPO / "benchmarks/results" / f"kill_resume-{stamp}.json"

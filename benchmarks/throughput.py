@@ -848,7 +848,7 @@ def benchmark(tickets: int = 200, concurrency: int = 32, latency_s: float = 0.5,
     server_pg = None
     try:
         if "postgres" in ledgers:
-            server_pg = _postgres()
+            server_pg = postgres_server()
         with FakeOpenAI(Faults(latency_s=latency_s), keep_bodies=False,
                         on_request=recorder) as server:
             clean = None
@@ -914,7 +914,7 @@ def benchmark(tickets: int = 200, concurrency: int = 32, latency_s: float = 0.5,
     return report
 
 
-def _postgres():
+def postgres_server():
     """A throwaway PostgreSQL server (tests/pg.py's) for the PostgreSQL-ledger rows."""
     sys.path.insert(0, str(REPO / "tests"))
     import pg

@@ -1184,8 +1184,8 @@ class Ledger:
                 return None
             row = self._db.execute(
                 "SELECT r.run_id, w.host, w.pid FROM runs r LEFT JOIN workers w ON w.run_id = "
-                "r.run_id AND w.role = 'run' WHERE r.status = 'running' ORDER BY r.started_utc "
-                "DESC LIMIT 1").fetchone()
+                "r.run_id AND w.role = 'run' WHERE r.status = ? ORDER BY r.started_utc "
+                "DESC LIMIT 1", (RunStatus.RUNNING.value,)).fetchone()
         if row is None:
             return "a run that is starting"
         return f"run {row['run_id']}" + (f" on {row['host']} (pid {row['pid']})"

@@ -46,3 +46,49 @@ def test_two_kills_then_a_final_run_finish_every_ticket_once(tmp_path, capsys):
     outbox = report["files"]["outbox"]
     assert outbox["count"] == checks["outbox files vs approved tickets"]["expected"] > 0
     assert "| 1 | " in table and table.rstrip().endswith("PASS")
+
+
+def test_the_same_on_a_postgresql_ledger(tmp_path, capsys, pg_url):
+    out = tmp_path / "report.json"
+    code = kill_resume.main(["--tickets", "16", "--kills", "2", "--concurrency", "4",
+                             "--seed", "3", "--database-url", pg_url, "--out", str(out)])
+    table = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert code == 0 and report["ok"], table
+    assert report["settings"]["ledger"] == "postgres"
+    assert report["checks"]["runs marked crashed"]["value"] == 2
+    assert report["checks"]["input tickets with a final outcome"]["value"] == 16
+    assert all(r["running_at_kill"] > 0 for r in report["runs"][:2])
+    assert pg_url.split("@")[0].split(":")[-1] not in table  # the password is not printed
+
+
+def test_killing_worker_hosts_beside_a_run(tmp_path, capsys, pg_url):
+    """Two worker hosts (network namespaces), one killed twice and restarted: a peer declares it
+    dead, takes its tickets over, and the one run completes with every ticket once."""
+    import netns
+
+    try:
+        with netns.hosts(1):
+            pass
+    except netns.Unavailable as why:
+        import pytest
+
+        pytest.skip(f"worker hosts need network namespaces: {why}")
+    out = tmp_path / "report.json"
+    code = kill_resume.main(["--tickets", "30", "--kills", "2", "--concurrency", "6",
+                             "--latency", "0.3", "--kill", "worker", "--hosts", "2",
+                             "--lease", "3", "--seed", "4", "--database-url", pg_url,
+                             "--out", str(out)])
+    table = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert code == 0 and report["ok"], table
+    checks = report["checks"]
+    assert checks["runs marked crashed"]["value"] == 0
+    assert checks["input tickets with a final outcome"]["value"] == 30
+    assert checks["tickets approved/needs_human twice"]["value"] == []
+    kills = report["worker_kills"]
+    assert len(kills) == 2 and {k["host"] for k in kills} == {1, 2}
+    assert all(k["executor_id"] for k in kills)
+    assert all(k["declared_dead_after_s"] is not None for k in kills if k["in_flight"])
+    run = report["runs"][0]
+    assert run["status"] == "completed" and run["exit_code"] == 0
