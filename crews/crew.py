@@ -266,6 +266,11 @@ class CrewRunner:
             import openai.pagination  # noqa: F401
             import openai.resources  # noqa: F401
 
+        # The gate's language identifier (about a second to build), before the first drafts
+        # are checked rather than while they wait.
+        from .language import language_scores
+
+        language_scores("warming up the language identifier before the first ticket")
         for role in self._idle:
             built = [self._checkout(role) for _ in range(copies)]
             for agent in built:

@@ -226,10 +226,11 @@ def fuse(keyword: list[tuple[int, float]], semantic: list[tuple[int, float]],
     return sorted(scores.items(), key=lambda t: (-t[1], t[0]))
 
 
-def embedder_for(config: Any, environ=os.environ, processes: int = 1) -> Any:
-    """The configured embedder, or None for `none` (BM25 only). With `--workers`, each process
-    gets an equal share of the embedding model's rate limits (the chat models' limits are the
-    fleet's, kept in the ledger: engine.FleetWindow)."""
+def embedder_for(config: Any, environ=os.environ, processes: int = 1, ledger: Any = None) -> Any:
+    """The configured embedder, or None for `none` (BM25 only). With the run's `ledger` its rate
+    limits hold for the whole fleet, as the chat models' do (engine.FleetWindow, and a
+    Retry-After pauses it for every worker: engine.SharedPause); without one (a replay, an eval
+    outside a run) each of `processes` gets an equal share."""
     model = config.settings.knowledge.embedding_model
     if model == NONE:
         return None
@@ -245,22 +246,31 @@ def embedder_for(config: Any, environ=os.environ, processes: int = 1) -> Any:
     policy = RetryPolicy(max_attempts=r.max_attempts, repair_attempts=0,
                          base_delay_s=r.base_delay_s, max_delay_s=r.max_delay_s)
     share = max(1, processes)
-    limiter = RateLimiter(max(1, limit.requests_per_minute // share)
-                          if limit and limit.requests_per_minute else None,
-                          max(1, limit.tokens_per_minute // share)
-                          if limit and limit.tokens_per_minute else None)
+    if ledger is not None:
+        from .engine import FleetWindow, SharedPause
+
+        window = FleetWindow(ledger, model, limit.requests_per_minute, limit.tokens_per_minute,
+                             window_s=61.0) if limit and (limit.requests_per_minute or
+                                                          limit.tokens_per_minute) else None
+        limiter = RateLimiter(None, None, SharedPause(ledger, model), window)
+    else:
+        limiter = RateLimiter(max(1, limit.requests_per_minute // share)
+                              if limit and limit.requests_per_minute else None,
+                              max(1, limit.tokens_per_minute // share)
+                              if limit and limit.tokens_per_minute else None)
     return EndpointEmbedder(model, s.base_url or environ.get("OPENAI_BASE_URL"),
                             environ.get("OPENAI_API_KEY"), s.timeout_s, policy, limiter)
 
 
-def knowledge_for_run(config: Any, environ=os.environ, processes: int = 1) -> KnowledgeBase:
+def knowledge_for_run(config: Any, environ=os.environ, processes: int = 1,
+                      ledger: Any = None) -> KnowledgeBase:
     """The knowledge base a run searches: BM25, plus the configured embeddings (index built or
-    loaded here, before the first ticket)."""
+    loaded here, before the first ticket; with the run's `ledger`, within the fleet's limits)."""
     from .settings import SETTINGS_FILE, ConfigError
 
     kb = KnowledgeBase(config.knowledge_dir)
     try:
-        embedder = embedder_for(config, environ, processes)
+        embedder = embedder_for(config, environ, processes, ledger)
         if embedder is not None:
             kb.semantic = Semantic.build(kb, embedder, config.runs_dir / "knowledge-index",
                                          config.settings.knowledge.fusion)

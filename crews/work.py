@@ -48,7 +48,8 @@ def build_crew(config: Config, ledger: Ledger, model: str, *, processes: int, th
     from .llms import build_llms
     from .retrieval import knowledge_for_run
 
-    kb = knowledge_for_run(config, processes=processes)
+    kb = knowledge_for_run(config, os.environ if environ is None else environ,
+                           processes=processes, ledger=ledger)
     framework.prepare(config.runs_dir / rundir.CREWAI)
     from .crew import CrewRunner
 

@@ -78,3 +78,34 @@ print(json.dumps({"left": left, "after": after, "again": framework.detach_builti
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report == {"left": [], "after": ["crews.crew"], "again": 0}
+
+
+def test_a_run_on_postgresql_talks_only_to_the_model_and_the_database(project, tmp_path, pg_url):
+    """The engine (DBOS) on the PostgreSQL ledger, a model over HTTP: every connection goes to
+    the model's endpoint or the database — no hosted console, no telemetry — and nothing DBOS
+    logs about a console reaches stderr. (The database's own connections are libpq's, made in
+    C where the URL says, so the audit hook sees Python's sockets: the SDKs', telemetry's.)"""
+    from urllib.parse import urlsplit
+
+    from fake_openai import FakeOpenAI
+
+    report = tmp_path / "report.json"
+    probe = PROBE.replace('"--offline"', '"--model", "fake-model"')
+    with FakeOpenAI() as server:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("CREWAI_", "OTEL_", "OPENAI_"))}
+        env.update(HOME=str(tmp_path), PYTHONPATH=str(REPO), OPENAI_API_KEY="sk-test",
+                   OPENAI_BASE_URL=server.base_url, CREWBATCH_DATABASE_URL=pg_url)
+        out = subprocess.run([sys.executable, "-c", probe, str(project), str(report)],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        model_port = urlsplit(server.base_url).port
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.loads(report.read_text())
+    assert data["code"] == 0
+    allowed = {f"('127.0.0.1', {model_port})", f"('127.0.0.1', {urlsplit(pg_url).port})"}
+    connects = {e[1] for e in data["events"] if e[0] == "connect"}
+    assert connects and connects <= allowed, connects
+    assert f"('127.0.0.1', {model_port})" in connects
+    lookups = {e[1] for e in data["events"] if e[0] == "getaddrinfo"}
+    assert lookups <= {"'127.0.0.1'", "'localhost'"}, lookups
+    assert "conductor" not in out.stderr.lower() and "dbos" not in out.stderr.lower()

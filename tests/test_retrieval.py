@@ -251,6 +251,36 @@ def test_endpoint_embedder_takes_its_rate_limits_and_shares_them_between_workers
     assert alone._policy.max_attempts == config.settings.retry.max_attempts
 
 
+def test_in_a_run_the_embedding_limits_and_pauses_are_the_fleets_through_the_ledger(
+        project, tmp_path):
+    """Every embedding request takes a slot in the ledger's window, as the chat models' do, so
+    workers on several hosts share the endpoint's limit; its Retry-After pauses all of them."""
+    import time
+
+    from crews.ledger import Ledger
+    from crews.retrieval import knowledge_for_run
+    from crews.settings import load_config
+
+    with_embeddings(project)
+    settings = project / "config/settings.yaml"
+    settings.write_text(settings.read_text().replace(
+        "rate_limits:\n", "rate_limits:\n  fake-embedding: {requests_per_minute: 100}\n"))
+    config = load_config(project)
+    with FakeOpenAI(Faults(errors=[429], retry_after_s=1)) as server, \
+            Ledger(tmp_path / "ledger.db") as ledger:
+        env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": server.base_url}
+        kb = knowledge_for_run(config, env, ledger=ledger)
+        kb.search("how long do refunds take", 3)
+        paused_until = ledger.model_paused_until("fake-embedding")
+        asked = embedding_requests(server)
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        counted = db.execute("SELECT COUNT(*) FROM model_requests WHERE model = "
+                             "'fake-embedding'").fetchone()[0]
+    assert len(asked) >= 3  # the 429, the index build, the query
+    assert counted == len(asked)
+    assert time.time() - 60 < paused_until  # the 429's pause was written for every worker
+
+
 def test_worker_processes_load_the_index_the_run_built(project, cli):
     with_embeddings(project)
     with FakeOpenAI() as server:
