@@ -1,14 +1,12 @@
-"""The policy-bound executor: typed action tools that check config/policy.yaml themselves.
+"""The policy-bound executor's desk: what config/policy.yaml allows, decided in code.
 
-The executor agent may only call these tools, and each tool decides in code — whatever the model or
-the ticket text asks — whether the action is allowed: it must be in the plan the critic approved,
-on an order of the ticket's own customer, and within policy (a refund above the auto-approve limit
-is refused and goes to a person). `carry_out_actions` takes the whole plan in one call and hands
-each action to those same checks; its answer is the executor's final answer (`result_as_answer`),
-so the executor costs one model call instead of a tool round plus a summary. Tools only *stage*
-actions; `perform` carries out the staged side effects after the ticket's outcome is decided, each
-keyed by ticket, content and action in the ledger's side_effects table, so a re-run, resume or
-retry never sends a second reply or refund.
+`ActionDesk` decides each action the executor's tools (action_tools.py) hand it — whatever the
+model or the ticket text asks: it must be in the plan the critic approved, on an order of the
+ticket's own customer, and within policy (a refund above the auto-approve limit is refused and
+goes to a person). The desk only *stages* actions; `perform` carries out the staged side effects
+after the ticket's outcome is decided, each keyed by ticket, content and action in the ledger's
+side_effects table, so a re-run, resume or retry never sends a second reply or refund. No CrewAI
+here: the engine carries out a crew's result without importing it.
 """
 
 from __future__ import annotations
@@ -24,25 +22,18 @@ from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any
 
-from crewai.tools import BaseTool
-from pydantic import BaseModel, Field, PrivateAttr, create_model
-
 from . import files, rundir
 from .action_kinds import (
     ACTIONS,
-    BATCH_ARGS,
-    BATCH_FIELDS,
     ESCALATE_TO_HUMAN,
     QUEUE_REPLY,
     REQUEST_REFUND,
     TAG_TICKET,
-    ActionKind,
-    spoken,
 )
 from .knowledge import Orders
 from .ledger import RefundHistory, RefundRequest
-from .outputs import CachedSchema, Draft, ProposedAction
-from .settings import BATCH_TOOL, Policy, RefundPolicy, slug
+from .outputs import Draft, ProposedAction
+from .settings import Policy, RefundPolicy, slug
 from .ticket import Ticket
 
 SUPPORT_ADDRESS = "support@crewbatch.invalid"
@@ -229,96 +220,6 @@ def cap_refusal(caps: RefundPolicy, order_id: str, total: float, amount: float, 
                 f"the last {cap.period_days} days; {amount:.2f} more is over the "
                 f"{cap.max_amount:g} {currency} per-customer limit, so a person must approve it")
     return None
-
-
-# --- the tools the executor agent sees -----------------------------------------------------------
-
-
-class _DeskTool(BaseTool):
-    _desk: ActionDesk = PrivateAttr()
-
-    def bind(self, desk: ActionDesk) -> _DeskTool:
-        self._desk = desk
-        return self
-
-
-class ActionTool(_DeskTool):
-    """A kind's own tool (`action_kinds.ACTIONS`): its call goes to the desk's check of that kind."""
-
-    def _run(self, **args: Any) -> str:
-        return self._desk.call(self.name, args)
-
-
-def _args_model(kind: ActionKind) -> type[BaseModel]:
-    return create_model(f"{kind.name}_args", __base__=CachedSchema,
-                        **{a.name: (a.type, Field(description=a.about)) for a in kind.args})
-
-
-_ARGS_MODELS = {kind.name: _args_model(kind) for kind in ACTIONS.values()}
-
-
-def _batch_field(name: str) -> tuple:
-    kind, arg = BATCH_ARGS[name]
-    return (arg.type | None, Field(None, description=f"{kind.name}: {arg.about_in_batch}"))
-
-
-ActionCall = create_model(
-    "ActionCall", __base__=CachedSchema,
-    kind=(str, Field(description=f"the action: {spoken(ACTIONS)}")),
-    **{name: _batch_field(name) for name in BATCH_FIELDS})
-
-
-class _BatchArgs(CachedSchema):
-    actions: list[ActionCall] = Field(description="every approved action, in the order given")
-
-
-class CarryOutActions(_DeskTool):
-    name: str = BATCH_TOOL
-    description: str = (
-        "Carry out all the approved actions in this one call (leave a field null when the action "
-        "does not use it). Policy checks each action on its own; the answer lists, per action, "
-        "whether it was done or refused and why.")
-    args_schema: type[BaseModel] = _BatchArgs
-    # The per-action answers are the executor's report: no second model call to summarise them.
-    result_as_answer: bool = True
-
-    def _run(self, actions: list[dict | ActionCall]) -> str:
-        answers = []
-        for item in actions:
-            call = item if isinstance(item, ActionCall) else ActionCall.model_validate(item)
-            answer = json.loads(self._one(call))
-            answers.append({"action": call.kind, **answer})
-        return json.dumps(answers, ensure_ascii=False)
-
-    def _one(self, call: ActionCall) -> str:
-        desk = self._desk
-        given = {k: v for k, v in call.model_dump(exclude={"kind"}).items() if v is not None}
-        kind = call.kind.strip()
-        spec = ACTIONS.get(kind)
-        if spec is None:
-            name = kind[:80] or "(none)"
-            return desk.refuse(name, given, f"`{name}` is not an action; the actions are "
-                                            f"{', '.join(ACTIONS)}")
-        missing = [k for k in spec.required if given.get(k) is None]
-        if missing:
-            return desk.refuse(kind, given, f"{kind} needs {', '.join(spec.required)}; "
-                                            f"missing: {', '.join(missing)}")
-        return desk.call(kind, {a.name: given.get(a.name) for a in spec.args})
-
-
-def _tool(name: str) -> _DeskTool:
-    if name == BATCH_TOOL:
-        return CarryOutActions()
-    kind = ACTIONS[name]
-    return ActionTool(name=kind.name, description=kind.description,
-                      args_schema=_ARGS_MODELS[kind.name])
-
-
-TOOLS = (BATCH_TOOL, *ACTIONS)
-
-
-def action_tools(names: list[str], desk: ActionDesk) -> list[BaseTool]:
-    return [_tool(n).bind(desk) for n in names if n in TOOLS]
 
 
 # --- carrying out staged actions -----------------------------------------------------------------

@@ -32,7 +32,8 @@ from crewai_core.printer import set_suppress_console_output
 
 from . import gate
 from .action_kinds import ESCALATE_TO_HUMAN, QUEUE_REPLY, REQUEST_REFUND, TAG_TICKET
-from .actions import ActionDesk, Decision, action_tools
+from .action_tools import action_tools
+from .actions import ActionDesk, Decision
 from .calls import request_done, share_generic_cache, ticket_deadline
 from .executor import StepAgent
 from .knowledge import KnowledgeBase, Orders

@@ -226,3 +226,44 @@ def test_one_run_at_a_time_per_postgresql_ledger_whichever_host_starts_it(
     assert outcome[0].status == "completed" and outcome[0].counts == {"approved": 12}
     after = run(second, Crew())  # once it is over, the other host runs: nothing left to do
     assert after.counts == {"skipped": 12}
+
+
+NO_CREWAI = r"""
+import sys
+from crews import pipeline
+from crews.actions import Decision
+from crews.outputs import Draft
+from crews.result import TicketResult
+from crews.settings import RunOptions, load_config
+from crews.ticket import Status
+
+def crew(ticket):
+    draft = Draft(category="shipping", priority="low", language="en",
+                  reply=f"Dear customer, about {ticket.subject}: it ships today.")
+    return TicketResult(Status.APPROVED, "done", draft=draft,
+                        decisions=[Decision("queue_reply", {}, True)])
+
+from pathlib import Path
+config = load_config(Path(sys.argv[1]))
+summary = pipeline.run(config, RunOptions(model="offline", concurrency=2, batch_size=5,
+                                          revision_limit=1), ["t.csv"], crew=crew)
+print(summary.exit_code, summary.counts.get("approved"),
+      sorted(m for m in sys.modules if m.split(".")[0] == "crewai"))
+"""
+
+
+def test_a_run_over_a_plain_crew_never_imports_crewai(config, project):
+    """The seam is real: intake, the engine, carrying out the actions (a reply file each), the
+    sheet and the report, all without CrewAI in the process."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = subprocess.run([sys.executable, "-c", NO_CREWAI, str(project)], cwd=project,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["0", "12", "[]"]
+    assert len(list((project / "runs").glob("*/outbox/*.eml"))) == 12

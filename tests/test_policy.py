@@ -293,7 +293,7 @@ def batch(*actions):
 
 
 def test_the_batch_tool_hands_each_action_to_the_desk_and_answers_for_each(desk_for):
-    from crews.actions import TOOLS, CarryOutActions, action_tools
+    from crews.action_tools import TOOLS, CarryOutActions, action_tools
 
     desk = desk_for([ProposedAction(kind="queue_reply"),
                      ProposedAction(kind="tag_ticket", queue="returns"), refund()])
@@ -314,7 +314,7 @@ def test_the_batch_tool_hands_each_action_to_the_desk_and_answers_for_each(desk_
 
 
 def test_policy_refuses_actions_inside_a_batch_one_by_one(desk_for):
-    from crews.actions import CarryOutActions
+    from crews.action_tools import CarryOutActions
 
     desk = desk_for([refund()])
     tool = CarryOutActions().bind(desk)
@@ -340,7 +340,7 @@ def test_policy_refuses_actions_inside_a_batch_one_by_one(desk_for):
 
 
 def test_an_unknown_or_incomplete_action_in_a_batch_is_refused_not_an_error(desk_for):
-    from crews.actions import CarryOutActions
+    from crews.action_tools import CarryOutActions
 
     desk = desk_for([refund(), ProposedAction(kind="tag_ticket", queue="returns")])
     tool = CarryOutActions().bind(desk)
@@ -421,7 +421,7 @@ def test_every_kind_in_the_registry_has_its_own_tool_label_and_check(desk_for):
     """One entry in action_kinds.ACTIONS is enough for a kind to be proposed, offered as a tool,
     checked by the desk and labelled: the four places read the same table."""
     from crews.action_kinds import ACTIONS, tool_args
-    from crews.actions import action_tools
+    from crews.action_tools import action_tools
 
     plan = [ProposedAction(kind="queue_reply"), ProposedAction(kind="tag_ticket", queue="returns"),
             ProposedAction(kind="escalate_to_human", reason="legal threat"), refund()]
