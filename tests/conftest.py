@@ -38,6 +38,15 @@ for var in CLEARED_ENV:
     os.environ.pop(var, None)
 
 
+@pytest.fixture(autouse=True)
+def _cleared_environment(monkeypatch):
+    """The same, around every test: an in-process CLI run loads its project's .env into
+    os.environ (cli.py), which would otherwise reach every later test (a key in a test's .env
+    made the next "no key" test see one)."""
+    for var in CLEARED_ENV:
+        monkeypatch.delenv(var, raising=False)
+
+
 def make_project(root: Path) -> Path:
     """A project directory at `root` with the repository's config/ and data/ and an empty runs/."""
     shutil.copytree(REPO / "config", root / "config")
