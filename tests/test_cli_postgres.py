@@ -14,6 +14,8 @@ from pg import PASSWORD
 
 from crews.ledger import SCHEMA_VERSION, Ledger
 
+pytestmark = pytest.mark.slow  # end to end: real processes and servers (README: Development)
+
 SECRETS = (PASSWORD, quote(PASSWORD, safe=""), "s3cret")
 # What the offline model decides per ticket: the same on either ledger.
 COMPARED = ("ticket_id", "status", "category", "priority", "draft_reply", "critic_verdict",

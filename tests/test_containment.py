@@ -7,7 +7,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # end to end: real processes and servers (README: Development)
 
 PROBE = r"""
 import json, sys

@@ -267,6 +267,7 @@ def test_a_full_disk_exits_2_naming_the_file(project):
 
 
 @needs_mount
+@pytest.mark.slow
 def test_a_full_disk_mid_life_exits_2_and_keeps_the_ledger(project):
     runs = project / "runs"
     out = _in_mount_namespace(project, f"""
@@ -281,6 +282,7 @@ def test_a_full_disk_mid_life_exits_2_and_keeps_the_ledger(project):
 
 
 @needs_mount
+@pytest.mark.slow
 def test_a_read_only_runs_folder_exits_2(project):
     runs = project / "runs"
     out = _in_mount_namespace(project, f"""
@@ -298,6 +300,7 @@ def test_a_read_only_runs_folder_exits_2(project):
 # --- SIGTERM stops a run whatever it is blocked on ------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_run_blocked_on_a_hung_model(project, tickets_file, tmp_path):
     """Before: a run blocked in a call printed "stopping" but never stopped and stayed running.
     Here every model request hangs far past the grace period; SIGTERM must end the run (exit 3)

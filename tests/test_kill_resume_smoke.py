@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import kill_resume  # noqa: E402
+
+pytestmark = pytest.mark.slow  # end to end: real processes and servers (README: Development)
 
 
 def test_two_kills_then_a_final_run_finish_every_ticket_once(tmp_path, capsys):
@@ -71,8 +74,6 @@ def test_killing_worker_hosts_beside_a_run(tmp_path, capsys, pg_url):
         with netns.hosts(1):
             pass
     except netns.Unavailable as why:
-        import pytest
-
         pytest.skip(f"worker hosts need network namespaces: {why}")
     out = tmp_path / "report.json"
     code = kill_resume.main(["--tickets", "30", "--kills", "2", "--concurrency", "6",

@@ -20,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import netns  # noqa: E402
 from fake_openai import FakeOpenAI, Faults  # noqa: E402
 
+pytestmark = pytest.mark.slow  # end to end: real processes and servers (README: Development)
+
 REPO = Path(__file__).resolve().parents[1]
 HOSTS = 3
 

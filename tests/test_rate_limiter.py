@@ -97,6 +97,7 @@ def _fleet_worker(ledger_path, rpm, n, out):
             out.put(time.time())
 
 
+@pytest.mark.slow
 def test_the_fleet_stays_within_the_requests_per_minute_however_many_workers(tmp_path):
     """Two workers wanting 5 and 3 requests, a fleet limit of 6 per window (4 s here, a minute
     in a run): 6 go at once, shared as the workers need them — a per-process share (3 each)

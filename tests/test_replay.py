@@ -175,6 +175,7 @@ def test_a_lower_refund_limit_changes_exactly_the_tickets_whose_refund_crosses_i
     assert len(rows) == 51
 
 
+@pytest.mark.slow
 def test_an_edited_critic_prompt_changes_only_the_review_requests(project_copy):
     root, run_id, _, _ = project_copy
     tasks = root / "config/tasks.yaml"

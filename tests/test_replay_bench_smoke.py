@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import replay_bench  # noqa: E402
+
+pytestmark = pytest.mark.slow  # end to end: real processes and servers (README: Development)
 
 
 def test_the_replay_benchmark_runs_and_checks(tmp_path):

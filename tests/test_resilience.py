@@ -8,8 +8,11 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import REPO, price_fake_model
 from fake_openai import FakeOpenAI, Faults
+
+pytestmark = pytest.mark.slow  # end to end: real processes and servers (README: Development)
 
 
 def crewbatch(project, *args, env=None):

@@ -12,6 +12,8 @@ from conftest import CORPORA, write_tickets
 
 from crews.export import FORMULA_START
 
+pytestmark = pytest.mark.slow  # end to end: real processes and servers (README: Development)
+
 PAYLOADS = CORPORA / "csv-formula-injection" / "payloads_extracted.json"
 
 

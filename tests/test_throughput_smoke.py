@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import sys
 
+import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import throughput  # noqa: E402
+
+pytestmark = pytest.mark.slow  # end to end: real processes and servers (README: Development)
 
 
 def test_benchmark_measures_crewbatch_and_checks_a_fault_run(tmp_path):
