@@ -11,7 +11,6 @@ and the run's start time before it starts a ticket, and the run's stop request.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -47,8 +46,7 @@ def spawn(config: Config, run_id: str, options: RunOptions) -> list[subprocess.P
         return [subprocess.Popen(
             [sys.executable, "-m", "crews", "--root", str(config.root), "worker", "--run", run_id,
              "--concurrency", str(share(options))],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=_die_with_parent,
-            env={**os.environ, "CREWBATCH_LOCAL_WORKER": "1"})
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=_die_with_parent)
             for _ in range(options.workers - 1)]
     finally:
         log.close()

@@ -33,7 +33,7 @@ os.environ.update({
 # tests/test_settings.py checks the list against the CREWBATCH_ names in crews/.
 CLEARED_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "CREWBATCH_ROOT", "CREWBATCH_MODEL",
                "CREWBATCH_CONCURRENCY", "CREWBATCH_BATCH_SIZE", "CREWBATCH_REVISION_LIMIT",
-               "CREWBATCH_WORKERS", "CREWBATCH_DATABASE_URL", "CREWBATCH_LOCAL_WORKER")
+               "CREWBATCH_WORKERS", "CREWBATCH_DATABASE_URL")
 for var in CLEARED_ENV:
     os.environ.pop(var, None)
 
