@@ -111,7 +111,7 @@ class Stop(threading.Event):
 
 
 def _stop_watchdog(config: Config, run_id: str, stop: threading.Event,
-                   finished: threading.Event) -> None:
+                   finished: threading.Event, parked: Callable[[], bool] | None = None) -> None:
     while not finished.is_set():
         if stop.wait(0.5):
             break
@@ -119,11 +119,19 @@ def _stop_watchdog(config: Config, run_id: str, stop: threading.Event,
         return
     forced = getattr(stop, "forced", None) or threading.Event()
     deadline = time.monotonic() + config.settings.stop_grace_s
+    waits_on_batches = False
     while not finished.is_set() and not forced.is_set() and time.monotonic() < deadline:
+        # --batch-api: tickets that wait on a pending batch would wait for its completion
+        # window; the next run resumes polling it, so there is nothing to wait for here.
+        if parked is not None and parked():
+            waits_on_batches = True
+            break
         forced.wait(0.2)
     if finished.is_set():
         return
     why = ("a second stop signal" if forced.is_set() else
+           "every ticket in flight waits on a pending batch; the next run resumes polling it"
+           if waits_on_batches else
            f"in-flight work did not finish within stop_grace_s={config.settings.stop_grace_s:g}s")
     try:
         # A connection of its own: the run's may be held by the very call that is stuck.
@@ -195,9 +203,21 @@ def run(config: Config, options: RunOptions, sources: list[str],
                                                    pauses=shared_pauses(config, ledger,
                                                                         options.model),
                                                    fleet=fleet_windows(config, ledger,
-                                                                       options.model)),
+                                                                       options.model),
+                                                   batch=options.batch_api),
                                 kb, orders, options.revision_limit)
-            runner.warm(share(options))
+            # Agents for the first tickets; in batch mode (a thousand in flight) the rest are
+            # built as tickets need them rather than all before the first wave.
+            runner.warm(min(share(options), 64) if options.batch_api else share(options))
+            collector = None
+            if options.batch_api:
+                from . import batch
+
+                runner.ticket_timeout_s = None
+                collector = batch.Collector(ledger, run_id, config.settings.batch,
+                                            batch.client_for(config, environ),
+                                            stopping=stop.is_set)
+                batch.install(runner.llms.values(), collector)
             runner.refund_history = ledger.refund_history
             if replay is not None:
                 replay.attach(runner, ledger)
@@ -211,7 +231,8 @@ def run(config: Config, options: RunOptions, sources: list[str],
         status, stop_reason = "crashed", ""
         budget = Budget(options.max_cost, options.max_minutes, lambda: ledger.run_cost(run_id))
         finished = threading.Event()
-        threading.Thread(target=_stop_watchdog, args=(config, run_id, stop, finished),
+        threading.Thread(target=_stop_watchdog, args=(config, run_id, stop, finished,
+                                                      collector.parked if collector else None),
                          name="crewbatch-stop", daemon=True).start()
         stop_reasons: list[str] = []
         engine = None
@@ -222,7 +243,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
                 "reprocess": options.reprocess, "max_cost": options.max_cost,
                 "max_minutes": options.max_minutes, "retry_of": retry_of,
                 "workers": options.workers, "worker_concurrency": share(options),
-                "side_effects": options.side_effects,
+                "side_effects": options.side_effects, "batch_api": options.batch_api,
                 "models": role_models(config, options.model),
                 **(replay.options() if replay is not None else {})},
                 [str(f) for f in files] or ([replay.label()] if replay is not None else
@@ -243,7 +264,8 @@ def run(config: Config, options: RunOptions, sources: list[str],
 
             def process(outcome_id: int, ticket: Ticket):
                 status_value, cost = process_safely(config, ledger, runner, run_dir, outcome_id,
-                                                    ticket, options.side_effects)
+                                                    ticket, options.side_effects,
+                                                    options.batch_api)
                 log.info("ticket finished", ticket_id=ticket.ticket_id, status=status_value,
                          cost_usd=round(cost, 6))
                 return status_value, cost
@@ -254,6 +276,9 @@ def run(config: Config, options: RunOptions, sources: list[str],
                             role="run")
             engine.start()
             ledger.owner = engine.executor_id
+            if collector is not None:
+                collector.in_flight = lambda: engine.active
+                collector.start()
             _feed(ledger, engine, run_id, records, options, stop, should_stop, progress)
             if engine.fatal is not None:
                 raise engine.fatal
@@ -268,6 +293,8 @@ def run(config: Config, options: RunOptions, sources: list[str],
             try:
                 if engine is not None:
                     engine.close()
+                if collector is not None:
+                    collector.close()
                 runner.close()
                 if status != "completed":
                     ledger.release_unfinished(run_id, f"run {status} before this ticket finished")

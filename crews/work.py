@@ -27,14 +27,16 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errn
 
 
 def process_safely(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: int,
-                   ticket: Ticket, side_effects: bool = True) -> tuple[str, float]:
+                   ticket: Ticket, side_effects: bool = True, batch: bool = False
+                   ) -> tuple[str, float]:
     """`_process`, with the one broad catch of a run: a ticket that breaks something (a header
     the mail library refuses, text SQLite cannot store) ends `failed` with the error and the
     night goes on. A broken ledger or disk is not the ticket's fault and stops the run.
     Without `side_effects` (an eval) an approved ticket's actions are decided but not carried
-    out: no reply file, no refund request, no side_effects or refunds row."""
+    out: no reply file, no refund request, no side_effects or refunds row. With `batch` the
+    model requests went through the Batch API and cost its prices."""
     try:
-        return _process(config, ledger, runner, run_dir, outcome_id, ticket, side_effects)
+        return _process(config, ledger, runner, run_dir, outcome_id, ticket, side_effects, batch)
     except (LedgerError, KeyboardInterrupt):
         raise
     except OSError as exc:
@@ -51,7 +53,8 @@ def process_safely(config: Config, ledger: Ledger, runner, run_dir: Path, outcom
 
 
 def _process(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: int,
-             ticket: Ticket, side_effects: bool = True) -> tuple[str, float]:
+             ticket: Ticket, side_effects: bool = True, batch: bool = False
+             ) -> tuple[str, float]:
     started = time.monotonic()
     result = runner.run(ticket)
     if not ledger.still_running(outcome_id):
@@ -62,7 +65,8 @@ def _process(config: Config, ledger: Ledger, runner, run_dir: Path, outcome_id: 
     status = carry_out(result, ticket, run_dir, effects or ledger, outcome_id,
                        getattr(effects, "replay_of", None)) if side_effects else result.status
     fields, calls, blobs = outcome_fields(config, result, status,
-                                          int((time.monotonic() - started) * 1000), side_effects)
+                                          int((time.monotonic() - started) * 1000), side_effects,
+                                          batch)
     actions = json.loads(fields["actions_json"])
     steps = [{**s, "output_text": redact(s["output_text"])} for s in result.steps]
     if not ledger.record_result(outcome_id, status, fields, steps, actions,
@@ -92,7 +96,8 @@ def carry_out(result, ticket: Ticket, run_dir: Path, effects, outcome_id: int,
 
 
 def outcome_fields(config: Config, result, status: Status, duration_ms: int,
-                   performed: bool = True) -> tuple[dict, list[dict], dict[str, bytes]]:
+                   performed: bool = True, batch: bool = False
+                   ) -> tuple[dict, list[dict], dict[str, bytes]]:
     """A ticket's outcome columns, its model_calls rows and the recording's blobs to store."""
     error = redact(result.error) if result.error else ""
     draft, verdict = result.draft, result.verdict
@@ -112,7 +117,8 @@ def outcome_fields(config: Config, result, status: Status, duration_ms: int,
                       "agent": agents.get(step, step),
                       "cost_usd": cost_usd(config.settings.pricing, c["model"],
                                            c["prompt_tokens"], c["completion_tokens"],
-                                           c.get("cached_tokens") or 0) or 0.0})
+                                           c.get("cached_tokens") or 0,
+                                           batch=batch) or 0.0})
     cost = sum(c["cost_usd"] for c in calls)
     actions = action_rows(result, status, performed)
     fields = {
