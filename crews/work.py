@@ -138,7 +138,9 @@ def outcome_fields(config: Config, result, status: Status, duration_ms: int,
         "prompt_tokens": result.usage.prompt_tokens,
         "completion_tokens": result.usage.completion_tokens,
         "cached_tokens": result.usage.cached_tokens,
-        "cost_usd": round(cost, 6),
+        # Not rounded: the run's cost is the sum of its tickets' (a batch run's is then exactly
+        # its share of the live price); the sheet shows it to the micro-dollar.
+        "cost_usd": cost,
         "duration_ms": duration_ms,
         "error": error,
     }

@@ -102,7 +102,9 @@ def test_a_batch_run_matches_a_live_run_at_exactly_half_the_cost(tmp_path, cli, 
     ticket_costs = [r[0] for r in db.execute("SELECT cost_usd FROM outcomes ORDER BY outcome_id")]
     live_costs = [r[0] for r in live_db.execute("SELECT cost_usd FROM outcomes ORDER BY "
                                                 "outcome_id")]
-    assert ticket_costs == pytest.approx([c / 2 for c in live_costs], abs=1e-6)
+    assert ticket_costs == [c / 2 for c in live_costs]  # exactly: halving a float is exact
+    run_cost = db.execute("SELECT SUM(cost_usd) FROM outcomes").fetchone()[0]
+    assert run_cost == live_db.execute("SELECT SUM(cost_usd) FROM outcomes").fetchone()[0] / 2
     # The key is in no line, file or ledger row.
     assert KEY.encode() not in (project / "runs/ledger.db").read_bytes()
     assert all(KEY not in json.dumps(line) for batch in lines for line in batch)
