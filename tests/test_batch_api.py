@@ -25,15 +25,19 @@ from crews.settings import ConfigError, load_config, resolve_options
 KEY = "sk-test-batch-not-a-real-key-42"
 
 
-def configure(project, *, poll_s=0.1, gather_s=0.2, extra="", price=True):
-    """Fast polling for tests, and a price for the fake server's model (live and batch)."""
-    settings = project / "config/settings.yaml"
-    text = settings.read_text()
+def configure(project, *, poll_s=0.1, gather_s=0.2, batch=None, price=True):
+    """Fast polling and retries for tests, and a price for the fake server's model."""
+    import yaml
+
+    path = project / "config/settings.yaml"
+    settings = yaml.safe_load(path.read_text())
     if price:
-        text = text.replace("pricing:\n", "pricing:\n  fake-model: {input_per_million: 0.15, "
-                            "cached_input_per_million: 0.075, output_per_million: 0.60}\n")
-    text = text.replace("base_delay_s: 1", "base_delay_s: 0.01")
-    settings.write_text(text + f"\nbatch:\n  poll_s: {poll_s}\n  gather_s: {gather_s}\n{extra}")
+        settings["pricing"]["fake-model"] = {"input_per_million": 0.15,
+                                             "cached_input_per_million": 0.075,
+                                             "output_per_million": 0.60}
+    settings["retry"]["base_delay_s"] = 0.01
+    settings["batch"].update(poll_s=poll_s, gather_s=gather_s, **(batch or {}))
+    path.write_text(yaml.safe_dump(settings, sort_keys=False, allow_unicode=True))
 
 
 def ledger(project):
@@ -197,7 +201,7 @@ def test_a_cancelled_batch_and_a_failed_batch_go_to_the_next_wave(cli, project, 
 
 def test_a_wave_is_split_at_the_request_limit_and_the_batch_queue_limit_is_waited_out(
         cli, project, results):
-    configure(project, extra="  max_requests: 3\n")
+    configure(project, batch={"max_requests": 3})
     with FakeOpenAI(batch=BatchFaults(delay_s=0.3, max_enqueued_requests=6)) as server:
         run = cli("run", "--model", "fake-model", "--limit", "7", "--batch-api",
                   env=env_for(server))
@@ -314,9 +318,13 @@ def test_batch_options_are_validated(project):
         resolve_options(config, {"model": "m", "concurrency": 1000}, environ={})
     assert "at most 256 tickets in flight live" in str(err.value)
     settings = project / "config/settings.yaml"
-    settings.write_text(settings.read_text().replace("  max_retries: 0", "  max_retries: 0\n"
-                                                     "  mode: batch") +
-                        "batch:\n  max_request: 10\n")
+    # `llm.mode: batch` is how cron asks for it; an --offline run of such a project stays offline.
+    settings.write_text(settings.read_text().replace("mode: live", "mode: batch"))
+    config = load_config(project)
+    assert resolve_options(config, {"model": "m"}, environ={}).batch_api
+    assert not resolve_options(config, {"offline": True}, environ={}).batch_api
+    settings.write_text(settings.read_text().replace("  max_requests: 50000",
+                                                     "  max_request: 10"))
     with pytest.raises(ConfigError) as err:
         load_config(project)
     assert "unknown key `batch.max_request` (did you mean `max_requests`?)" in str(err.value)
@@ -351,3 +359,33 @@ def test_sigterm_while_a_batch_is_pending(project):
     db = ledger(project)
     assert [tuple(r) for r in db.execute("SELECT state FROM batches")] == [("submitted",)]
     assert {r[0] for r in db.execute("SELECT status FROM outcomes")} == {"pending"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_ledger_keeps_batches_on_both_databases(backend, tmp_path, request):
+    from test_ledger import t
+
+    from crews.ledger import Ledger
+
+    target = request.getfixturevalue("pg_url") if backend == "postgresql" else \
+        tmp_path / "ledger.db"
+    with Ledger(target) as db:
+        db.start_run("r1", "m", {}, [])
+        todo = db.add_records("r1", [t("T-1"), t("T-2")], False)
+        (first, _), (second, _) = todo
+        assert db.attempt_root(second) == second
+        no = db.prepare_batch("r1", "m", [("o1-a", first), ("o2-a", second)], 1234)
+        assert [b["state"] for b in db.open_batches()] == ["preparing"]
+        db.update_batch(no, state="uploaded", input_file_id="file-1")
+        db.update_batch(no, state="submitted", batch_id="batch_1", submitted_utc="2026-12-02T00:"
+                        "00:00.000000Z")
+        assert db.batch_request("o1-a")["status_code"] is None
+        db.finish_batch(no, "expired", {"o1-a": (200, '{"id": "x"}')}, {"wait_s": 2.5})
+        assert db.batch_request("o1-a")["status_code"] == 200
+        assert db.batch_request("o2-a")["status_code"] == 0  # unanswered by the expired batch
+        assert db.open_batches() == [] and db.batches("r1")[0]["wait_s"] == 2.5
+        lost = db.prepare_batch("r1", "m", [("o1-b", first)], 10)
+        db.abandon_batch(lost, "died before upload")
+        assert db.batch_request("o1-b") is None and db.batch(lost)["state"] == "abandoned"
+        with pytest.raises(ValueError):
+            db.update_batch(no, secret="x")
