@@ -709,20 +709,20 @@ def resolve_options(config: Config, cli: dict[str, Any], environ=os.environ) -> 
             problems.append(f"environment: {var}={raw!r} is not a positive whole number; fix or unset it")
     if problems:
         raise ConfigError(problems)
-    batch_api = bool(cli.get("batch_api")) or s.llm.mode == "batch"
-    if batch_api and cli.get("concurrency") is None and not environ.get("CREWBATCH_CONCURRENCY"):
-        base["concurrency"] = s.batch.concurrency  # a wave takes every ticket it can
     for key in base:
         if cli.get(key) is not None:
             base[key] = cli[key]
     if cli.get("offline"):
         base["model"] = OFFLINE
+    batch_api = bool(cli.get("batch_api")) or s.llm.mode == "batch"
     if batch_api and base["model"] == OFFLINE:
         if cli.get("batch_api"):
             raise ConfigError(["--batch-api sends requests to a provider's Batch API, but the "
                                "model is `offline` (answered in-process): drop --offline or "
                                "name a model with --model"])
         batch_api = False  # `llm.mode: batch` with --offline: the offline model has no batches
+    if batch_api and cli.get("concurrency") is None and not environ.get("CREWBATCH_CONCURRENCY"):
+        base["concurrency"] = s.batch.concurrency  # a wave takes every ticket it can
     if not batch_api and base["concurrency"] > 256:
         problems.append(f"--concurrency {base['concurrency']}: at most 256 tickets in flight "
                         "live (each is a thread); more only with --batch-api")
