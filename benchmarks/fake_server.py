@@ -89,7 +89,11 @@ class BatchFaults:
     # The next N batches are cancelled (as from the provider's dashboard) after `expire_after`
     # lines: those are in the output file, the rest in the error file as `batch_cancelled`.
     cancel_batches: int = 0
-    max_enqueued_requests: int = 0       # past this many lines in unfinished batches: 429 on create
+    # Past this many lines in unfinished batches a create is refused: with a 429 (`limit_as`
+    # "429"), or, as OpenAI does with its enqueued-token limit, by a batch that fails at once
+    # with `token_limit_exceeded` ("fail"); a refused batch's lines are not counted as submitted.
+    max_enqueued_requests: int = 0
+    limit_as: str = "429"
     max_requests_per_batch: int = 50_000
     max_bytes_per_file: int = 200 * 1024 * 1024
 
@@ -447,17 +451,24 @@ class BatchAPI:
             faults = self.faults
             enqueued = sum(len(b["lines"]) for b in self.batches.values()
                            if b["status"] in ("validating", "in_progress", "finalizing"))
-            if faults.max_enqueued_requests and enqueued + len(lines) > \
-                    faults.max_enqueued_requests:
+            over = faults.max_enqueued_requests and enqueued + len(lines) > \
+                faults.max_enqueued_requests
+            if over and faults.limit_as == "429":
                 self.refused += 1
                 return 429, {"error": {"message": "enqueued request limit reached",
                                        "code": "batch_limit"}}, {"Retry-After": "1"}
-            self.created += 1
-            for line in lines:
-                self.custom_ids[line["custom_id"]] = self.custom_ids.get(line["custom_id"], 0) + 1
+            if over:
+                self.refused += 1
+            else:
+                self.created += 1
+                for line in lines:
+                    self.custom_ids[line["custom_id"]] = \
+                        self.custom_ids.get(line["custom_id"], 0) + 1
             batch_id = f"batch_{uuid.uuid4().hex[:24]}"
             fate = "completed"
-            if faults.fail_batches:
+            if over:
+                fate = "failed"
+            elif faults.fail_batches:
                 faults.fail_batches -= 1
                 fate = "failed"
             elif len(lines) > faults.max_requests_per_batch:
@@ -475,9 +486,11 @@ class BatchAPI:
                  "output_file_id": None, "error_file_id": None, "errors": None,
                  "done_at": None}
             if fate == "failed":
+                code = ("token_limit_exceeded" if over else "too_many_requests"
+                        if len(lines) > faults.max_requests_per_batch else "batch_failed")
                 b["errors"] = {"object": "list", "data": [{
-                    "code": "too_many_requests" if len(lines) > faults.max_requests_per_batch
-                    else "batch_failed", "message": "injected batch failure", "line": None}]}
+                    "code": code, "message": "Enqueued token limit reached" if over else
+                    "injected batch failure", "line": None}]}
             self.batches[batch_id] = b
             view = self._view(b)
         threading.Thread(target=self._answer, args=(b,), daemon=True).start()

@@ -45,6 +45,10 @@ RUNNING_STATES = ("validating", "in_progress", "finalizing", "cancelling")
 # The status a line the batch never answered is given (expired, cancelled, a failed batch): a
 # 5xx, so the retry policy sends it again in the next wave, up to `retry.max_attempts`.
 UNANSWERED = 503
+# A batch the provider refused for its limits (OpenAI: the enqueued-token limit fails the batch
+# at validation): none of its lines ran, so the same file is made a batch again after `poll_s`,
+# without using up an attempt of its requests.
+LIMIT_CODES = {"token_limit_exceeded", "request_limit_exceeded", "rate_limit_exceeded"}
 
 
 @dataclass
@@ -299,6 +303,7 @@ class Collector:
         import openai
 
         found = self._find(file_id) if maybe_created else None
+        sent = time.time()  # the wait is counted from the create, as the provider counts it
         try:
             batch = found or self.client.batches.create(
                 input_file_id=file_id, endpoint=ENDPOINT,
@@ -330,7 +335,8 @@ class Collector:
         self.ledger.update_batch(batch_no, state="submitted", batch_id=batch.id,
                                  submitted_utc=_utc())
         with self._cond:
-            self._tracked[batch_no] = Tracked(batch_no, batch.id, time.time(),
+            self._tracked[batch_no] = Tracked(batch_no, batch.id,
+                                              float(batch.created_at) if found else sent,
                                               time.monotonic() + self._first_poll(),
                                               list(waiters))
         LOG.info("batch %d (%s): %d request(s) submitted", batch_no, batch.id, len(waiters))
@@ -385,6 +391,17 @@ class Collector:
     def _collect(self, t: Tracked, batch) -> None:
         """A finished batch: download its output and error files, store every line in the
         ledger, then answer the waiting tickets."""
+        codes = {e.code for e in getattr(batch.errors, "data", None) or []}
+        if batch.status == "failed" and codes & LIMIT_CODES and batch.input_file_id:
+            LOG.info("batch %d (%s) refused by the provider's limit (%s); created again in %.0fs",
+                     t.batch_no, t.batch_id, ", ".join(sorted(codes)), self.settings.poll_s)
+            self.ledger.update_batch(t.batch_no, state="uploaded", batch_id="",
+                                     detail=f"{t.batch_id} refused: {', '.join(sorted(codes))}")
+            with self._cond:
+                self._tracked.pop(t.batch_no, None)
+                self._to_create.append((t.batch_no, batch.input_file_id, list(t.waiters),
+                                        time.monotonic() + self.settings.poll_s, False))
+            return
         answers: dict[str, tuple[int, str]] = {}
         for file_id in (batch.output_file_id, batch.error_file_id):
             if not file_id:
@@ -401,6 +418,9 @@ class Collector:
         detail = ""
         if batch.errors and getattr(batch.errors, "data", None):
             detail = "; ".join(f"{e.code}: {e.message}" for e in batch.errors.data)[:500]
+        earlier = (self.ledger.batch(t.batch_no) or {}).get("detail") or ""
+        if earlier:  # e.g. an earlier batch of the same file refused for the provider's limit
+            detail = f"{earlier}; {detail}" if detail else earlier
         wait_s = time.time() - t.submitted_s
         self.ledger.finish_batch(t.batch_no, batch.status, answers, {
             "output_file_id": batch.output_file_id or "", "error_file_id":

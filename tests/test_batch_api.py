@@ -199,10 +199,15 @@ def test_a_cancelled_batch_and_a_failed_batch_go_to_the_next_wave(cli, project, 
         assert {r["status"] for r in rows} <= {"approved", "needs_human", "skipped"}
 
 
+@pytest.mark.parametrize("limit_as", ["429", "fail"])
 def test_a_wave_is_split_at_the_request_limit_and_the_batch_queue_limit_is_waited_out(
-        cli, project, results):
+        cli, project, results, limit_as):
+    # The provider's queue holds 6 requests: a third file of the first wave is refused — with a
+    # 429 on create, or (OpenAI's enqueued-token limit) as a batch failed with
+    # token_limit_exceeded — and made a batch again once there is room, using up no attempt.
     configure(project, batch={"max_requests": 3})
-    with FakeOpenAI(batch=BatchFaults(delay_s=0.3, max_enqueued_requests=6)) as server:
+    with FakeOpenAI(batch=BatchFaults(delay_s=0.3, max_enqueued_requests=6,
+                                      limit_as=limit_as)) as server:
         run = cli("run", "--model", "fake-model", "--limit", "7", "--batch-api",
                   env=env_for(server))
         lines = batch_lines(server)
@@ -210,11 +215,17 @@ def test_a_wave_is_split_at_the_request_limit_and_the_batch_queue_limit_is_waite
         assert_no_double_submission(server)
     assert run.exit_code == 0, run.output
     assert max(len(x) for x in lines) == 3
+    if limit_as == "fail":
+        states = [r[0] for r in ledger(project).execute("SELECT detail FROM batches")]
+        assert any("refused: token_limit_exceeded" in d for d in states)
     prepared = [r[0] for r in ledger(project).execute(
         "SELECT requests FROM batches ORDER BY batch_no")]
     assert prepared[:3] == [3, 3, 1]  # the first wave: 7 requests in 3 files
     assert refused >= 1  # the third file waited until the queue had room
-    assert sum(prepared) == sum(len(x) for x in lines)
+    accepted = [b for b in server.batch_api.batches.values()
+                if "token_limit_exceeded" not in json.dumps(b["errors"])]
+    assert sum(prepared) == sum(len(b["lines"]) for b in accepted)
+    assert all("-a1-" in line["custom_id"] for b in accepted for line in b["lines"])
     rows = results(project / "runs" / run.stdout.strip() / "results.csv")
     assert len(rows) == 7 and {r["status"] for r in rows} <= {"approved", "needs_human"}
 
