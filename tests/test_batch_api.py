@@ -400,3 +400,56 @@ def test_the_ledger_keeps_batches_on_both_databases(backend, tmp_path, request):
         assert db.batch_request("o1-b") is None and db.batch(lost)["state"] == "abandoned"
         with pytest.raises(ValueError):
             db.update_batch(no, secret="x")
+
+
+@pytest.mark.parametrize("left", ["created", "uploaded", "preparing"])
+def test_a_batch_left_between_upload_and_create_is_created_exactly_once(left, tmp_path):
+    """A run killed after uploading a batch's file: if its create reached the provider (the
+    answer was lost), the next run finds that batch by its input file and polls it; if not, it
+    creates it; a batch killed before its upload is abandoned (its requests are asked again)."""
+    from test_ledger import t
+
+    from crews import batch
+    from crews.ledger import Ledger
+    from crews.settings import BatchSettings
+
+    with FakeOpenAI(batch=BatchFaults(delay_s=0.2)) as server, \
+            Ledger(tmp_path / "ledger.db") as db:
+        import openai
+
+        client = openai.OpenAI(api_key=KEY, base_url=server.base_url, max_retries=0)
+        db.start_run("r1", "fake-model", {}, [])
+        (outcome, _), = db.add_records("r1", [t("T-1")], False)
+        body = {"model": "fake-model", "messages": [{"role": "user", "content": "Hello"}]}
+        line = json.dumps({"custom_id": "o1-0-research-1-a1-x", "method": "POST",
+                           "url": batch.ENDPOINT, "body": body}).encode() + b"\n"
+        no = db.prepare_batch("r1", "fake-model", [("o1-0-research-1-a1-x", outcome)],
+                              len(line))
+        if left != "preparing":
+            uploaded = client.files.create(file=("x.jsonl", line), purpose="batch")
+            db.update_batch(no, state="uploaded", input_file_id=uploaded.id)
+        if left == "created":
+            lost = client.batches.create(input_file_id=uploaded.id, endpoint=batch.ENDPOINT,
+                                         completion_window="24h")
+        collector = batch.Collector(db, "r2", BatchSettings(poll_s=0.1, gather_s=0.1), client)
+        collector.start()
+        try:
+            deadline = time.monotonic() + 30
+            while db.open_batches() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            collector.close()
+        row = db.batch(no)
+        if left == "preparing":
+            assert row["state"] == "abandoned" and server.batch_api.created == 0
+            assert db.batch_request("o1-0-research-1-a1-x") is None
+            return
+        assert server.batch_api.created == 1  # never a second batch for the file
+        assert row["state"] == "completed"
+        if left == "created":
+            assert row["batch_id"] == lost.id and collector.submitted == 0
+        else:
+            assert collector.submitted == 1
+        answer = db.batch_request("o1-0-research-1-a1-x")
+        assert answer["status_code"] == 200
+        assert json.loads(answer["response_json"])["object"] == "chat.completion"
