@@ -24,6 +24,7 @@ to the retry policy (calls.py), whose next attempt joins the next wave.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import threading
@@ -169,32 +170,37 @@ class Collector:
         cid = custom_id(root, step, seq, request_attempt.get(), body)
         waiter = Waiter(cid, str(body.get("model", "")), outcome or 0, body)
         row = self.ledger.batch_request(cid) if root is not None else None
-        if row is not None and row["status_code"] is not None:
-            return self._stored(row)
-        with self._cond:
-            if self.failed is not None:
-                return 500, unanswered(f"the batch collector failed: {self.failed}")
-            if row is not None:
+        for looks in itertools.count():
+            if row is not None and row["status_code"] is not None:
+                return self._stored(row)  # downloaded already: never requested again
+            with self._cond:
+                if self.failed is not None:
+                    return 500, unanswered(f"the batch collector failed: {self.failed}")
+                if row is None:  # a new request: it joins the next wave
+                    now = time.monotonic()
+                    if not self._pending:
+                        self._first_s = now
+                    self._last_s = now
+                    self._pending.append(waiter)
+                    self._cond.notify_all()
+                    break
+                # In a batch already (an earlier run's, this request resumed): wait for it.
                 tracked = self._tracked.get(row["batch_no"])
-                if tracked is not None:  # submitted by an earlier run: wait for it
+                if tracked is not None:
                     tracked.waiters.append(waiter)
-                else:
-                    for batch_no, _, waiters, _, _ in self._to_create:
-                        if batch_no == row["batch_no"]:
-                            waiters.append(waiter)
-                            break
-                    else:  # its batch finished meanwhile: the ledger has the line now
-                        waiter.done.set()
-            if row is None:
-                now = time.monotonic()
-                if not self._pending:
-                    self._first_s = now
-                self._last_s = now
-                self._pending.append(waiter)
-            self._cond.notify_all()
+                    break
+                deferred = next((x for x in self._to_create if x[0] == row["batch_no"]), None)
+                if deferred is not None:
+                    deferred[2].append(waiter)
+                    break
+            # Its batch is between two of the collector's lists (being created, or finished
+            # and being stored): look again in a moment.
+            if looks > 1200:  # a minute: no batch of this process holds it (cannot happen)
+                return UNANSWERED, unanswered(f"batch {row['batch_no']} is {row['state']} "
+                                              "but not followed by this run")
+            time.sleep(0.05)
+            row = self.ledger.batch_request(cid)
         waiter.done.wait()
-        if waiter.result is None:  # answered from the ledger after a race with the poller
-            return self._stored(self.ledger.batch_request(cid))
         return waiter.result
 
     def _stored(self, row: dict) -> tuple[int, dict]:
@@ -386,7 +392,14 @@ class Collector:
             if batch.status in RUNNING_STATES:
                 t.next_poll_s = now + self.settings.poll_s
                 continue
-            self._collect(t, batch)
+            try:
+                self._collect(t, batch)
+            except Exception as exc:  # noqa: BLE001 - a download that failed: tried again
+                if self.ledger.batch(t.batch_no)["state"] not in ("submitted", "uploaded"):
+                    raise  # stored already: what failed is not the provider
+                LOG.warning("batch %s: downloading its results failed (%s); trying again",
+                            t.batch_id, _brief(exc))
+                t.next_poll_s = now + self.settings.poll_s
 
     def _collect(self, t: Tracked, batch) -> None:
         """A finished batch: download its output and error files, store every line in the
