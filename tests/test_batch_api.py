@@ -453,3 +453,18 @@ def test_a_batch_left_between_upload_and_create_is_created_exactly_once(left, tm
         answer = db.batch_request("o1-0-research-1-a1-x")
         assert answer["status_code"] == 200
         assert json.loads(answer["response_json"])["object"] == "chat.completion"
+
+
+def test_a_worker_does_not_join_a_batch_run(project, capsys):
+    """A wave is one batch from the run's own process: a `crewbatch worker`'s live calls would
+    bypass it (and bill live prices), so a worker leaves a batch run alone."""
+    import threading
+
+    from crews.ledger import Ledger
+    from crews.worker import work_run
+
+    with Ledger(project / "runs/ledger.db") as db:
+        db.start_run("r1", "fake-model", {"batch_api": True, "concurrency": 1000}, [])
+        assert work_run(load_config(project), db, "r1", None, threading.Event()) == 0
+    assert "sends its requests through the Batch API from its own process" in \
+        capsys.readouterr().err
