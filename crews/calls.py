@@ -47,6 +47,15 @@ ticket_deadline: ContextVar[float | None] = ContextVar("crewbatch_ticket_deadlin
 # Told after every completed model request of this context, so the ticket's accounting can wait
 # for exactly its own call events instead of flushing CrewAI's whole event bus.
 request_done: ContextVar[Any] = ContextVar("crewbatch_request_done", default=None)
+# Where a request stands in its ticket, for the Batch API's custom_id (batch.py), the same after
+# a crash: the step ("round:step", set by the crew per step), and the request's number in the
+# ticket (counted for every request, checkpointed or not, by `request_counter`, set per ticket);
+# `request_attempt` is the attempt of the retry policy.
+step_key: ContextVar[str | None] = ContextVar("crewbatch_step_key", default=None)
+request_counter: ContextVar[Any] = ContextVar("crewbatch_request_counter", default=None)
+request_slot: ContextVar[tuple[str, int] | None] = ContextVar("crewbatch_request_slot",
+                                                              default=None)
+request_attempt: ContextVar[int] = ContextVar("crewbatch_request_attempt", default=1)
 
 
 _generics_lock = threading.Lock()
@@ -261,6 +270,17 @@ class ManagedLLM(BaseLLM):
 
     def call(self, messages, tools=None, callbacks=None, available_functions=None,
              from_task=None, from_agent=None, response_model=None):
+        counter = request_counter.get()
+        slot = request_slot.set((step_key.get() or "0:request",
+                                 next(counter) if counter is not None else 0))
+        try:
+            return self._call(messages, tools, callbacks, available_functions, from_task,
+                              from_agent, response_model)
+        finally:
+            request_slot.reset(slot)
+
+    def _call(self, messages, tools, callbacks, available_functions, from_task, from_agent,
+              response_model):
         exchange = None
         step = recording_step.get()
         if step is not None:
@@ -325,6 +345,7 @@ class ManagedLLM(BaseLLM):
                 self._requests += 1
             outcome = None
             held = current_exchange.set(exchange)
+            attempt = request_attempt.set(transient + malformed + 1)
             try:
                 answer = (self._answerer or self._inner).call(
                     messages, tools=tools, callbacks=callbacks,
@@ -340,6 +361,7 @@ class ManagedLLM(BaseLLM):
                 kind, retry_after = classify(error)
                 outcome = (kind, retry_after, describe(error), error)
             finally:
+                request_attempt.reset(attempt)
                 current_exchange.reset(held)
             kind, retry_after, text, error = outcome
             # Raised outside the except block, so the SDK error is not chained: CrewAI's own

@@ -112,7 +112,13 @@ encoding_option = click.option("--encoding", help="Text encoding of the sources,
 @click.option("--offline", is_flag=True, help="Use the built-in deterministic model (no network).")
 @click.option("--model", help="Model for every role without an override in agents.yaml "
                               "(env CREWBATCH_MODEL; settings `llm.model`).")
-@click.option("--concurrency", type=click.IntRange(1, 256), help="Tickets in flight at once.")
+@click.option("--concurrency", type=click.IntRange(1, 10_000),
+              help="Tickets in flight at once (at most 256 live; with --batch-api default "
+                   "`batch.concurrency`, 1000).")
+@click.option("--batch-api", is_flag=True,
+              help="Send every model request through the provider's Batch API: one batch per "
+                   "step wave, half price, answers within 24 h; resumable (settings "
+                   "`llm.mode: batch`).")
 @click.option("--workers", type=click.IntRange(1, 64),
               help="Processes on this machine sharing the work (CPU-bound runs on several cores; "
                    "default 1). Other hosts join with `crewbatch worker`.")
@@ -137,9 +143,9 @@ encoding_option = click.option("--encoding", help="Text encoding of the sources,
 @format_option
 @encoding_option
 @click.pass_obj
-def run(obj: Context, sources, offline, model, concurrency, workers, worker_concurrency,
-        batch_size, revision_limit, limit, reprocess, max_cost, max_minutes, new_ledger, fmt,
-        encoding):
+def run(obj: Context, sources, offline, model, concurrency, batch_api, workers,
+        worker_concurrency, batch_size, revision_limit, limit, reprocess, max_cost, max_minutes,
+        new_ledger, fmt, encoding):
     """Process tickets from SOURCE files (default: `sources` in settings.yaml).
 
     Prints the run id on stdout and writes runs/RUN_ID/results.csv.
@@ -148,6 +154,7 @@ def run(obj: Context, sources, offline, model, concurrency, workers, worker_conc
     Examples:
       crewbatch run data/tickets.csv --offline
       crewbatch run exports/*.csv --model gpt-4o-mini --concurrency 8
+      crewbatch run --model gpt-4o-mini --batch-api --max-minutes 600   # nightly, half price
       crewbatch run            # the sources listed in config/settings.yaml (for cron)
     """
     from . import pipeline
@@ -160,7 +167,7 @@ def run(obj: Context, sources, offline, model, concurrency, workers, worker_conc
         "batch_size": batch_size, "revision_limit": revision_limit, "limit": limit,
         "reprocess": reprocess, "max_cost": max_cost, "max_minutes": max_minutes,
         "workers": workers, "worker_concurrency": worker_concurrency,
-        "new_ledger": new_ledger})
+        "new_ledger": new_ledger, "batch_api": batch_api})
     _run_and_report(pipeline.run, config, options, list(sources), intake_options)
 
 

@@ -19,6 +19,7 @@ recorded request and answer (recording.py), which a replay's `Tape` answers from
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -34,7 +35,7 @@ from . import gate
 from .action_kinds import ESCALATE_TO_HUMAN, QUEUE_REPLY, REQUEST_REFUND, TAG_TICKET
 from .action_tools import action_tools
 from .actions import ActionDesk, Decision
-from .calls import request_done, share_generic_cache, ticket_deadline
+from .calls import request_counter, request_done, share_generic_cache, step_key, ticket_deadline
 from .executor import StepAgent
 from .knowledge import KnowledgeBase, Orders
 from .outputs import Draft, Finding, ProposedAction, models
@@ -195,6 +196,9 @@ class CrewRunner:
         self.recordings = None
         self.strict = False
         self.effects = None
+        # A ticket's time limit (settings `ticket_timeout_s`); None in batch mode, where one
+        # step may wait hours for its batch (the provider's completion window bounds it).
+        self.ticket_timeout_s: float | None = config.settings.ticket_timeout_s
         self.policy_text = policy_summary(config.policy, config.escalation)
         self.taxonomy_text = config.taxonomy.prompt()
         self.models = models(config.taxonomy)
@@ -300,6 +304,7 @@ class CrewRunner:
         token = _metering.set((meter, key))
         observer = request_done.set(lambda: meter.expect(key))
         taped = recording_step.set((meter.tape, key) if meter.tape else None)
+        stepped = step_key.set(key)
         started = time.monotonic()
         try:
             # The ticket's own tools (bound to its customer and evidence) go with the task; the
@@ -307,6 +312,7 @@ class CrewRunner:
             output = task.execute_sync(agent=agent, tools=tools)
         finally:
             self._checkin(role, agent)
+            step_key.reset(stepped)
             recording_step.reset(taped)
             request_done.reset(observer)
             _metering.reset(token)
@@ -333,7 +339,9 @@ class CrewRunner:
                     self.recordings(ticket) if self.recordings else None, self.strict)
         meter = Meter(tape if tape.active else None)
         result = TicketResult(status=Status.FAILED, detail="")
-        deadline = ticket_deadline.set(time.monotonic() + self.config.settings.ticket_timeout_s)
+        deadline = ticket_deadline.set(None if self.ticket_timeout_s is None
+                                       else time.monotonic() + self.ticket_timeout_s)
+        counted = request_counter.set(itertools.count(1))
         try:
             self._run(ticket, meter, result)
         except RequestChanged as exc:  # a strict replay: the message is the whole story
@@ -344,6 +352,7 @@ class CrewRunner:
             result.error = f"{type(exc).__name__}: {exc}"[:2000]
             result.detail = "error in the crew"
         finally:
+            request_counter.reset(counted)
             ticket_deadline.reset(deadline)
             result.usage = meter.total()
             result.calls = list(meter.calls)

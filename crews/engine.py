@@ -40,6 +40,9 @@ Process = Callable[[int, Ticket], "tuple[str, float] | None"]
 durable_step: ContextVar[Callable[[Callable[[], dict]], dict] | None] = ContextVar(
     "crewbatch_durable_step", default=None)
 
+# The outcome whose workflow runs in this context (the Batch API names its requests by it).
+working_outcome: ContextVar[int | None] = ContextVar("crewbatch_working_outcome", default=None)
+
 _engine: Engine | None = None  # the one engine of this process (DBOS is a process singleton)
 _workflow = None
 
@@ -279,12 +282,14 @@ class Engine:
             self._active += 1
         started = time.monotonic()
         held = durable_step.set(_model_request_step)
+        working = working_outcome.set(outcome_id)
         try:
             result = self.process(outcome_id, ticket)
         except BaseException as exc:  # noqa: BLE001 - process_safely lets only these through
             self.fatal = self.fatal or exc
             return "error"
         finally:
+            working_outcome.reset(working)
             durable_step.reset(held)
             with self._active_lock:
                 self._active -= 1

@@ -133,6 +133,7 @@ def rows(ledger, run_id: str, key: bytes) -> pd.DataFrame:
     frame["ref"] = [ref_for(key, o) for o in outcomes]
     for col in ("received_at", "customer", "subject"):
         frame[col] = frame[col].fillna("")
+    frame["cost_usd"] = frame["cost_usd"].round(6)
     return frame[COLUMNS]
 
 

@@ -257,6 +257,44 @@ CREATE TABLE model_requests (
 );
 CREATE INDEX model_requests_at ON model_requests (model, at_s)
 """),
+    (7, """
+-- Every Batch API batch a run prepared (`crewbatch run --batch-api`), written before anything is
+-- uploaded: its input file and the provider's batch id are recorded as soon as they exist, so a
+-- run stopped or killed while it is pending resumes polling it instead of submitting it again.
+-- wait_s is from submission to the provider's final status.
+CREATE TABLE batches (
+    batch_no        INTEGER PRIMARY KEY,
+    run_id          TEXT NOT NULL,
+    model           TEXT NOT NULL,
+    state           TEXT NOT NULL,          -- preparing | uploaded | submitted | completed | expired | cancelled | failed | abandoned
+    input_file_id   TEXT NOT NULL DEFAULT '',
+    batch_id        TEXT NOT NULL DEFAULT '',
+    output_file_id  TEXT NOT NULL DEFAULT '',
+    error_file_id   TEXT NOT NULL DEFAULT '',
+    requests        INTEGER NOT NULL,
+    size_bytes      INTEGER NOT NULL,
+    created_utc     TEXT NOT NULL,
+    submitted_utc   TEXT,
+    finished_utc    TEXT,
+    wait_s          REAL,
+    detail          TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX batches_by_run ON batches (run_id);
+CREATE INDEX batches_by_state ON batches (state);
+-- Each request of a batch, by its custom_id (ticket, round, step, request, attempt and a hash of
+-- the request: the same across a crash), and once downloaded its answer — the line's HTTP status
+-- and body (a chat.completion, or the error) — which answers it from then on: a downloaded line is
+-- never requested again. status_code 0 = the batch ended without answering the line.
+CREATE TABLE batch_requests (
+    custom_id       TEXT PRIMARY KEY,
+    batch_no        INTEGER NOT NULL REFERENCES batches(batch_no),
+    outcome_id      INTEGER NOT NULL,
+    status_code     INTEGER,
+    response_json   TEXT,
+    answered_utc    TEXT
+);
+CREATE INDEX batch_requests_by_batch ON batch_requests (batch_no)
+"""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -1006,6 +1044,101 @@ class Ledger:
                                    (model,)).fetchone()
             return row[0] if row else 0.0
 
+    # --- Batch API (crews/batch.py) ---------------------------------------------------------------
+
+    def prepare_batch(self, run_id: str, model: str, requests: list[tuple[str, int]],
+                      size_bytes: int) -> int:
+        """A new batch and its requests ((custom_id, outcome_id)), before anything is uploaded."""
+        with self._tx() as db:
+            batch_no = db.execute(
+                "INSERT INTO batches (run_id, model, state, requests, size_bytes, created_utc) "
+                "VALUES (?, ?, 'preparing', ?, ?, ?) RETURNING batch_no",
+                (run_id, model, len(requests), size_bytes, utc_now())).fetchone()[0]
+            for custom_id, outcome_id in requests:
+                db.execute("INSERT INTO batch_requests (custom_id, batch_no, outcome_id) "
+                           "VALUES (?, ?, ?)", (custom_id, batch_no, outcome_id))
+            return batch_no
+
+    def update_batch(self, batch_no: int, **fields: Any) -> None:
+        allowed = {"state", "input_file_id", "batch_id", "output_file_id", "error_file_id",
+                   "submitted_utc", "finished_utc", "wait_s", "detail"}
+        if set(fields) - allowed:
+            raise ValueError(f"unknown batch fields: {sorted(set(fields) - allowed)}")
+        with self._tx() as db:
+            db.execute(f"UPDATE batches SET {', '.join(f'{k} = ?' for k in fields)} "
+                       "WHERE batch_no = ?", (*fields.values(), batch_no))
+
+    def abandon_batch(self, batch_no: int, detail: str) -> None:
+        """A batch that never reached the provider: its requests are free to be gathered again."""
+        with self._tx() as db:
+            db.execute("DELETE FROM batch_requests WHERE batch_no = ?", (batch_no,))
+            db.execute("UPDATE batches SET state = 'abandoned', detail = ? WHERE batch_no = ?",
+                       (detail, batch_no))
+
+    def batch(self, batch_no: int) -> dict | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM batches WHERE batch_no = ?",
+                                   (batch_no,)).fetchone()
+            return dict(row) if row else None
+
+    def open_batches(self) -> list[dict]:
+        """Batches not finished at the provider (or not submitted yet), oldest first."""
+        with self._lock:
+            return [dict(r) for r in self._db.execute(
+                "SELECT * FROM batches WHERE state IN ('preparing', 'uploaded', 'submitted') "
+                "ORDER BY batch_no").fetchall()]
+
+    def batch_request(self, custom_id: str) -> dict | None:
+        """A request's row with its batch's state, or None if it was never part of a batch."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT r.*, b.state, b.batch_id FROM batch_requests r JOIN batches b ON "
+                "b.batch_no = r.batch_no WHERE r.custom_id = ?", (custom_id,)).fetchone()
+            return dict(row) if row else None
+
+    def finish_batch(self, batch_no: int, state: str, answers: dict[str, tuple[int, str]],
+                     fields: dict[str, Any]) -> None:
+        """A finished batch's answers ({custom_id: (status_code, body JSON)}, 0 = unanswered
+        for the lines the provider did not answer) and final state, in one transaction."""
+        now = utc_now()
+        with self._tx() as db:
+            for custom_id, (code, body) in answers.items():
+                db.execute("UPDATE batch_requests SET status_code = ?, response_json = ?, "
+                           "answered_utc = ? WHERE custom_id = ? AND batch_no = ? AND "
+                           "status_code IS NULL", (code, body, now, custom_id, batch_no))
+            db.execute("UPDATE batch_requests SET status_code = 0, response_json = '', "
+                       "answered_utc = ? WHERE batch_no = ? AND status_code IS NULL",
+                       (now, batch_no))
+            sets = {"state": state, "finished_utc": now, **fields}
+            db.execute(f"UPDATE batches SET {', '.join(f'{k} = ?' for k in sets)} "
+                       "WHERE batch_no = ?", (*sets.values(), batch_no))
+
+    def batches(self, run_id: str | None = None) -> list[dict]:
+        with self._lock:
+            if run_id is None:
+                rows = self._db.execute("SELECT * FROM batches ORDER BY batch_no").fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT DISTINCT b.* FROM batches b JOIN batch_requests r ON r.batch_no = "
+                    "b.batch_no JOIN outcomes o ON o.outcome_id = r.outcome_id WHERE "
+                    "b.run_id = ? OR o.run_id = ? ORDER BY b.batch_no", (run_id, run_id)
+                ).fetchall()
+            return [dict(r) for r in rows]
+
+    def attempt_root(self, outcome_id: int) -> int:
+        """The first outcome of the chain of attempts `outcome_id` resumed (itself if none): a
+        ticket's batch requests are named by it, so a resumed attempt finds its earlier ones."""
+        with self._lock:
+            seen = set()
+            while outcome_id not in seen:
+                seen.add(outcome_id)
+                row = self._db.execute("SELECT outcome_id FROM outcomes WHERE resumed_by = ?",
+                                       (outcome_id,)).fetchone()
+                if row is None:
+                    return outcome_id
+                outcome_id = row["outcome_id"]
+            return outcome_id
+
     def final_count(self, run_id: str) -> int:
         with self._lock:
             return self._db.execute(
@@ -1361,6 +1494,17 @@ class Ledger:
                 "SUM(s.duration_ms) AS duration_ms FROM steps s "
                 "JOIN outcomes o ON o.outcome_id = s.outcome_id WHERE o.run_id = ? "
                 "GROUP BY s.agent, s.step, s.model ORDER BY MIN(s.step_id)", (run_id,)).fetchall()
+            return [dict(r) for r in rows]
+
+    def call_usage(self, run_id: str) -> list[dict]:
+        """A run's model requests summed per model: tokens (cached too) and recorded cost."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT c.model, COUNT(*) AS calls, SUM(c.prompt_tokens) AS prompt_tokens, "
+                "SUM(c.completion_tokens) AS completion_tokens, SUM(c.cached_tokens) AS "
+                "cached_tokens, SUM(c.cost_usd) AS cost_usd FROM model_calls c JOIN outcomes o "
+                "ON o.outcome_id = c.outcome_id WHERE o.run_id = ? GROUP BY c.model "
+                "ORDER BY c.model", (run_id,)).fetchall()
             return [dict(r) for r in rows]
 
     def step_outputs(self, run_id: str, steps: Iterable[str]) -> list[dict]:

@@ -10,6 +10,7 @@ handed to the client only; they are never stored anywhere.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from .settings import AGENTS_FILE, OFFLINE, ROLES, SETTINGS_FILE, Config, ConfigError
@@ -48,12 +49,14 @@ def preflight(config: Config, default_model: str, environ=os.environ) -> None:
 
 def build_llms(config: Config, default_model: str, environ=os.environ,
                processes: int = 1, pauses: dict[str, Any] | None = None,
-               fleet: dict[str, Any] | None = None) -> dict[str, Any]:
+               fleet: dict[str, Any] | None = None, batch: bool = False) -> dict[str, Any]:
     """One managed LLM per distinct model name, shared by the roles that use it (thread-safe).
 
     Each is wrapped in `calls.ManagedLLM`, so every call to that model shares one rate limiter
     and the one retry policy of settings.yaml. `pauses` (model → `engine.SharedPause`, kept in
-    the ledger) carries a Retry-After to every worker of the run, on every host.
+    the ledger) carries a Retry-After to every worker of the run, on every host. With `batch`
+    (`--batch-api`, batch.py) the live rate limits and the backoff between attempts do not apply:
+    a retry waits for the next wave, and the Batch API has limits of its own.
     """
     from .calls import ManagedLLM, RateLimiter, RetryPolicy
 
@@ -64,8 +67,8 @@ def build_llms(config: Config, default_model: str, environ=os.environ,
     out = {}
     for role, model in role_models(config, default_model).items():
         if model not in built:
-            limit = config.settings.rate_limits.get(model)
-            window = (fleet or {}).get(model)
+            limit = None if batch else config.settings.rate_limits.get(model)
+            window = None if batch else (fleet or {}).get(model)
             # The fleet's window in the ledger holds the whole limit for every worker together;
             # without one, each of the `processes` gets an equal share.
             limiter = RateLimiter(
@@ -73,10 +76,15 @@ def build_llms(config: Config, default_model: str, environ=os.environ,
                                            processes),
                 None if window else _share(limit.tokens_per_minute if limit else None,
                                            processes),
-                (pauses or {}).get(model), window)
-            built[model] = ManagedLLM(_build(config, model, environ), policy, limiter)
+                None if batch else (pauses or {}).get(model), window)
+            built[model] = ManagedLLM(_build(config, model, environ), policy, limiter,
+                                      sleep=_no_wait if batch else time.sleep)
         out[role] = built[model]
     return out
+
+
+def _no_wait(_seconds: float) -> None:
+    """Batch mode's backoff: none (the next wave is the wait)."""
 
 
 def _share(limit: int | None, processes: int) -> int | None:

@@ -100,7 +100,7 @@ class Stop(threading.Event):
 
 
 def _stop_watchdog(config: Config, run_id: str, stop: threading.Event,
-                   finished: threading.Event) -> None:
+                   finished: threading.Event, parked: Callable[[], bool] | None = None) -> None:
     while not finished.is_set():
         if stop.wait(0.5):
             break
@@ -108,11 +108,19 @@ def _stop_watchdog(config: Config, run_id: str, stop: threading.Event,
         return
     forced = getattr(stop, "forced", None) or threading.Event()
     deadline = time.monotonic() + config.settings.stop_grace_s
+    waits_on_batches = False
     while not finished.is_set() and not forced.is_set() and time.monotonic() < deadline:
+        # --batch-api: tickets that wait on a pending batch would wait for its completion
+        # window; the next run resumes polling it, so there is nothing to wait for here.
+        if parked is not None and parked():
+            waits_on_batches = True
+            break
         forced.wait(0.2)
     if finished.is_set():
         return
     why = ("a second stop signal" if forced.is_set() else
+           "every ticket in flight waits on a pending batch; the next run resumes polling it"
+           if waits_on_batches else
            f"in-flight work did not finish within stop_grace_s={config.settings.stop_grace_s:g}s")
     try:
         # A connection of its own: the run's may be held by the very call that is stuck.
@@ -144,6 +152,9 @@ def run(config: Config, options: RunOptions, sources: list[str],
     if crew is not None and options.workers > 1:
         raise ValueError("a crew handed to run() works in this process only; --workers starts "
                          "processes that build the configured crew")
+    if crew is not None and options.batch_api:
+        raise ValueError("--batch-api sends the configured crew's model requests through "
+                         "batch.py; a crew handed to run() has no such models")
     stop = stop or Stop()
     intake_options = intake_options or intake.IntakeOptions.from_config(config)
     started = time.monotonic()
@@ -187,10 +198,19 @@ def run(config: Config, options: RunOptions, sources: list[str],
         # each waits for the run to start in the ledger, then joins it.
         helpers = worker.spawn(config, run_id, options) if options.workers > 1 else []
         try:
+            collector = None
             if crew is None:
                 crew = build_crew(config, ledger, options.model, processes=options.workers,
                                   threads=share(options), revision_limit=options.revision_limit,
-                                  environ=environ)
+                                  environ=environ, batch=options.batch_api)
+            if options.batch_api:
+                from . import batch
+
+                crew.ticket_timeout_s = None
+                collector = batch.Collector(ledger, run_id, config.settings.batch,
+                                            batch.client_for(config, environ),
+                                            stopping=stop.is_set)
+                batch.install(crew.llms.values(), collector)
             if replay is not None:
                 replay.attach(crew, ledger)
         except BaseException:
@@ -203,7 +223,8 @@ def run(config: Config, options: RunOptions, sources: list[str],
         status, stop_reason = RunStatus.CRASHED.value, ""
         budget = Budget(options.max_cost, options.max_minutes, lambda: ledger.run_cost(run_id))
         finished = threading.Event()
-        threading.Thread(target=_stop_watchdog, args=(config, run_id, stop, finished),
+        threading.Thread(target=_stop_watchdog, args=(config, run_id, stop, finished,
+                                                      collector.parked if collector else None),
                          name="crewbatch-stop", daemon=True).start()
         stop_reasons: list[str] = []
         engine = None
@@ -214,7 +235,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
                 "reprocess": options.reprocess, "max_cost": options.max_cost,
                 "max_minutes": options.max_minutes, "retry_of": retry_of,
                 "workers": options.workers, "worker_concurrency": share(options),
-                "side_effects": options.side_effects,
+                "side_effects": options.side_effects, "batch_api": options.batch_api,
                 "models": role_models(config, options.model),
                 **(replay.options() if replay is not None else {})},
                 [str(f) for f in files] or ([replay.label()] if replay is not None else
@@ -235,7 +256,8 @@ def run(config: Config, options: RunOptions, sources: list[str],
 
             def process(outcome_id: int, ticket: Ticket):
                 status_value, cost = process_safely(config, ledger, crew, run_dir, outcome_id,
-                                                    ticket, options.side_effects)
+                                                    ticket, options.side_effects,
+                                                    options.batch_api)
                 log.info("ticket finished", ticket_id=ticket.ticket_id, status=status_value,
                          cost_usd=round(cost, 6))
                 return status_value, cost
@@ -246,6 +268,9 @@ def run(config: Config, options: RunOptions, sources: list[str],
                             role="run")
             engine.start()
             ledger.owner = engine.executor_id
+            if collector is not None:
+                collector.in_flight = lambda: engine.active
+                collector.start()
             _feed(ledger, engine, run_id, records, options, stop, should_stop, progress)
             if engine.fatal is not None:
                 raise engine.fatal
@@ -260,6 +285,8 @@ def run(config: Config, options: RunOptions, sources: list[str],
             try:
                 if engine is not None:
                     engine.close()
+                if collector is not None:
+                    collector.close()
                 close_crew(crew)
                 if status != RunStatus.COMPLETED:
                     ledger.release_unfinished(run_id, f"run {status} before this ticket finished")

@@ -73,6 +73,26 @@ class LLMSettings(_Strict):
     temperature: float | None = 0.2
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(0, ge=0, le=10)  # the SDK's own; crewbatch's `retry` owns retries
+    # `live`: each request is an HTTP call; `batch`: through the provider's Batch API (`batch`
+    # below; the same as `crewbatch run --batch-api`).
+    mode: Literal["live", "batch"] = "live"
+
+
+class BatchSettings(_Strict):
+    """`crewbatch run --batch-api`: every model request through the provider's Batch API."""
+
+    # Tickets in flight (the run's concurrency in batch mode unless --concurrency is given): a
+    # wave is the next request of every ticket in flight, so the default takes them all.
+    concurrency: int = Field(1000, ge=1, le=10_000)
+    # A wave is sent once every ticket in flight waits on a model request and none has asked for
+    # `gather_s`, or at the latest `max_gather_s` after its first request.
+    gather_s: float = Field(0.5, ge=0, le=600)
+    max_gather_s: float = Field(60.0, gt=0, le=86_400)
+    poll_s: float = Field(30.0, gt=0, le=3600)          # how often a pending batch is looked at
+    completion_window: str = "24h"
+    # The provider's limits per batch file (OpenAI: 50,000 requests, 200 MB): a wave is split.
+    max_requests: int = Field(50_000, ge=1, le=50_000)
+    max_bytes: int = Field(200 * 1024 * 1024, ge=1024, le=200 * 1024 * 1024)
 
 
 class RetrySettings(_Strict):
@@ -92,6 +112,12 @@ class Price(_Strict):
     output_per_million: float = Field(ge=0)
     # Input tokens served from the provider's prompt cache; without it they cost the full price.
     cached_input_per_million: float | None = Field(None, ge=0)
+    # The Batch API's prices (`--batch-api`): each given one, else the live price times
+    # `batch_discount` (OpenAI and Anthropic bill batches at half price).
+    batch_discount: float = Field(0.5, gt=0, le=1)
+    batch_input_per_million: float | None = Field(None, ge=0)
+    batch_cached_input_per_million: float | None = Field(None, ge=0)
+    batch_output_per_million: float | None = Field(None, ge=0)
 
 
 class Paths(_Strict):
@@ -146,6 +172,7 @@ class Settings(_Strict):
     ledger: LedgerSettings = LedgerSettings()
     limits: Limits = Limits()
     pricing: dict[str, Price] = {}
+    batch: BatchSettings = BatchSettings()
     retry: RetrySettings = RetrySettings()
     rate_limits: dict[str, RateLimit] = {}
     ticket_timeout_s: float = Field(600.0, gt=0)
@@ -655,6 +682,8 @@ class RunOptions:
     new_ledger: bool = False  # start a new ledger although earlier run folders exist
     # False (only `crewbatch eval`): the crew decides every action, nothing is carried out.
     side_effects: bool = True
+    # Every model request through the provider's Batch API (`--batch-api`, `llm.mode: batch`).
+    batch_api: bool = False
 
 
 def resolve_options(config: Config, cli: dict[str, Any], environ=os.environ) -> RunOptions:
@@ -684,7 +713,23 @@ def resolve_options(config: Config, cli: dict[str, Any], environ=os.environ) -> 
             base[key] = cli[key]
     if cli.get("offline"):
         base["model"] = OFFLINE
-    return RunOptions(limit=cli.get("limit"), reprocess=bool(cli.get("reprocess")),
+    batch_api = bool(cli.get("batch_api")) or s.llm.mode == "batch"
+    if batch_api and base["model"] == OFFLINE:
+        if cli.get("batch_api"):
+            raise ConfigError(["--batch-api sends requests to a provider's Batch API, but the "
+                               "model is `offline` (answered in-process): drop --offline or "
+                               "name a model with --model"])
+        batch_api = False  # `llm.mode: batch` with --offline: the offline model has no batches
+    if batch_api and cli.get("concurrency") is None and not environ.get("CREWBATCH_CONCURRENCY"):
+        base["concurrency"] = s.batch.concurrency  # a wave takes every ticket it can
+    if not batch_api and base["concurrency"] > 256:
+        problems.append(f"--concurrency {base['concurrency']}: at most 256 tickets in flight "
+                        "live (each is a thread); more only with --batch-api")
+        raise ConfigError(problems)
+    if batch_api and base["workers"] > 1:
+        raise ConfigError(["--batch-api runs in one process (a wave is one batch): use "
+                           "--workers 1 (or unset `workers` in config/settings.yaml)"])
+    return RunOptions(batch_api=batch_api, limit=cli.get("limit"), reprocess=bool(cli.get("reprocess")),
                       max_cost=cli.get("max_cost"), max_minutes=cli.get("max_minutes"),
                       new_ledger=bool(cli.get("new_ledger")),
                       worker_concurrency=cli.get("worker_concurrency"), **base)

@@ -38,10 +38,13 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errn
 
 
 def build_crew(config: Config, ledger: Ledger, model: str, *, processes: int, threads: int,
-               revision_limit: int, environ: Mapping[str, str] | None = None) -> Crew:
+               revision_limit: int, environ: Mapping[str, str] | None = None,
+               batch: bool = False) -> Crew:
     """The configured CrewAI crew for a run's (or a worker's) `threads` tickets at a time, on
     models whose rate limits and Retry-After pauses are shared with the whole fleet through the
-    ledger, and whose refund tool checks the caps against the ledger's refunds."""
+    ledger, and whose refund tool checks the caps against the ledger's refunds. With `batch`
+    (`--batch-api`) the models are built for batch.py's transport, and agents are built ahead
+    for the first 64 tickets only (a thousand may be in flight; the rest as tickets need them)."""
     from . import framework
     from .engine import fleet_windows, shared_pauses
     from .knowledge import Orders
@@ -56,9 +59,10 @@ def build_crew(config: Config, ledger: Ledger, model: str, *, processes: int, th
     runner = CrewRunner(config, build_llms(config, model, os.environ if environ is None else environ,
                                            processes=processes,
                                            pauses=shared_pauses(config, ledger, model),
-                                           fleet=fleet_windows(config, ledger, model)),
+                                           fleet=fleet_windows(config, ledger, model),
+                                           batch=batch),
                         kb, Orders(config.orders_file), revision_limit)
-    runner.warm(threads)
+    runner.warm(min(threads, 64) if batch else threads)
     runner.refund_history = ledger.refund_history
     return runner
 
@@ -70,14 +74,16 @@ def close_crew(crew: Crew) -> None:
 
 
 def process_safely(config: Config, ledger: Ledger, crew: Crew, run_dir: Path, outcome_id: int,
-                   ticket: Ticket, side_effects: bool = True) -> tuple[str, float]:
+                   ticket: Ticket, side_effects: bool = True, batch: bool = False
+                   ) -> tuple[str, float]:
     """`_process`, with the one broad catch of a run: a ticket that breaks something (a header
     the mail library refuses, text SQLite cannot store) ends `failed` with the error and the
     night goes on. A broken ledger or disk is not the ticket's fault and stops the run.
     Without `side_effects` (an eval) an approved ticket's actions are decided but not carried
-    out: no reply file, no refund request, no side_effects or refunds row."""
+    out: no reply file, no refund request, no side_effects or refunds row. With `batch` the
+    model requests went through the Batch API and cost its prices."""
     try:
-        return _process(config, ledger, crew, run_dir, outcome_id, ticket, side_effects)
+        return _process(config, ledger, crew, run_dir, outcome_id, ticket, side_effects, batch)
     except (LedgerError, KeyboardInterrupt):
         raise
     except OSError as exc:
@@ -94,7 +100,8 @@ def process_safely(config: Config, ledger: Ledger, crew: Crew, run_dir: Path, ou
 
 
 def _process(config: Config, ledger: Ledger, crew: Crew, run_dir: Path, outcome_id: int,
-             ticket: Ticket, side_effects: bool = True) -> tuple[str, float]:
+             ticket: Ticket, side_effects: bool = True, batch: bool = False
+             ) -> tuple[str, float]:
     started = time.monotonic()
     result = crew(ticket)
     if not ledger.still_running(outcome_id):
@@ -105,7 +112,8 @@ def _process(config: Config, ledger: Ledger, crew: Crew, run_dir: Path, outcome_
     status = carry_out(result, ticket, run_dir, effects or ledger, outcome_id,
                        getattr(effects, "replay_of", None)) if side_effects else result.status
     fields, calls, blobs = outcome_fields(config, result, status,
-                                          int((time.monotonic() - started) * 1000), side_effects)
+                                          int((time.monotonic() - started) * 1000), side_effects,
+                                          batch)
     actions = json.loads(fields["actions_json"])
     steps = [{**s, "output_text": redact(s["output_text"])} for s in result.steps]
     if not ledger.record_result(outcome_id, status, fields, steps, actions,
@@ -135,7 +143,8 @@ def carry_out(result, ticket: Ticket, run_dir: Path, effects, outcome_id: int,
 
 
 def outcome_fields(config: Config, result, status: Status, duration_ms: int,
-                   performed: bool = True) -> tuple[dict, list[dict], dict[str, bytes]]:
+                   performed: bool = True, batch: bool = False
+                   ) -> tuple[dict, list[dict], dict[str, bytes]]:
     """A ticket's outcome columns, its model_calls rows and the recording's blobs to store."""
     error = redact(result.error) if result.error else ""
     draft, verdict = result.draft, result.verdict
@@ -155,7 +164,8 @@ def outcome_fields(config: Config, result, status: Status, duration_ms: int,
                       "agent": agents.get(step, step),
                       "cost_usd": cost_usd(config.settings.pricing, c["model"],
                                            c["prompt_tokens"], c["completion_tokens"],
-                                           c.get("cached_tokens") or 0) or 0.0})
+                                           c.get("cached_tokens") or 0,
+                                           batch=batch) or 0.0})
     cost = sum(c["cost_usd"] for c in calls)
     actions = action_rows(result, status, performed)
     fields = {
@@ -175,7 +185,9 @@ def outcome_fields(config: Config, result, status: Status, duration_ms: int,
         "prompt_tokens": result.usage.prompt_tokens,
         "completion_tokens": result.usage.completion_tokens,
         "cached_tokens": result.usage.cached_tokens,
-        "cost_usd": round(cost, 6),
+        # Not rounded: the run's cost is the sum of its tickets' (a batch run's is then exactly
+        # its share of the live price); the sheet shows it to the micro-dollar.
+        "cost_usd": cost,
         "duration_ms": duration_ms,
         "error": error,
     }

@@ -80,6 +80,11 @@ def work_run(config: Config, ledger, run_id: str, concurrency: int | None,
 
     run = ledger.run(run_id)
     opts = json.loads(run["options_json"] or "{}")
+    if opts.get("batch_api"):
+        # A wave is one batch from the run's own process; a worker's live calls would bypass it.
+        print(f"crewbatch worker: run {run_id} sends its requests through the Batch API from "
+              "its own process; there is nothing for a worker to do", file=sys.stderr)
+        return 0
     processes = int(opts.get("workers") or 1)
     threads = concurrency or int(opts.get("worker_concurrency") or 0) or \
         max(1, -(-int(opts.get("concurrency") or 1) // processes))

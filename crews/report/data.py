@@ -52,6 +52,8 @@ class ReportData:
     ledger_path: str
     generated_utc: str
     searches: list[dict] = field(default_factory=list)  # research steps' knowledge searches
+    batches: list[dict] = field(default_factory=list)   # --batch-api: the run's batches
+    call_usage: list[dict] = field(default_factory=list)  # tokens and cost per model
 
     @cached_property
     def counts(self) -> Counter:
@@ -97,7 +99,8 @@ def collect(ledger, run_id: str, pricing: dict | None = None) -> ReportData:
                          for x in output.get("knowledge_searches") or [] if isinstance(x, dict)]
     return ReportData(run, ledger.outcomes(run_id), ledger.step_usage(run_id), findings, verdicts,
                       pricing, getattr(ledger, "location", ""),
-                      datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), searches)
+                      datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), searches,
+                      ledger.batches(run_id), ledger.call_usage(run_id))
 
 
 def _json(text: str):
@@ -306,7 +309,8 @@ def usage(data: ReportData) -> Usage:
         a.ms += u["duration_ms"] or 0
         if data.pricing is not None:
             cost = cost_usd(data.pricing, u["model"], u["prompt_tokens"] or 0,
-                            u["completion_tokens"] or 0)
+                            u["completion_tokens"] or 0,
+                            batch=bool(data.options.get("batch_api")))
             if cost is None:
                 if u["prompt_tokens"] or u["completion_tokens"]:
                     unpriced.add(u["model"])
@@ -316,6 +320,38 @@ def usage(data: ReportData) -> Usage:
         AGENT_ORDER.index(name) if name in AGENT_ORDER else len(AGENT_ORDER), name))
     return Usage([agents[name] for name in order], sorted(unpriced), data.pricing is not None,
                  sum(o["cost_usd"] for o in data.outcomes))
+
+
+@dataclass
+class Batches:
+    """--batch-api: the run's batches, their waits, and the money saved against live prices."""
+
+    rows: list[dict]
+    requests: int
+    wait_p50_s: float | None
+    wait_max_s: float | None
+    states: list[tuple[str, int]]
+    cost: float               # recorded, at batch prices
+    live_cost: float | None   # the same tokens at live prices (None: unpriced)
+
+    @property
+    def saved(self) -> float | None:
+        return None if self.live_cost is None else self.live_cost - self.cost
+
+
+def batches(data: ReportData) -> Batches | None:
+    if not data.batches:
+        return None
+    waits = sorted(b["wait_s"] for b in data.batches if b["wait_s"] is not None)
+    live: float | None = 0.0
+    for u in data.call_usage:
+        cost = cost_usd(data.pricing, u["model"], u["prompt_tokens"] or 0,
+                        u["completion_tokens"] or 0, u["cached_tokens"] or 0)
+        live = None if cost is None or live is None else live + cost
+    return Batches(data.batches, sum(b["requests"] for b in data.batches),
+                   percentile(waits, .5) if waits else None, waits[-1] if waits else None,
+                   sorted(Counter(b["state"] for b in data.batches).items()),
+                   sum(u["cost_usd"] or 0 for u in data.call_usage), live)
 
 
 @dataclass

@@ -68,7 +68,7 @@ def page_context(report: data.ReportData) -> dict:
              f"{report.verdicts['sent back']:,} sent back." if report.verdicts else "")],
         "finding_groups": data.finding_groups(report.findings),
         "revision_limit": limit, "usage": usage, "usage_note": _usage_note(usage),
-        "knowledge": knowledge,
+        "knowledge": knowledge, "batches": data.batches(report),
         "methods": ", ".join(f"{m} ({k:,})" for m, k in knowledge.methods) if knowledge else "",
         "marks": marks, "durations": durations,
         "slow": data.slowest(processed), "dear": data.dearest(processed),
