@@ -3,7 +3,7 @@ and kill -9 while batches are pending.
 
     PYTHONPATH=. .venv/bin/python benchmarks/batch_api.py --tickets 640 --delay 20 --kills 5
 
-One fake OpenAI-compatible server (benchmarks/fake_server.py) in this process answers both runs
+One fake OpenAI-compatible server (tests/fake_openai.py) in this process answers both runs
 with the same `respond`, its prompt cache off (its hits depend on arrival order, which a live run
 and a batch run do not share, so with it the two runs would not bill the same tokens). Part 1 runs
 the tickets live (no latency) in one project copy, part 2 through the Batch API with a completion
@@ -33,9 +33,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path[:0] = [str(HERE), str(REPO)]
+sys.path[:0] = [str(HERE), str(REPO), str(REPO / "tests")]
 
-from fake_server import BatchFaults, FakeOpenAI  # noqa: E402
+from fake_openai import BatchFaults, FakeOpenAI  # noqa: E402
 from throughput import child_env, make_project  # noqa: E402
 
 PRICE = {"input_per_million": 0.15, "cached_input_per_million": 0.075,

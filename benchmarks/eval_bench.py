@@ -7,7 +7,7 @@ the real CLI in a throwaway copy of the project — the Bitext customer-service 
 mapped onto the sample shop's taxonomy (data/eval/bitext-intents.yaml), and the multilingual
 Tobi-Bueck helpdesk set in the IT-helpdesk project (data/eval/it-helpdesk: its own taxonomy and
 map). Then the Bitext sample again, smaller, through the fake OpenAI-compatible server
-(benchmarks/fake_server.py), i.e. CrewAI's real HTTP model path with strict json_schema answers.
+(tests/fake_openai.py), i.e. CrewAI's real HTTP model path with strict json_schema answers.
 Prints a table per eval (the crew beside the majority and TF-IDF baselines) and the wall time and
 tickets/s of the eval itself; `--json FILE` keeps the numbers.
 """
@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                                        helpdesk / "map.yaml", args.tickets, args.seed,
                                        work / "tobi", ["--offline"]),
     }
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from fake_server import FakeOpenAI
+    sys.path.insert(0, str(ROOT / "tests"))
+    from fake_openai import FakeOpenAI
 
     settings = shop / "config/settings.yaml"
     settings.write_text(settings.read_text().replace(

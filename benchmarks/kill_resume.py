@@ -6,7 +6,7 @@
 
 It checks the acceptance target "kill -9 at ten random moments of a 300-ticket run, re-running
 each time: 300 outcomes, none twice, no duplicate outbox files". One fake OpenAI-compatible server
-(benchmarks/fake_server.py, a fixed latency per request) runs in this process; `crewbatch run
+(tests/fake_openai.py, a fixed latency per request) runs in this process; `crewbatch run
 --model fake-model` runs as a child process over N generated tickets in a throwaway copy of the
 project (benchmarks/throughput.py's `make_project`). Each kill moment is a number of model requests
 into the run, drawn from a seeded RNG so that on average every killed run gets an equal share of
@@ -360,7 +360,7 @@ def benchmark(tickets: int = 300, kills: int = 10, concurrency: int = 16, latenc
     """Kill and re-run `kills` times, finish, then check the ledger and files; see the module doc.
     `kill="worker"`: one run, `hosts` worker hosts beside it, a worker killed `kills` times.
     `database_url`: an empty PostgreSQL database to use instead of a throwaway server."""
-    from fake_server import FakeOpenAI, Faults
+    from fake_openai import FakeOpenAI, Faults
 
     say = progress or (lambda text: None)
     rng = random.Random(seed)

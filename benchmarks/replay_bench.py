@@ -4,7 +4,7 @@
 
 In a throwaway copy of the project (benchmarks/throughput.py's `make_project`: N tickets cycling
 data/tickets.csv with unique ids), `crewbatch run --model fake-model` records a run against the
-fake OpenAI server (benchmarks/fake_server.py, no latency) with `recording: full`, and again in
+fake OpenAI server (tests/fake_openai.py, no latency) with `recording: full`, and again in
 two more copies with `recording: responses` and `off`, for the ledger's bytes per ticket. Then,
 with the server still listening and counting, `crewbatch replay` re-runs the first run: every
 request must be answered from the recording (0 model requests), so its tickets/s is CPU only —
@@ -29,12 +29,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-for _p in (REPO, REPO / "benchmarks"):
+for _p in (REPO, REPO / "benchmarks", REPO / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
 import throughput  # noqa: E402
-from fake_server import FakeOpenAI  # noqa: E402
+from fake_openai import FakeOpenAI  # noqa: E402
 
 
 def crewbatch(project: Path, base_url: str, *args: str) -> tuple[subprocess.CompletedProcess,

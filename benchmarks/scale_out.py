@@ -6,7 +6,7 @@ R requests per minute.
 
 Host 1 is the run's own process (`crewbatch run --worker-concurrency W`); hosts 2 and 3 are
 `crewbatch worker`s, each in a network namespace of its own (tests/netns.py) reaching the
-database and the fake model only over its veth link. The fake model (benchmarks/fake_server.py)
+database and the fake model only over its veth link. The fake model (tests/fake_openai.py)
 answers after `--latency` seconds and returns 429 past R requests in any 60 s, as a provider
 does. The run's `rate_limits` say R too, so crewbatch's fleet window (the ledger's
 `model_requests`) should keep the fleet at R without one 429. Each row runs `--seconds` (the run
@@ -35,7 +35,7 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "benchmarks")]
 import netns  # noqa: E402
 import pg  # noqa: E402
 import throughput  # noqa: E402
-from fake_server import FakeOpenAI, Faults  # noqa: E402
+from fake_openai import FakeOpenAI, Faults  # noqa: E402
 
 from crews.ledger import Ledger  # noqa: E402
 

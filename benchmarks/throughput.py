@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/throughput.py [--tickets N] [--concurrency C] [--latency S] [--faults]
         [--workers 1,2] [--ledgers sqlite,postgres] [--systems crewbatch,langgraph,...]
 
-One fake OpenAI-compatible server (benchmarks/fake_server.py, answering with the offline model's
+One fake OpenAI-compatible server (tests/fake_openai.py, answering with the offline model's
 `respond`) runs in this process with a fixed latency per request; every measured system runs in
 its own child process, so the server's CPU and GIL are never charged to a client:
 
@@ -58,7 +58,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-for _p in (REPO, REPO / "benchmarks"):
+for _p in (REPO, REPO / "benchmarks", REPO / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
@@ -827,7 +827,7 @@ def benchmark(tickets: int = 200, concurrency: int = 32, latency_s: float = 0.5,
     ("sqlite", "postgres": a throwaway server of tests/pg.py, fsync off, a database per run),
     the fault run with the largest `workers` on the first ledger.
     """
-    from fake_server import FakeOpenAI, Faults
+    from fake_openai import FakeOpenAI, Faults
 
     say = progress or (lambda text: None)
     fault_mix = dict(FAULT_MIX if fault_mix is None else fault_mix)

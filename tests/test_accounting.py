@@ -8,8 +8,7 @@ import sqlite3
 from collections import Counter
 
 from conftest import price_fake_model
-from fake_openai import FakeOpenAI
-from fake_server import prompt_tokens_of
+from fake_openai import FakeOpenAI, prompt_tokens_of
 
 
 def ticket_of(body: dict) -> str:

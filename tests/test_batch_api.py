@@ -16,8 +16,7 @@ from collections import Counter
 
 import pytest
 from conftest import make_project
-from fake_openai import FakeOpenAI
-from fake_server import BatchFaults
+from fake_openai import BatchFaults, FakeOpenAI
 
 from crews.pricing import cost_usd
 from crews.settings import ConfigError, load_config, resolve_options

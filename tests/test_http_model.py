@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from fake_openai import FakeOpenAI
-from fake_server import PrefixCache
+from fake_openai import FakeOpenAI, PrefixCache
 
 
 def test_crew_completes_a_run_against_an_openai_compatible_server(project, cli, results):

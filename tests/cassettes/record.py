@@ -23,11 +23,11 @@ TICKETS = ("T-1001", "T-1002", "T-1012", "T-1024")
 
 
 def main() -> None:
-    sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+    sys.path[:0] = [str(REPO), str(REPO / "tests")]
     os.environ.update({"CREWAI_DISABLE_TELEMETRY": "true", "CREWAI_TRACING_ENABLED": "false",
                        "CREWAI_DISABLE_VERSION_CHECK": "true", "CREWAI_TESTING": "true"})
     from click.testing import CliRunner
-    from fake_server import FakeOpenAI
+    from fake_openai import FakeOpenAI
 
     from crews.cli import main as crewbatch
 
