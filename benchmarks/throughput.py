@@ -924,7 +924,7 @@ def postgres_server():
     if bindir is None:
         raise SystemExit("throughput: --ledgers postgres needs the PostgreSQL server binaries "
                          "(Debian's `postgresql` package)")
-    server = pg.Server(bindir, home, pg._free_port(), "postgres" if os.geteuid() == 0 else None)
+    server = pg.Server(bindir, home, pg.free_port(), "postgres" if os.geteuid() == 0 else None)
     server.start()
     return server
 
