@@ -127,6 +127,43 @@ def test_a_crash_between_writing_a_reply_and_recording_it_never_makes_a_second(d
     assert not (tmp_path / "run3").exists()
 
 
+def test_a_ticket_redone_after_its_refund_was_reserved_is_not_refused_by_its_own_refund(
+        desk_for, tmp_path):
+    """kill -9 after `perform` reserved the refund and wrote the reply, before the outcome was
+    recorded: the next run redoes the ticket, whose staging sees the ledger's refunds. Before,
+    it counted its own reservation as an earlier refund of the order, refused the refund and sent
+    the ticket to a person — with the killed attempt's reply and refund request already written.
+    Another ticket for the same order is still refused."""
+    from crews.actions import perform
+    from crews.ledger import Ledger
+
+    with Ledger(tmp_path / "l.db") as ledger:
+        first = desk_for([ProposedAction(kind="queue_reply"), refund()])
+        first.history = ledger.refund_history
+        first.queue_reply()
+        first.request_refund("NW-10335", 24.0, "USD")
+        assert all(d.allowed for d in first.decisions)
+        perform(first.decisions, first.ticket, first.draft, tmp_path / "run1", ledger, 1)
+
+        redo = desk_for([ProposedAction(kind="queue_reply"), refund()])
+        redo.history = ledger.refund_history
+        redo.request_refund("NW-10335", 24.0, "USD")
+        assert redo.decisions[0].allowed, redo.decisions[0].reason
+        perform(redo.decisions, redo.ticket, redo.draft, tmp_path / "run2", ledger, 2)
+
+        other = desk_for([refund()])
+        other.ticket = Ticket(key="T-2", ticket_id="T-2", source="s", received_at="",
+                              customer=other.ticket.customer, customer_name="", subject="s",
+                              body="another ticket", record_no=2)
+        other.history = ledger.refund_history
+        other.request_refund("NW-10335", 24.0, "USD")
+        assert not other.decisions[0].allowed
+        assert "has already been refunded 24.00" in other.decisions[0].reason
+        assert len(ledger.refund_history("NW-10335", other.ticket.customer).on_order()) == 1
+    assert [f.parent.name for f in tmp_path.glob("run*/*/*") if not f.name.startswith(".")] \
+        .count("refund_requests") == 1
+
+
 def test_perform_writes_each_side_effect_once(desk_for, tmp_path):
     from crews.actions import perform
     from crews.ledger import Ledger
