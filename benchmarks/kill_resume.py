@@ -625,7 +625,8 @@ def verify(report: Report, project: Path, source: Path, database_url: str | None
         "SELECT detail, at_utc FROM events WHERE to_status = 'dead' AND outcome_id IS NULL")}
     for k in report.worker_kills:
         at = dead.get(k["executor_id"])
-        k["declared_dead_after_s"] = round(_utc(at) - _utc(k["at_utc"]), 1) if at else None
+        k["declared_dead_after_s"] = round(throughput.utc_seconds(at) -
+                                           throughput.utc_seconds(k["at_utc"]), 1) if at else None
     db.close()
 
     def files(folder: str, pattern: str, kind: str) -> dict:
@@ -695,11 +696,6 @@ def verify(report: Report, project: Path, source: Path, database_url: str | None
     # the same tickets (the run lock is the main process's alone).
     check("processes of a killed run alive when the next run started",
           sum(r.alive_when_next_run_started for r in killed), 0)
-
-
-def _utc(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-        tzinfo=timezone.utc).timestamp()
 
 
 def render(report: Report) -> str:

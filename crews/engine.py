@@ -378,17 +378,25 @@ class FleetWindow:
                                              self.window_s)
 
 
+def fleet_window(config, ledger: Ledger, model: str) -> FleetWindow | None:
+    """The fleet's window for `model`'s `rate_limits`, or None when it has none."""
+    limit = config.settings.rate_limits.get(model)
+    if not (limit and (limit.requests_per_minute or limit.tokens_per_minute)):
+        return None
+    # A second more than the provider's minute: a request counted here reaches the provider a
+    # little later, and its window must not see the next one early.
+    return FleetWindow(ledger, model, limit.requests_per_minute, limit.tokens_per_minute,
+                       window_s=61.0)
+
+
 def fleet_windows(config, ledger: Ledger, default_model: str) -> dict[str, FleetWindow]:
     """One `FleetWindow` per rate-limited model the run's roles use (for `llms.build_llms`)."""
     from .llms import role_models
 
     out = {}
     for model in set(role_models(config, default_model).values()):
-        limit = config.settings.rate_limits.get(model)
-        if limit and (limit.requests_per_minute or limit.tokens_per_minute):
-            # A second more than the provider's minute: a request counted here reaches the
-            # provider a little later, and its window must not see the next one early.
-            out[model] = FleetWindow(ledger, model, limit.requests_per_minute,
-                                     limit.tokens_per_minute, window_s=61.0)
+        window = fleet_window(config, ledger, model)
+        if window is not None:
+            out[model] = window
     return out
 

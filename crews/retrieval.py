@@ -247,12 +247,10 @@ def embedder_for(config: Any, environ=os.environ, processes: int = 1, ledger: An
                          base_delay_s=r.base_delay_s, max_delay_s=r.max_delay_s)
     share = max(1, processes)
     if ledger is not None:
-        from .engine import FleetWindow, SharedPause
+        from .engine import SharedPause, fleet_window
 
-        window = FleetWindow(ledger, model, limit.requests_per_minute, limit.tokens_per_minute,
-                             window_s=61.0) if limit and (limit.requests_per_minute or
-                                                          limit.tokens_per_minute) else None
-        limiter = RateLimiter(None, None, SharedPause(ledger, model), window)
+        limiter = RateLimiter(None, None, SharedPause(ledger, model),
+                              fleet_window(config, ledger, model))
     else:
         limiter = RateLimiter(max(1, limit.requests_per_minute // share)
                               if limit and limit.requests_per_minute else None,

@@ -51,13 +51,12 @@ def build_crew(config: Config, ledger: Ledger, model: str, *, processes: int, th
     from .llms import build_llms
     from .retrieval import knowledge_for_run
 
-    kb = knowledge_for_run(config, os.environ if environ is None else environ,
-                           processes=processes, ledger=ledger)
+    environ = os.environ if environ is None else environ
+    kb = knowledge_for_run(config, environ, processes=processes, ledger=ledger)
     framework.prepare(config.runs_dir / rundir.CREWAI)
     from .crew import CrewRunner
 
-    runner = CrewRunner(config, build_llms(config, model, os.environ if environ is None else environ,
-                                           processes=processes,
+    runner = CrewRunner(config, build_llms(config, model, environ, processes=processes,
                                            pauses=shared_pauses(config, ledger, model),
                                            fleet=fleet_windows(config, ledger, model),
                                            batch=batch),
