@@ -332,6 +332,12 @@ class ManagedLLM(BaseLLM):
 
     def _live(self, exchange, messages, tools, callbacks, available_functions, from_task,
               from_agent, response_model):
+        # The loop is written out rather than a tenacity `Retrying` (tenacity 9.2 is installed
+        # with crewai). What tenacity does not express: two budgets (transient failures and
+        # repairs of a malformed answer count separately; tenacity has one attempt number), a
+        # Retry-After that pauses every caller of the model through the shared limiter before
+        # this caller sleeps, and the deadline checked against the coming sleep; custom stop,
+        # wait and before-sleep callbacks for those would be longer than the loop they replace.
         deadline = ticket_deadline.get()
         estimate = self._inner.get_input_tokens_count(messages) if hasattr(
             self._inner, "get_input_tokens_count") else 0

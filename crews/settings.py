@@ -656,6 +656,13 @@ def _check_files(config: Config, problems: list[str]) -> None:
 
 # --- one precedence order ------------------------------------------------------------------------
 
+# The environment layer is read here, not by click's `envvar=` (tried, click 8.5: its message
+# for CREWBATCH_CONCURRENCY=many names the variable well, but it reads a variable only for a
+# command that has the option). The layer has to hold for every command that resolves options:
+# `check` has no --model yet must check CREWBATCH_MODEL's key, and `retry`, `replay` and `eval`
+# take CREWBATCH_BATCH_SIZE, _REVISION_LIMIT and _WORKERS without those options. With `envvar=`
+# the same variable would be read in two places (click for `run`, this loop for the rest), or
+# cron's CREWBATCH_REVISION_LIMIT would silently not apply to a `retry`. One loop, one message.
 ENV_OPTIONS = {
     "model": "CREWBATCH_MODEL",
     "concurrency": "CREWBATCH_CONCURRENCY",

@@ -166,3 +166,15 @@ def test_every_crewbatch_environment_variable_is_cleared_for_the_tests():
     assert "CREWBATCH_WORKERS" in named
     assert named <= set(CLEARED_ENV), named - set(CLEARED_ENV)
     assert not [var for var in CLEARED_ENV if var in os.environ]
+
+
+def test_the_environment_layer_holds_for_commands_without_the_option(project, cli):
+    """`check` has no --model and `retry` no --revision-limit: the variables apply all the same
+    (why the layer is not click's `envvar=`, settings.py)."""
+    checked = cli("check", env={"CREWBATCH_MODEL": "gpt-4o-mini"})
+    assert checked.exit_code == 2
+    assert "OPENAI_API_KEY" in checked.output
+    assert cli("check", env={}).exit_code == 0
+    bad = cli("check", env={"CREWBATCH_REVISION_LIMIT": "lots"})
+    assert bad.exit_code == 2
+    assert "CREWBATCH_REVISION_LIMIT='lots' is not a positive whole number" in bad.output
