@@ -90,10 +90,20 @@ def ledger_figures(project: Path, run_id: str) -> dict:
             "tickets": tickets, "k": calls / tickets if tickets else 0.0, "batch_waits_s": waits}
 
 
-def project_copy(root: Path, n: int, poll_s: float) -> Path:
+def project_copy(root: Path, n: int, poll_s: float, max_gather_s: float | None = None) -> Path:
+    extra = {"batch.max_gather_s": max_gather_s} if max_gather_s is not None else {}
     return make_project(root, n, {"pricing.fake-model": PRICE, "batch.poll_s": poll_s,
                                   "batch.gather_s": 0.5, "retry.base_delay_s": 0.01,
-                                  "concurrency": 32})
+                                  "concurrency": 32, **extra})
+
+
+def depth(project: Path, run_id: str) -> int:
+    """The most batches one ticket waited on in turn: the run's critical path in batches."""
+    db = sqlite3.connect(project / "runs/ledger.db")
+    row = db.execute("SELECT MAX(n) FROM (SELECT COUNT(DISTINCT r.batch_no) AS n FROM "
+                     "batch_requests r JOIN outcomes o ON o.outcome_id = r.outcome_id WHERE "
+                     "o.run_id = ? GROUP BY r.outcome_id)", (run_id,)).fetchone()
+    return row[0] or 0
 
 
 def kill_check(work: Path, server, n: int, kills: int, seed: int, delay_s: float,
@@ -152,8 +162,29 @@ def kill_check(work: Path, server, n: int, kills: int, seed: int, delay_s: float
     return result
 
 
+def batch_run(work: Path, server, tickets: int, delay_s: float, poll_s: float,
+              max_gather_s: float | None, env: dict, log: Path, live_requests: int):
+    name = "batch" if max_gather_s is None else f"batch-gather-{max_gather_s:g}"
+    project = project_copy(work / name, tickets, poll_s, max_gather_s)
+    created, sent = server.batch_api.created, len(server.requests)
+    code, run_id, wall, cpu = finish(crewbatch(project, ["--batch-api"], env, log))
+    batches = server.batch_api.created - created
+    figures = ledger_figures(project, run_id)
+    waves = depth(project, run_id)
+    figures = {"exit": code, "wall_s": round(wall, 1), "cpu_s": cpu,
+               "max_gather_s": max_gather_s, "batches": batches, "waves": waves,
+               "waves_x_delay_s": waves * delay_s,
+               "over_waves_x_delay_s": round(wall - waves * delay_s, 1),
+               "requests_sent_directly": len(server.requests) - sent - figures["calls"],
+               **figures}
+    print(f"batch (max_gather_s {max_gather_s}): exit {code}, {wall:.1f}s, {batches} batches, "
+          f"{waves} waves, k {figures['k']:.2f}, ${figures['run_cost_usd']:.6f}",
+          file=sys.stderr)
+    return project, run_id, figures
+
+
 def benchmark(tickets: int, delay_s: float, kills: int, kill_tickets: int, seed: int,
-              poll_s: float) -> dict:
+              poll_s: float, gathers: list[float | None] | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="crewbatch-batch-bench-"))
     log = work / "runs.log"
     report: dict = {"tickets": tickets, "delay_s": delay_s, "poll_s": poll_s, "work": str(work)}
@@ -168,17 +199,11 @@ def benchmark(tickets: int, delay_s: float, kills: int, kill_tickets: int, seed:
         print(f"live: exit {code}, {live_wall:.1f}s, k {report['live']['k']:.2f}, "
               f"${report['live']['run_cost_usd']:.6f}", file=sys.stderr)
 
-        batch_project = project_copy(work / "batch", tickets, poll_s)
-        created = server.batch_api.created
-        code, batch_id, batch_wall, batch_cpu = finish(
-            crewbatch(batch_project, ["--batch-api"], env, log))
-        waves = server.batch_api.created - created
-        figures = ledger_figures(batch_project, batch_id)
-        direct = len(server.requests) - live_requests - figures["calls"]
-        report["batch"] = {"exit": code, "wall_s": round(batch_wall, 1), "cpu_s": batch_cpu,
-                           "waves": waves, "waves_x_delay_s": waves * delay_s,
-                           "over_waves_x_delay_s": round(batch_wall - waves * delay_s, 1),
-                           "requests_sent_directly": direct, **figures}
+        runs = [batch_run(work, server, tickets, delay_s, poll_s, g, env, log, live_requests)
+                for g in (gathers or [None])]
+        batch_project, batch_id, figures = runs[0]
+        report["batch"] = figures
+        report["batch_runs"] = [f for _, _, f in runs]
         live_rows, batch_rows = outcomes(live_project, live_id), outcomes(batch_project, batch_id)
         keys = ("status", "category", "priority", "draft_reply", "actions_json", "revisions",
                 "prompt_tokens", "completion_tokens")
@@ -206,8 +231,6 @@ def benchmark(tickets: int, delay_s: float, kills: int, kill_tickets: int, seed:
         report["cost_ratio"] = batch_cost / live_cost if live_cost else None
         report["run_cost_ratio"] = (figures["run_cost_usd"] / report["live"]["run_cost_usd"]
                                     if report["live"]["run_cost_usd"] else None)
-        print(f"batch: exit {code}, {batch_wall:.1f}s, {waves} waves, k {figures['k']:.2f}, "
-              f"${figures['run_cost_usd']:.6f}", file=sys.stderr)
         if kills:
             report["kill_9"] = kill_check(work, server, kill_tickets, kills, seed, delay_s,
                                           poll_s, env, log)
@@ -221,11 +244,13 @@ def render(r: dict) -> str:
         f"live:  exit {live['exit']}, {live['wall_s']:.1f} s (CPU {live['cpu_s']:.1f} s), "
         f"k {live['k']:.3f}, "
         f"cost_usd ${live['run_cost_usd']:.6f} (model calls ${live['calls_cost_usd']:.6f})",
-        f"batch: exit {b['exit']}, {b['wall_s']:.1f} s for {b['waves']} waves (waves x D = "
-        f"{b['waves_x_delay_s']:.0f} s, +{b['over_waves_x_delay_s']:.1f} s; the run's CPU "
-        f"{b['cpu_s']:.1f} s), k {b['k']:.3f}, cost_usd ${b['run_cost_usd']:.6f} (model calls "
-        f"${b['calls_cost_usd']:.6f}), {b['requests_sent_directly']} request(s) sent live",
-        f"batch waits (s): {', '.join(f'{w:.1f}' for w in b['batch_waits_s'])}",
+        *(f"batch (max_gather_s {b['max_gather_s'] if b['max_gather_s'] is not None else 'default'}"
+          f"): exit {b['exit']}, {b['wall_s']:.1f} s, {b['batches']} batches, {b['waves']} waves "
+          f"(waves x D = {b['waves_x_delay_s']:.0f} s, +{b['over_waves_x_delay_s']:.1f} s; the "
+          f"run's CPU {b['cpu_s']:.1f} s), k {b['k']:.3f}, cost_usd ${b['run_cost_usd']:.6f} "
+          f"(model calls ${b['calls_cost_usd']:.6f}), {b['requests_sent_directly']} request(s) "
+          f"sent live; batch waits (s): {', '.join(f'{w:.1f}' for w in b['batch_waits_s'])}"
+          for b in r.get("batch_runs", [b])),
         f"outcomes identical ticket by ticket: {r['outcomes_identical']} "
         f"({r['tickets_differing']} differ); as each source ticket's copies: "
         f"{r['outcomes_identical_per_source_ticket']}; statuses {r['statuses']}",
@@ -255,9 +280,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kill-tickets", type=int, default=160,
                    help="tickets of the kill -9 part")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--max-gather", default="",
+                   help="batch.max_gather_s of the batch runs, comma-separated for several runs "
+                        "side by side (default: the settings' default); the first is compared "
+                        "with the live run")
     args = p.parse_args(argv)
+    gathers = [float(g) if g not in ("", "default") else None
+               for g in args.max_gather.split(",")] if args.max_gather else None
     report = benchmark(args.tickets, args.delay, args.kills, args.kill_tickets, args.seed,
-                       args.poll)
+                       args.poll, gathers)
     out = HERE / "results" / f"batch-api-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

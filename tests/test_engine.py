@@ -139,7 +139,10 @@ WORKER = textwrap.dedent("""
     ledger = Ledger(root / "ledger.db")
 
     def process(outcome_id, ticket):
-        print(f"working {outcome_id}", flush=True)
+        # One write: print() writes the text and its newline separately, so two threads could
+        # interleave as "working 1working 2" and an empty line (seen once in CI).
+        sys.stdout.write(f"working {outcome_id}\\n")
+        sys.stdout.flush()
         time.sleep(3600)  # killed here, mid-ticket
 
     engine = Engine(ledger, str(root / "ledger.db"), root, "r1", process, concurrency=4,
