@@ -31,6 +31,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -50,6 +51,47 @@ UNANSWERED = 503
 # at validation): none of its lines ran, so the same file is made a batch again after `poll_s`,
 # without using up an attempt of its requests.
 LIMIT_CODES = {"token_limit_exceeded", "request_limit_exceeded", "rate_limit_exceeded"}
+
+
+class Turns:
+    """At most `n` tickets run crew code at once; a ticket gives its turn up while it waits on a
+    batch and queues for one again (first come, first served) once its answer is in.
+
+    Under the GIL, 640 tickets woken together by a finished batch all advance a little at a time
+    and all reach their next request near the end of the wave's CPU, so nothing can be sent
+    before all of it is spent. Taken in turns, tickets finish their CPU one after another and
+    their requests come out steadily: a part-wave sent after `max_gather_s` is then waiting at
+    the provider while the rest of the wave's CPU runs, instead of after it.
+    """
+
+    def __init__(self, n: int):
+        self._free = threading.Semaphore(n)
+        self._mine = threading.local()
+
+    @contextmanager
+    def held(self):
+        """Around a ticket's work (pipeline.run)."""
+        self._free.acquire()
+        self._mine.held = True
+        try:
+            yield
+        finally:
+            self._mine.held = False
+            self._free.release()
+
+    @contextmanager
+    def given_up(self):
+        """Around a wait on a batch; a thread without a turn (a warm-up call) just waits."""
+        held = getattr(self._mine, "held", False)
+        if held:
+            self._mine.held = False
+            self._free.release()
+        try:
+            yield
+        finally:
+            if held:
+                self._free.acquire()
+                self._mine.held = True
 
 
 @dataclass
@@ -112,6 +154,7 @@ class Collector:
                  stopping=lambda: False):
         self.ledger, self.run_id, self.settings, self.client = ledger, run_id, settings, client
         self.in_flight, self.stopping = in_flight, stopping
+        self.turns = Turns(settings.turns)
         self._cond = threading.Condition()
         self._pending: list[Waiter] = []
         self._first_s = self._last_s = 0.0
@@ -169,7 +212,12 @@ class Collector:
                 root = self._roots[outcome] = self.ledger.attempt_root(outcome)
         cid = custom_id(root, step, seq, request_attempt.get(), body)
         waiter = Waiter(cid, str(body.get("model", "")), outcome or 0, body)
-        row = self.ledger.batch_request(cid) if root is not None else None
+        with self.turns.given_up():
+            return self._wait(waiter, self.ledger.batch_request(cid) if root is not None
+                              else None)
+
+    def _wait(self, waiter: Waiter, row: dict | None) -> tuple[int, dict]:
+        cid = waiter.custom_id
         for looks in itertools.count():
             if row is not None and row["status_code"] is not None:
                 return self._stored(row)  # downloaded already: never requested again

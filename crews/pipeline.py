@@ -9,6 +9,7 @@ time limit) lets in-flight tickets finish, leaves the rest pending for the next 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -255,9 +256,10 @@ def run(config: Config, options: RunOptions, sources: list[str],
                 return None
 
             def process(outcome_id: int, ticket: Ticket):
-                status_value, cost = process_safely(config, ledger, crew, run_dir, outcome_id,
-                                                    ticket, options.side_effects,
-                                                    options.batch_api)
+                with collector.turns.held() if collector else contextlib.nullcontext():
+                    status_value, cost = process_safely(config, ledger, crew, run_dir,
+                                                        outcome_id, ticket, options.side_effects,
+                                                        options.batch_api)
                 log.info("ticket finished", ticket_id=ticket.ticket_id, status=status_value,
                          cost_usd=round(cost, 6))
                 return status_value, cost

@@ -85,9 +85,14 @@ class BatchSettings(_Strict):
     # wave is the next request of every ticket in flight, so the default takes them all.
     concurrency: int = Field(1000, ge=1, le=10_000)
     # A wave is sent once every ticket in flight waits on a model request and none has asked for
-    # `gather_s`, or at the latest `max_gather_s` after its first request.
+    # `gather_s`; while the crew's CPU for a wave takes longer than `max_gather_s`, what has
+    # gathered goes out every `max_gather_s` (README: Batch API has the measured trade of batches
+    # against wall time).
     gather_s: float = Field(0.5, ge=0, le=600)
-    max_gather_s: float = Field(60.0, gt=0, le=86_400)
+    max_gather_s: float = Field(10.0, gt=0, le=86_400)
+    # Tickets running crew code at once between waves (batch.Turns): the others wait their turn,
+    # so requests come out one ticket after another and a part-wave can go at `max_gather_s`.
+    turns: int = Field(2, ge=1, le=256)
     poll_s: float = Field(30.0, gt=0, le=3600)          # how often a pending batch is looked at
     completion_window: str = "24h"
     # The provider's limits per batch file (OpenAI: 50,000 requests, 200 MB): a wave is split.

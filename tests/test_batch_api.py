@@ -467,3 +467,79 @@ def test_a_worker_does_not_join_a_batch_run(project, capsys):
         assert work_run(load_config(project), db, "r1", None, threading.Event()) == 0
     assert "sends its requests through the Batch API from its own process" in \
         capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_batch_run_on_a_postgresql_ledger_matches_the_same_run_on_sqlite(tmp_path, cli,
+                                                                          project, results,
+                                                                          pg_url):
+    """The whole batch path on PostgreSQL: batches, custom_ids and downloaded lines in its
+    tables, the run's outcomes the same as on SQLite, each request submitted once."""
+    from crews.ledger import Ledger
+
+    sqlite_project = make_project(tmp_path / "on-sqlite")
+    for p in (project, sqlite_project):
+        configure(p)
+    runs = {}
+    for name, root, extra in (("sqlite", sqlite_project, {}),
+                              ("postgresql", project, {"CREWBATCH_DATABASE_URL": pg_url})):
+        with FakeOpenAI(prompt_cache=False, batch=BatchFaults(delay_s=0.2)) as server:
+            run = cli("--root", str(root), "run", "--model", "fake-model", "--limit", "6",
+                      "--batch-api", env={**env_for(server), **extra})
+            assert run.exit_code == 0, run.output
+            assert_no_double_submission(server)
+            runs[name] = (run.stdout.strip(), server.batch_api.created)
+    assert not (project / "runs/ledger.db").exists()  # nothing went to a SQLite file
+    same = ("ticket_id", "status", "category", "priority", "draft_reply", "actions",
+            "revisions", "prompt_tokens", "completion_tokens", "cost_usd")
+    rows = {name: [{k: r[k] for k in same} for r in results(root / "runs" / runs[name][0] /
+                                                              "results.csv")]
+            for name, root in (("sqlite", sqlite_project), ("postgresql", project))}
+    assert rows["postgresql"] == rows["sqlite"]
+    with Ledger(pg_url) as pg:
+        batches = pg.batches(runs["postgresql"][0])
+        assert len(batches) == runs["postgresql"][1] > 0
+        assert {b["state"] for b in batches} == {"completed"}
+        answered = pg._db.execute("SELECT COUNT(*) FROM batch_requests WHERE status_code = 200"
+                                  ).fetchone()[0]
+        calls = pg._db.execute("SELECT COUNT(*) FROM model_calls").fetchone()[0]
+    assert answered == calls == sum(b["requests"] for b in batches)
+
+
+def test_tickets_take_turns_and_give_theirs_up_while_they_wait_on_a_batch():
+    import threading
+
+    from crews.batch import Turns
+
+    turns = Turns(1)
+    order: list[str] = []
+    answered = threading.Event()
+
+    def ticket(name: str, wait: bool) -> None:
+        with turns.held():
+            order.append(f"{name} runs")
+            if wait:
+                with turns.given_up():  # waiting on its batch: another ticket may run
+                    answered.wait(5)
+                order.append(f"{name} runs again")
+
+    a = threading.Thread(target=ticket, args=("a", True))
+    a.start()
+    while not order:
+        time.sleep(0.01)
+    b = threading.Thread(target=ticket, args=("b", False))
+    b.start()
+    b.join(5)
+    assert order == ["a runs", "b runs"]  # b ran while a waited, not after it
+    answered.set()
+    a.join(5)
+    assert order[-1] == "a runs again"
+    # A thread without a turn (a warm-up request) gives none up: still one turn, not two.
+    with turns.given_up():
+        pass
+    with turns.held():
+        entered = threading.Event()
+        other = threading.Thread(target=lambda: (turns.held().__enter__(), entered.set()),
+                                 daemon=True)
+        other.start()
+        assert not entered.wait(0.3)
