@@ -458,15 +458,23 @@ def show(obj: Context, run_id, ticket_id, as_json):
       crewbatch show 20261121-093012-ab12
       crewbatch show 20261121-093012-ab12 T-1014
     """
-    from .show import run_table, trail_text
+    from .show import batches_text, run_table, trail_text
 
     config = obj.config(check_files=False)
     with obj.ledger(config) as ledger:
         run_id = _resolve_run(ledger, run_id)
         if ticket_id is None:
             outcomes = ledger.outcomes(run_id)
-            click.echo(json.dumps(outcomes, indent=2, ensure_ascii=False) if as_json
-                       else run_table(ledger.run(run_id), outcomes))
+            if as_json:
+                click.echo(json.dumps(outcomes, indent=2, ensure_ascii=False))
+                return
+            click.echo(run_table(ledger.run(run_id), outcomes))
+            from .report.data import batch_summary
+
+            summary = batch_summary(ledger.batches(run_id), ledger.call_usage(run_id),
+                                    config.settings.pricing)
+            if summary is not None:
+                click.echo(batches_text(summary))
             return
         trail = ledger.trail(run_id, ticket_id)
     if trail is None:

@@ -1548,6 +1548,11 @@ class Ledger:
                                                "action_id", (outcome_id,))],
                 "events": [dict(r) for r in q("SELECT * FROM events WHERE outcome_id = ? ORDER BY "
                                               "event_id", (outcome_id,))],
+                # --batch-api: each model request of this outcome and the batch it went in.
+                "batch_requests": [dict(r) for r in q(
+                    "SELECT r.custom_id, r.batch_no, b.batch_id, b.state, r.status_code, "
+                    "r.answered_utc FROM batch_requests r JOIN batches b ON b.batch_no = "
+                    "r.batch_no WHERE r.outcome_id = ? ORDER BY r.custom_id", (outcome_id,))],
             }
 
     def side_effects(self, outcome_id: int) -> list[dict]:

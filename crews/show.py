@@ -58,6 +58,28 @@ def run_table(run: dict, outcomes: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def batches_text(summary) -> str:
+    """A --batch-api run's batches under its tickets (`report.data.Batches`): the totals, the
+    money saved against live prices, then one line per batch."""
+    states = ", ".join(f"{n} {state}" for state, n in summary.states)
+    waits = "" if summary.wait_p50_s is None else \
+        f", wait p50 {summary.wait_p50_s:.1f} s, max {summary.wait_max_s:.1f} s"
+    money = f"${summary.cost:.4f} at batch prices"
+    if summary.saved is not None:
+        share = f" ({100 * summary.saved / summary.live_cost:.0f} %)" if summary.live_cost else ""
+        money += f", ${summary.live_cost:.4f} live: saved ${summary.saved:.4f}{share}"
+    lines = ["", f"batches: {len(summary.rows)} ({states}), {summary.requests} requests{waits}; "
+                 f"{money}",
+             f"{'BATCH':>5} {'PROVIDER_ID':<38} {'STATE':<10} {'REQUESTS':>8} {'WAIT_S':>7}  "
+             "SUBMITTED / DETAIL"]
+    for b in summary.rows:
+        wait = "" if b["wait_s"] is None else f"{b['wait_s']:.1f}"
+        lines.append(f"{b['batch_no']:>5} {b['batch_id'] or '-':<38} "
+                     f"{b['state']:<10} {b['requests']:>8} {wait:>7}  "
+                     f"{b['submitted_utc'] or ''} {cut(b['detail'], 60)}".rstrip())
+    return "\n".join(lines)
+
+
 def cut(text: object, chars: int) -> str:
     """`text` on one line (runs of whitespace as one space), cut to `chars` with "…" if longer:
     how every view shows a subject, a reason or a label in a column."""
@@ -93,6 +115,13 @@ def trail_text(trail: dict) -> str:
         out.append(_indent(describe_actions(json.dumps([
             {"kind": a["kind"], "args": json.loads(a["args_json"]), "decision": a["decision"],
              "reason": a["reason"]} for a in trail["actions"]]))))
+    if trail.get("batch_requests"):
+        out += ["", "── Batch API requests"]
+        for r in trail["batch_requests"]:
+            answer = "waiting" if r["status_code"] is None else \
+                "not answered" if r["status_code"] == 0 else f"HTTP {r['status_code']}"
+            out.append(f"  {r['custom_id']}  batch {r['batch_no']} ({r['batch_id'] or '-'}, "
+                       f"{r['state']}): {answer}")
     out += ["", "── events"]
     for e in trail["events"]:
         out.append(f"  {e['at_utc']}  {e['from_status'] or '(new)':>11} → {e['to_status']:<11} "

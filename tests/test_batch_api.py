@@ -113,6 +113,21 @@ def test_a_batch_run_matches_a_live_run_at_exactly_half_the_cost(tmp_path, cli, 
     assert all(KEY not in json.dumps(line) for batch in lines for line in batch)
     report = (project / "runs" / run.stdout.strip() / "report.html").read_text()
     assert "Batch API" in report and "saved" in report
+    # `crewbatch show`: the run's batches and the money saved; a ticket's requests and batches.
+    run_id = run.stdout.strip()
+    shown = cli("show", run_id)
+    assert shown.exit_code == 0
+    assert (f"batches: {created} ({created} completed), {live_requests} requests, wait p50 "
+            in shown.stdout)
+    assert f"saved ${live_cost / 2:.4f} (50 %)" in shown.stdout
+    assert batches[0]["batch_id"] in shown.stdout
+    trail = cli("show", run_id, rows[0]["ticket_id"])
+    first = db.execute("SELECT custom_id FROM batch_requests r JOIN outcomes o ON o.outcome_id "
+                       "= r.outcome_id WHERE o.ticket_id = ? ORDER BY custom_id",
+                       (rows[0]["ticket_id"],)).fetchall()
+    assert "── Batch API requests" in trail.stdout
+    assert all(f"{c}  batch " in trail.stdout for (c,) in first) and first
+    assert "completed): HTTP 200" in trail.stdout
 
 
 def test_per_line_errors_are_retried_in_the_next_wave_then_the_ticket_fails(cli, project,

@@ -340,18 +340,24 @@ class Batches:
 
 
 def batches(data: ReportData) -> Batches | None:
-    if not data.batches:
+    return batch_summary(data.batches, data.call_usage, data.pricing)
+
+
+def batch_summary(rows: list[dict], call_usage: list[dict], pricing) -> Batches | None:
+    """The report's Batch API section and `crewbatch show`'s batch lines: from the ledger's
+    `batches` and `call_usage` of a run."""
+    if not rows:
         return None
-    waits = sorted(b["wait_s"] for b in data.batches if b["wait_s"] is not None)
+    waits = sorted(b["wait_s"] for b in rows if b["wait_s"] is not None)
     live: float | None = 0.0
-    for u in data.call_usage:
-        cost = cost_usd(data.pricing, u["model"], u["prompt_tokens"] or 0,
+    for u in call_usage:
+        cost = cost_usd(pricing, u["model"], u["prompt_tokens"] or 0,
                         u["completion_tokens"] or 0, u["cached_tokens"] or 0)
         live = None if cost is None or live is None else live + cost
-    return Batches(data.batches, sum(b["requests"] for b in data.batches),
+    return Batches(rows, sum(b["requests"] for b in rows),
                    percentile(waits, .5) if waits else None, waits[-1] if waits else None,
-                   sorted(Counter(b["state"] for b in data.batches).items()),
-                   sum(u["cost_usd"] or 0 for u in data.call_usage), live)
+                   sorted(Counter(b["state"] for b in rows).items()),
+                   sum(u["cost_usd"] or 0 for u in call_usage), live)
 
 
 @dataclass
