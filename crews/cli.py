@@ -257,7 +257,7 @@ def retry(obj: Context, run_id, offline, model, concurrency):
     with obj.ledger(config) as ledger:
         run_id = _resolve_run(ledger, run_id)
         failed = ledger.counts(run_id).get("failed", 0)
-        if json.loads(ledger.run(run_id)["options_json"] or "{}").get("side_effects") is False:
+        if ledger.run(run_id).options.get("side_effects") is False:
             fail(f"run {run_id} is an eval (side effects off), not a queue of tickets; run "
                  "`crewbatch eval` again to score its failed tickets")
     if not failed:
@@ -340,7 +340,7 @@ def replay(obj: Context, run_id, tickets, strict, offline, model, concurrency, s
                            err=True)
                 return
             plan = replays.ReplayPlan.for_run(ledger, run_id, strict, tickets, offline)
-            recorded_model = ledger.run(run_id)["model"]
+            recorded_model = ledger.run(run_id).model
     except replays.ReplayError as err:
         fail(str(err))
     # --offline does not change the requests (they stay the recorded model's, so they match its
@@ -428,7 +428,8 @@ def runs(obj: Context, limit, as_json):
     config = obj.config(check_files=False)
     with obj.ledger(config) as ledger:
         data = ledger.runs(limit)
-    click.echo(json.dumps(data, indent=2) if as_json else runs_table(data))
+    click.echo(json.dumps([r.as_dict() for r in data], indent=2) if as_json
+               else runs_table(data))
 
 
 def _resolve_run(ledger, run_id: str) -> str:

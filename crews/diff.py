@@ -20,8 +20,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import files
+
+if TYPE_CHECKING:
+    from .ledger import Run
 
 CONTEXT_WORDS = 6  # words of unchanged reply text kept around each change
 LIST_LIMIT = 2000  # changed tickets listed on the HTML page
@@ -182,8 +186,8 @@ class TicketDiff:
 
 @dataclass
 class RunDiff:
-    run_a: dict
-    run_b: dict
+    run_a: Run
+    run_b: Run
     tickets: list[TicketDiff]
     seconds: float = 0.0
 
@@ -245,7 +249,7 @@ def diff_runs(ledger, run_a: str, run_b: str) -> RunDiff:
 
 
 def render_text(d: RunDiff) -> str:
-    lines = [f"diff {d.run_a['run_id']} → {d.run_b['run_id']}: {d.summary()}", d.usage_line()]
+    lines = [f"diff {d.run_a.run_id} → {d.run_b.run_id}: {d.summary()}", d.usage_line()]
     for t in d.changed:
         lines.append(f"{t.ticket_id} ({t.headline})")
         for c in t.changes:
@@ -359,13 +363,13 @@ def _details_cell(t: TicketDiff):
     return Markup("".join(parts) or '<span class="mute">—</span>')
 
 
-def _run_meta(run: dict, label: str) -> str:
+def _run_meta(run: Run, label: str) -> str:
     from .report import esc
 
-    extra = f" · replay of {run['replay_of']}" if run.get("replay_of") else ""
-    return (f"<div><dt>{esc(label)}</dt><dd><code>{esc(run['run_id'])}</code> · "
-            f"{esc(run['status'])} · {esc(run['model'])}{esc(extra)}<br>"
-            f"<span class=\"mute small\">started {esc(run['started_utc'])}</span></dd></div>")
+    extra = f" · replay of {run.replay_of}" if run.replay_of else ""
+    return (f"<div><dt>{esc(label)}</dt><dd><code>{esc(run.run_id)}</code> · "
+            f"{esc(run.status)} · {esc(run.model)}{esc(extra)}<br>"
+            f"<span class=\"mute small\">started {esc(run.started_utc)}</span></dd></div>")
 
 
 DIFF_CSS = """
@@ -384,7 +388,7 @@ def render_html(d: RunDiff) -> str:
 
     from .report import CSS, esc, table
 
-    a_id, b_id = d.run_a["run_id"], d.run_b["run_id"]
+    a_id, b_id = d.run_a.run_id, d.run_b.run_id
     changed = d.changed
     counts = Counter(t.headline for t in changed)
     (ta, ca, _), (tb, cb, _) = d.totals("a"), d.totals("b")

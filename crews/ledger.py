@@ -23,7 +23,7 @@ import types
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -527,6 +527,46 @@ def _ticket_from_row(r) -> Ticket:
                   messages=r["messages"])
 
 
+@dataclass(frozen=True)
+class Run:
+    """One row of `runs`, as every reader of a run sees it (`runs`, `show`, `report`, `diff`,
+    `replay`, `review`, `worker`); `crewbatch runs` adds the listing's totals. Its fields are the
+    table's columns, so `as_dict()` is what `runs --json` prints."""
+
+    run_id: str
+    started_utc: str
+    status: str  # a RunStatus value
+    model: str
+    options_json: str = "{}"
+    sources_json: str = "[]"
+    finished_utc: str | None = None
+    exit_code: int | None = None
+    detail: str = ""
+    replay_of: str | None = None
+    stop_requested: str = ""
+    # Only in `Ledger.runs`: the run's outcomes, their summed cost, and a count per status.
+    records: int = 0
+    cost_usd: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row, **extra) -> Run:
+        # Every column by name: a column a migration adds without a field here fails loudly.
+        return cls(**dict(row), **extra)
+
+    @property
+    def options(self) -> dict:
+        """The run's options as started (`options_json`), `{}` when none were stored."""
+        return json.loads(self.options_json or "{}")
+
+    @property
+    def sources(self) -> list:
+        return json.loads(self.sources_json or "[]")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
 class RefundHistory:
     """The refunds already recorded on one order or for one customer (rows of `refunds`)."""
@@ -790,21 +830,18 @@ class Ledger:
                        "WHERE run_id = ?", (status, utc_now(), exit_code, detail, run_id))
             self._event(db, run_id, None, RunStatus.RUNNING.value, status, detail)
 
-    def runs(self, limit: int = 50) -> list[dict]:
+    def runs(self, limit: int = 50) -> list[Run]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT r.*, (SELECT COUNT(*) FROM outcomes o WHERE o.run_id = r.run_id) AS records,"
                 " (SELECT COALESCE(SUM(cost_usd), 0) FROM outcomes o WHERE o.run_id = r.run_id)"
                 " AS cost_usd FROM runs r ORDER BY r.started_utc DESC LIMIT ?", (limit,)).fetchall()
-            result = [dict(r) for r in rows]
-            for run in result:
-                run["counts"] = self.counts(run["run_id"])
-            return result
+            return [Run.from_row(r, counts=self.counts(r["run_id"])) for r in rows]
 
-    def run(self, run_id: str) -> dict | None:
+    def run(self, run_id: str) -> Run | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            return dict(row) if row else None
+            return Run.from_row(row) if row else None
 
     def counts(self, run_id: str) -> dict[str, int]:
         with self._lock:

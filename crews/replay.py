@@ -149,9 +149,9 @@ class ReplayPlan:
         run = ledger.run(run_id)
         if run is None:
             raise ReplayError(f"no run `{run_id}` in the ledger; `crewbatch runs` lists the runs")
-        options = json.loads(run["options_json"] or "{}")
+        options = run.options
         # A replay of a replay simulates the same night: the first run's start.
-        plan = cls(run_id, strict, tuple(only), options.get("replay_as_of") or run["started_utc"],
+        plan = cls(run_id, strict, tuple(only), options.get("replay_as_of") or run.started_utc,
                    offline)
         tickets = [t for _, t in ledger.replay_tickets(run_id, PROCESSED)]
         missing = [t for t in plan.only if not any(_wanted(x, (t,)) for x in tickets)]
@@ -272,8 +272,8 @@ def save_cassette(ledger, run_id: str, only: tuple[str, ...], path: Path) -> Pat
                        "parts": c.parts, "request": _expanded(ledger, c.parts),
                        "response_hash": c.response_hash, "response": c.response}
                       for c in recorded.calls]})
-    data = {"crewbatch_cassette": CASSETTE_VERSION, "run_id": run_id, "model": run["model"],
-            "recorded_utc": run["started_utc"], "as_of": plan.as_of, "tickets": entries}
+    data = {"crewbatch_cassette": CASSETTE_VERSION, "run_id": run_id, "model": run.model,
+            "recorded_utc": run.started_utc, "as_of": plan.as_of, "tickets": entries}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, ensure_ascii=False, indent=1, sort_keys=True) + "\n",

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,14 +121,15 @@ def apply(config, ledger, path: Path) -> ReviewReport:
         raise SheetError(f"{path}: the run_id column holds {len(run_ids)} different runs "
                          f"({', '.join(run_ids[:3]) or 'none'}); apply one run's sheet at a time")
     run_id = run_ids[0]
-    if ledger.run(run_id) is None:
+    run = ledger.run(run_id)
+    if run is None:
         raise SheetError(f"{path}: the sheet is from run {run_id}, which is not in this project's "
                          f"ledger ({config.ledger_name}); apply it in the project that made it")
-    if json.loads(ledger.run(run_id)["options_json"] or "{}").get("side_effects") is False:
+    if run.options.get("side_effects") is False:
         raise SheetError(f"{path}: the sheet is from run {run_id}, an eval (`crewbatch eval`, "
                          "side effects off): its tickets are a labelled dataset, not customers "
                          "waiting for a reply, so nothing in it is carried out")
-    replayed = ledger.run(run_id).get("replay_of")
+    replayed = run.replay_of
     if replayed:
         raise SheetError(f"{path}: the sheet is from run {run_id}, a replay of run {replayed} "
                          "whose side effects were only simulated; decide on the sheet of run "

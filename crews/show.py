@@ -11,22 +11,26 @@ from __future__ import annotations
 
 import json
 import textwrap
+from typing import TYPE_CHECKING
 
 from .export import describe_actions
 
+if TYPE_CHECKING:
+    from .ledger import Run
 
-def runs_table(runs: list[dict]) -> str:
+
+def runs_table(runs: list[Run]) -> str:
     if not runs:
         return "no runs yet; start one with `crewbatch run`"
     header = f"{'RUN_ID':<22} {'STATUS':<11} {'EXIT':>4} {'RECORDS':>7}  {'COUNTS':<58} " \
              f"{'COST_USD':>9} {'SECONDS':>8}  MODEL"
     lines = [header]
     for r in runs:
-        counts = ", ".join(f"{v} {k}" for k, v in sorted(r["counts"].items()))
-        lines.append(f"{r['run_id']:<22} {r['status']:<11} {_s(r['exit_code']):>4} "
-                     f"{r['records']:>7}  {counts:<58} {r['cost_usd']:>9.4f} "
-                     f"{_duration(r):>8}  {r['model']}"
-                     + (f"  (replay of {r['replay_of']})" if r.get("replay_of") else ""))
+        counts = ", ".join(f"{v} {k}" for k, v in sorted(r.counts.items()))
+        lines.append(f"{r.run_id:<22} {r.status:<11} {_s(r.exit_code):>4} "
+                     f"{r.records:>7}  {counts:<58} {r.cost_usd:>9.4f} "
+                     f"{_duration(r):>8}  {r.model}"
+                     + (f"  (replay of {r.replay_of})" if r.replay_of else ""))
     return "\n".join(lines)
 
 
@@ -34,21 +38,21 @@ def _s(value) -> str:
     return "" if value is None else str(value)
 
 
-def _duration(run: dict) -> str:
+def _duration(run: Run) -> str:
     from datetime import datetime
 
-    if not run.get("finished_utc"):
+    if not run.finished_utc:
         return ""
     fmt = "%Y-%m-%dT%H:%M:%S.%fZ"
-    seconds = (datetime.strptime(run["finished_utc"], fmt) -
-               datetime.strptime(run["started_utc"], fmt)).total_seconds()
+    seconds = (datetime.strptime(run.finished_utc, fmt) -
+               datetime.strptime(run.started_utc, fmt)).total_seconds()
     return f"{seconds:.1f}"
 
 
-def run_table(run: dict, outcomes: list[dict]) -> str:
-    replay = f", replay of {run['replay_of']}" if run.get("replay_of") else ""
-    lines = [f"run {run['run_id']} ({run['status']}, model {run['model']}, "
-             f"started {run['started_utc']}{replay})",
+def run_table(run: Run, outcomes: list[dict]) -> str:
+    replay = f", replay of {run.replay_of}" if run.replay_of else ""
+    lines = [f"run {run.run_id} ({run.status}, model {run.model}, "
+             f"started {run.started_utc}{replay})",
              f"{'TICKET_ID':<16} {'STATUS':<12} {'CATEGORY':<13} {'PRIORITY':<8} {'REV':>3}  "
              "REASON / SUBJECT"]
     for o in outcomes:

@@ -10,7 +10,6 @@ and the run's start time before it starts a ticket, and the run's stop request.
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -79,7 +78,7 @@ def work_run(config: Config, ledger, run_id: str, concurrency: int | None,
     from .work import build_crew, close_crew, process_safely
 
     run = ledger.run(run_id)
-    opts = json.loads(run["options_json"] or "{}")
+    opts = run.options
     if opts.get("batch_api"):
         # A wave is one batch from the run's own process; a worker's live calls would bypass it.
         print(f"crewbatch worker: run {run_id} sends its requests through the Batch API from "
@@ -88,9 +87,9 @@ def work_run(config: Config, ledger, run_id: str, concurrency: int | None,
     processes = int(opts.get("workers") or 1)
     threads = concurrency or int(opts.get("worker_concurrency") or 0) or \
         max(1, -(-int(opts.get("concurrency") or 1) // processes))
-    started = datetime.fromisoformat(run["started_utc"].replace("Z", "+00:00")).timestamp()
+    started = datetime.fromisoformat(run.started_utc.replace("Z", "+00:00")).timestamp()
     if crew is None:
-        crew = build_crew(config, ledger, run["model"], processes=processes, threads=threads,
+        crew = build_crew(config, ledger, run.model, processes=processes, threads=threads,
                           revision_limit=int(opts.get("revision_limit") or 0))
     run_dir = rundir.run_dir(config.runs_dir, run_id)
     run_dir.mkdir(parents=True, exist_ok=True)

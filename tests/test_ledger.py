@@ -7,6 +7,7 @@ SQLite's own.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -56,8 +57,8 @@ def test_a_version_1_ledger_is_migrated_in_place(tmp_path):
     db.close()
     with Ledger(path) as ledger:
         assert ledger.schema_version() == SCHEMA_VERSION
-        assert ledger.run("old")["detail"] == ""
-        assert ledger.run("old")["replay_of"] is None
+        assert ledger.run("old").detail == ""
+        assert ledger.run("old").replay_of is None
 
 
 def test_finished_tickets_are_skipped_and_edits_are_processed(target):
@@ -202,7 +203,8 @@ def test_every_reading_method_returns_plain_values(target):
         assert ledger.recorded_calls(oid)[0]["replayed"] == 1
         assert ledger.run_cost("r1") == 0.125
         run, = ledger.runs()
-        assert (run["records"], run["cost_usd"], run["counts"]) == (1, 0.125, {"approved": 1})
+        assert (run.records, run.cost_usd, run.counts) == (1, 0.125, {"approved": 1})
+        assert "r1" in json.dumps(run.as_dict())  # what `runs --json` prints
         assert ledger.run_ids_like("r") == ["r1"]
         usage, = ledger.step_usage("r1")
         assert usage == {"agent": "writer", "step": "draft", "model": "m", "calls": 1,

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from functools import cached_property
 
 from ..export import describe_actions
+from ..ledger import Run
 from ..pricing import cost_usd
 from ..ticket import ExitCode, RunStatus
 from .charts import percentile
@@ -43,7 +44,7 @@ class Finding:
 
 @dataclass
 class ReportData:
-    run: dict
+    run: Run
     outcomes: list[dict]
     usage: list[dict]
     findings: list[Finding]
@@ -65,7 +66,7 @@ class ReportData:
 
     @property
     def options(self) -> dict:
-        return _json(self.run.get("options_json")) or {}
+        return _json(self.run.options_json) or {}
 
     def with_status(self, status: str) -> list[dict]:
         return [o for o in self.outcomes if o["status"] == status]
@@ -144,13 +145,13 @@ def _meaning(exit_code: int) -> str:
 
 def header(data: ReportData) -> Header:
     run, options = data.run, data.options
-    sources = _json(run.get("sources_json")) or []
-    seconds = _seconds_between(run.get("started_utc"), run.get("finished_utc"))
-    exit_code = run.get("exit_code")
+    sources = _json(run.sources_json) or []
+    seconds = _seconds_between(run.started_utc, run.finished_utc)
+    exit_code = run.exit_code
     exit_text = ("—" if exit_code is None else
                  f"{exit_code} · {_meaning(exit_code)}")
     models = options.get("models") or {}
-    model_text = run["model"]
+    model_text = run.model
     if isinstance(models, dict) and len(set(models.values())) > 1:
         model_text += " (" + ", ".join(f"{k}: {v}" for k, v in models.items()) + ")"
     opts = ", ".join(f"{k.replace('_', ' ')} {options[k]}" for k in
@@ -158,18 +159,18 @@ def header(data: ReportData) -> Header:
                      options.get(k) is not None)
     if options.get("reprocess"):
         opts += ", reprocess"
-    meta = [("Model", model_text), ("Started", when(run.get("started_utc"))),
-            ("Finished", when(run.get("finished_utc"))),
+    meta = [("Model", model_text), ("Started", when(run.started_utc)),
+            ("Finished", when(run.finished_utc)),
             ("Duration", ms(seconds * 1000) if seconds is not None else "—"),
             ("Records", f"{len(data.outcomes):,}"), ("Exit status", exit_text),
             ("Options", opts or "—"), ("Sources", ", ".join(map(str, sources)) or "—")]
-    if run.get("replay_of"):
-        meta.insert(1, ("Replay of", f"run {run['replay_of']}"
+    if run.replay_of:
+        meta.insert(1, ("Replay of", f"run {run.replay_of}"
                         + (", strict" if options.get("strict") else "")
                         + (", what the recording lacked answered offline"
                            if options.get("misses_answered_by") else "")
                         + "; side effects simulated, nothing sent"))
-    return Header(run["run_id"], run["status"], RUN_TONE.get(run["status"], "info"),
+    return Header(run.run_id, run.status, RUN_TONE.get(run.status, "info"),
                   "—" if exit_code is None else str(exit_code), meta)
 
 
