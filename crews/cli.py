@@ -9,6 +9,7 @@ inside `run`, so every other command starts fast and needs no key.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import signal
 import sys
@@ -481,7 +482,8 @@ def show(obj: Context, run_id, ticket_id, as_json):
     if trail is None:
         raise click.ClickException(f"run {run_id} has no ticket `{ticket_id}`; "
                                    f"`crewbatch show {run_id}` lists its tickets")
-    click.echo(json.dumps(trail, indent=2, ensure_ascii=False) if as_json else trail_text(trail))
+    click.echo(json.dumps(trail, indent=2, ensure_ascii=False, default=dataclasses.asdict)
+               if as_json else trail_text(trail))
 
 
 @main.command()

@@ -567,6 +567,35 @@ class Run:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Step:
+    """One row of `steps`: an agent's output in one round of a ticket, as `show` prints it and
+    `review` reads the final draft from."""
+
+    step_id: int
+    outcome_id: int
+    round: int
+    step: str  # research | draft | review | execute (and the gate's `checks`)
+    agent: str
+    model: str
+    output_text: str
+    created_utc: str
+    output_json: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    duration_ms: int = 0
+
+    @classmethod
+    def from_row(cls, row) -> Step:
+        return cls(**dict(row))
+
+    @property
+    def output(self):
+        """The structured output (`output_json`) parsed, or None when the step had none."""
+        return json.loads(self.output_json) if self.output_json else None
+
+
 @dataclass
 class RefundHistory:
     """The refunds already recorded on one order or for one customer (rows of `refunds`)."""
@@ -1579,8 +1608,8 @@ class Ledger:
                 "outcome": outcome,
                 "ticket": self.ticket(outcome["ticket_key"], outcome["content_hash"])
                 if outcome["ticket_key"] else None,
-                "steps": [dict(r) for r in q("SELECT * FROM steps WHERE outcome_id = ? ORDER BY "
-                                             "step_id", (outcome_id,))],
+                "steps": [Step.from_row(r) for r in q("SELECT * FROM steps WHERE outcome_id = ? "
+                                                      "ORDER BY step_id", (outcome_id,))],
                 "actions": [dict(r) for r in q("SELECT * FROM actions WHERE outcome_id = ? ORDER BY "
                                                "action_id", (outcome_id,))],
                 "events": [dict(r) for r in q("SELECT * FROM events WHERE outcome_id = ? ORDER BY "

@@ -321,8 +321,8 @@ class _DeskFactory:
         # the critic reviewed. Anything the executor attempted outside that plan (refused then,
         # and listed in the sheet) is never carried out by an approval.
         plan = [ProposedAction(kind=QUEUE_REPLY, reason="approved by the reviewer")]
-        drafts = [s for s in trail["steps"] if s["step"] == "draft" and s["output_json"]]
-        proposed = Draft.model_validate_json(drafts[-1]["output_json"]).actions if drafts else []
+        drafts = [s for s in trail["steps"] if s.step == "draft" and s.output_json]
+        proposed = Draft.model_validate_json(drafts[-1].output_json).actions if drafts else []
         for action in proposed:
             if action.kind not in (QUEUE_REPLY, ESCALATE_TO_HUMAN) and action not in plan:
                 plan.append(action)

@@ -106,14 +106,14 @@ def trail_text(trail: dict) -> str:
     out.append(f"tokens: {o['prompt_tokens']} prompt + {o['completion_tokens']} completion; "
                f"cost ${o['cost_usd']:.4f}; {o['duration_ms']} ms; revisions: {o['revisions']}")
     for s in trail["steps"]:
-        out += ["", f"── round {s['round']} · {s['step']} · {s['agent']} ({s['model']}, "
-                    f"{s['duration_ms']} ms, {s['prompt_tokens']}+{s['completion_tokens']} tokens)"]
-        body = s["output_text"]
-        if s["output_json"] and s["step"] in ("draft", "review"):
-            body = json.dumps(json.loads(s["output_json"]), ensure_ascii=False, indent=2)
+        out += ["", f"── round {s.round} · {s.step} · {s.agent} ({s.model}, "
+                    f"{s.duration_ms} ms, {s.prompt_tokens}+{s.completion_tokens} tokens)"]
+        body = s.output_text
+        if s.output_json and s.step in ("draft", "review"):
+            body = json.dumps(s.output, ensure_ascii=False, indent=2)
         out.append(_indent(body))
-        if s["output_json"] and s["step"] == "research":
-            out += _searches(json.loads(s["output_json"]).get("knowledge_searches", []))
+        if s.output_json and s.step == "research":
+            out += _searches(s.output.get("knowledge_searches", []))
     if trail["actions"]:
         out += ["", "── actions"]
         out.append(_indent(describe_actions(json.dumps([

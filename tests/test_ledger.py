@@ -102,7 +102,7 @@ def test_status_and_event_are_one_transaction(target):
                                "refused", "reason": "limit"}], "refused")
         trail = ledger.trail("r1", "A")
         assert [e["to_status"] for e in trail["events"]] == ["pending", "running", "needs_human"]
-        assert trail["steps"][0]["output_text"] == "t"
+        assert trail["steps"][0].output_text == "t" and trail["steps"][0].output is None
         assert trail["actions"][0]["decision"] == "refused"
 
 

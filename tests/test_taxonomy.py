@@ -148,8 +148,8 @@ def test_a_users_own_taxonomy_drives_prompt_classifier_and_review_sheet(project,
     assert outcome["category"] == "gift_cards"
     tags = [a["args"] for a in json.loads(outcome["actions_json"]) if a["kind"] == "tag_ticket"]
     assert tags == [{"queue": "billing"}]
-    draft = next(s for s in steps if s["step"] == "draft")
-    assert json.loads(draft["output_json"])["category"] == "gift_cards"
+    draft = next(s for s in steps if s.step == "draft")
+    assert draft.output["category"] == "gift_cards"
     out = tmp_path / "review.xlsx"
     assert cli("export", run_id, "-o", str(out)).exit_code == 0
     wb = load_workbook(out)
