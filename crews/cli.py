@@ -429,7 +429,7 @@ def runs(obj: Context, limit, as_json):
     config = obj.config(check_files=False)
     with obj.ledger(config) as ledger:
         data = ledger.runs(limit)
-    click.echo(json.dumps([r.as_dict() for r in data], indent=2) if as_json
+    click.echo(json.dumps([dataclasses.asdict(r) for r in data], indent=2) if as_json
                else runs_table(data))
 
 

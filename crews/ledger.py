@@ -23,7 +23,7 @@ import types
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -531,7 +531,7 @@ def _ticket_from_row(r) -> Ticket:
 class Run:
     """One row of `runs`, as every reader of a run sees it (`runs`, `show`, `report`, `diff`,
     `replay`, `review`, `worker`); `crewbatch runs` adds the listing's totals. Its fields are the
-    table's columns, so `as_dict()` is what `runs --json` prints."""
+    table's columns, so `dataclasses.asdict` of it is what `runs --json` prints."""
 
     run_id: str
     started_utc: str
@@ -558,13 +558,6 @@ class Run:
     def options(self) -> dict:
         """The run's options as started (`options_json`), `{}` when none were stored."""
         return json.loads(self.options_json or "{}")
-
-    @property
-    def sources(self) -> list:
-        return json.loads(self.sources_json or "[]")
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
