@@ -468,7 +468,8 @@ def show(obj: Context, run_id, ticket_id, as_json):
         if ticket_id is None:
             outcomes = ledger.outcomes(run_id)
             if as_json:
-                click.echo(json.dumps(outcomes, indent=2, ensure_ascii=False))
+                click.echo(json.dumps(outcomes, indent=2, ensure_ascii=False,
+                                      default=dataclasses.asdict))
                 return
             click.echo(run_table(ledger.run(run_id), outcomes))
             from .report.data import batch_summary

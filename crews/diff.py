@@ -17,6 +17,7 @@ import difflib
 import io
 import json
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING
 from . import files
 
 if TYPE_CHECKING:
-    from .ledger import Run
+    from .ledger import Outcome, Run
 
 CONTEXT_WORDS = 6  # words of unchanged reply text kept around each change
 LIST_LIMIT = 2000  # changed tickets listed on the HTML page
@@ -63,8 +64,10 @@ def action_label(action: dict) -> str:
     return f"{action.get('kind', '?')}({args})"
 
 
-def facets(outcome: dict, checks) -> Facets:
-    """An outcome's facets; `checks` is the output_json of its last `checks` step (or the list)."""
+def facets(outcome: Mapping, checks) -> Facets:
+    """An outcome's facets, from its columns by name (an `Outcome`'s `vars()`, a cassette's
+    stored outcome, or the columns a replay computes); `checks` is the output_json of its last
+    `checks` step (or the list)."""
     actions = tuple(sorted((action_label(a), str(a.get("decision", "")), str(a.get("reason", "")))
                            for a in _json(outcome.get("actions_json"), []) if isinstance(a, dict)))
     found = sorted({f"[{f.get('severity', 'info')}] {f.get('check', 'unnamed')}"
@@ -215,14 +218,14 @@ class RunDiff:
                 f"{ma / 1000:.1f}s → {mb / 1000:.1f}s (reported, not counted as changes)")
 
 
-def _by_key(outcomes: list[dict], checks: dict[int, str]) -> dict[str, Facets]:
+def _by_key(outcomes: list[Outcome], checks: dict[int, str]) -> dict[str, Facets]:
     out: dict[str, Facets] = {}
     seen: Counter = Counter()
     for o in outcomes:
-        base = o.get("ticket_key") or f"{o.get('source')}:{o.get('ticket_id')}"
+        base = o.ticket_key or f"{o.source}:{o.ticket_id}"
         seen[base] += 1
         key = base if seen[base] == 1 else f"{base}#{seen[base]}"
-        out[key] = facets(o, checks.get(o["outcome_id"]))
+        out[key] = facets(vars(o), checks.get(o.outcome_id))
     return out
 
 

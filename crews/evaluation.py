@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -37,6 +37,9 @@ from .export import neutralise
 from .files import write_atomically
 from .settings import Config, ConfigError, RunOptions, _suggest
 from .ticket import ExitCode, Rejection, RunStatus, Status, Ticket
+
+if TYPE_CHECKING:
+    from .ledger import Outcome
 
 FIELDS = ("category", "priority", "queue", "needs_human")
 EVALS_DIR = "evals"
@@ -322,7 +325,7 @@ def run_eval(config: Config, options: RunOptions, spec: EvalOptions,
     summary = pipeline.run(config, run_options, [str(f) for f in files], intake_options,
                            stop=stop, progress=progress, records=records)
     with Ledger(config.ledger_url) as ledger:
-        outcomes = {(o["source"], o["record_no"]): o for o in ledger.outcomes(summary.run_id)}
+        outcomes = {(o.source, o.record_no): o for o in ledger.outcomes(summary.run_id)}
         checks = ledger.step_outputs(summary.run_id, ("checks",))
     log = score(config, options.model, summary, dataset, records, outcomes, checks, spec,
                 label_map, started_at, time.monotonic() - started)
@@ -337,16 +340,16 @@ def run_eval(config: Config, options: RunOptions, spec: EvalOptions,
     return EvalOutcome(log, directory, exit_code, summary)
 
 
-def predicted(outcome: dict | None, config: Config) -> dict[str, Any]:
+def predicted(outcome: Outcome | None, config: Config) -> dict[str, Any]:
     """What the crew said about a ticket, per field; None throughout if it gave no answer."""
-    if outcome is None or outcome["status"] not in DECIDED:
+    if outcome is None or outcome.status not in DECIDED:
         return dict.fromkeys(FIELDS)
-    actions = json.loads(outcome.get("actions_json") or "[]")
-    queue = next((a["args"].get("queue") for a in actions if a["kind"] == TAG_TICKET), None)
-    category = outcome["category"] or None
-    return {"category": category, "priority": outcome["priority"] or None,
+    queue = next((a["args"].get("queue") for a in outcome.actions if a["kind"] == TAG_TICKET),
+                 None)
+    category = outcome.category or None
+    return {"category": category, "priority": outcome.priority or None,
             "queue": queue or config.taxonomy.queue_of(category or ""),
-            "needs_human": outcome["status"] == Status.NEEDS_HUMAN.value}
+            "needs_human": outcome.status == Status.NEEDS_HUMAN.value}
 
 
 def score(config: Config, model: str, summary, dataset: Dataset, records: list, outcomes: dict,
@@ -361,7 +364,7 @@ def score(config: Config, model: str, summary, dataset: Dataset, records: list, 
     tickets = []
     for r in records:
         outcome = outcomes.get((r.source, r.record_no))
-        statuses[outcome["status"] if outcome else "pending"] += 1
+        statuses[outcome.status if outcome else "pending"] += 1
         if not isinstance(r, Ticket):
             continue
         tickets.append(r)
@@ -381,12 +384,11 @@ def score(config: Config, model: str, summary, dataset: Dataset, records: list, 
             id=r.source, ticket_id=r.ticket_id, input=text_of(r)[:2000], target=target,
             raw_target=raw, output=output,
             scores={f: output.get(f) == v for f, v in target.items()},
-            status=outcome["status"] if outcome else "pending",
-            reason=(outcome or {}).get("needs_human_reason") or (outcome or {}).get("error") or "",
-            cost_usd=(outcome or {}).get("cost_usd") or 0.0,
-            tokens=((outcome or {}).get("prompt_tokens") or 0)
-            + ((outcome or {}).get("completion_tokens") or 0),
-            duration_ms=(outcome or {}).get("duration_ms") or 0))
+            status=outcome.status if outcome else "pending",
+            reason=outcome and (outcome.needs_human_reason or outcome.error) or "",
+            cost_usd=outcome.cost_usd if outcome else 0.0,
+            tokens=outcome.prompt_tokens + outcome.completion_tokens if outcome else 0,
+            duration_ms=outcome.duration_ms if outcome else 0))
     scores = [field_score(f, "crew", samples, [s.output.get(f) for s in samples],
                           unmapped.get(f), known) for f in spec.labels]
     scores = [s for s in scores if s is not None]

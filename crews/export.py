@@ -23,11 +23,15 @@ import os
 import re
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from . import files
 from .settings import ConfigError
+
+if TYPE_CHECKING:
+    from .ledger import Outcome
 
 COLUMNS = [
     "ticket_id", "source", "received_at", "customer", "subject", "category", "priority", "status",
@@ -85,18 +89,16 @@ def review_key(runs_dir: Path, create: bool = True) -> bytes | None:
     return key
 
 
-def ref_for(key: bytes, outcome: dict) -> str:
-    """The row's tamper-evident reference to its outcome (a row of `Ledger.outcomes`)."""
-    reply = (outcome.get("draft_reply") or "").encode("utf-8", "surrogatepass")
-    reply_hash = hashlib.sha256(reply).hexdigest()
-    payload = [_REF_VERSION, outcome["run_id"], int(outcome["outcome_id"]), outcome["ticket_id"],
-               outcome.get("ticket_key") or "", outcome.get("content_hash") or "",
-               outcome.get("customer") or "", outcome["status"], reply_hash,
-               outcome.get("actions_json") or "[]"]
+def ref_for(key: bytes, outcome: Outcome) -> str:
+    """The row's tamper-evident reference to its outcome."""
+    reply_hash = hashlib.sha256(outcome.draft_reply.encode("utf-8", "surrogatepass")).hexdigest()
+    payload = [_REF_VERSION, outcome.run_id, outcome.outcome_id, outcome.ticket_id,
+               outcome.ticket_key or "", outcome.content_hash or "", outcome.customer or "",
+               outcome.status, reply_hash, outcome.actions_json or "[]"]
     # ASCII JSON: every value has exactly one encoding, whatever characters it holds.
     message = json.dumps(payload, separators=(",", ":")).encode("ascii")
     mac = hmac.new(key, message, hashlib.sha256).hexdigest()[:24]
-    return f"{int(outcome['outcome_id'])}.{mac}"
+    return f"{outcome.outcome_id}.{mac}"
 
 
 def neutralise(value: object) -> object:
@@ -126,7 +128,7 @@ def describe_actions(actions_json: str) -> str:
 
 def rows(ledger, run_id: str, key: bytes) -> pd.DataFrame:
     outcomes = ledger.outcomes(run_id)
-    frame = pd.DataFrame(outcomes)
+    frame = pd.DataFrame(outcomes)  # a column per field of ledger.Outcome
     if frame.empty:
         return pd.DataFrame(columns=COLUMNS)
     frame["actions"] = frame["actions_json"].map(describe_actions)

@@ -560,6 +560,59 @@ class Run:
         return json.loads(self.options_json or "{}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """One row of `outcomes` with its ticket's `received_at`, `customer` and `subject`: what
+    `show`, `export`, `report`, `diff`, `eval`, `replay` and `review apply` read of a ticket's
+    result. Its fields are the table's columns in the table's order (keyword-only, so the order
+    can be the table's), so `vars()` of it is the row `show --json` prints."""
+
+    outcome_id: int
+    run_id: str
+    record_no: int
+    source: str
+    ticket_id: str
+    ticket_key: str | None = None
+    content_hash: str | None = None
+    status: str  # a Status value
+    reason: str = ""
+    category: str = ""
+    priority: str = ""
+    language: str = ""
+    draft_reply: str = ""
+    critic_verdict: str = ""
+    critic_notes: str = ""
+    revisions: int = 0
+    actions_json: str = "[]"
+    needs_human_reason: str = ""
+    model: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    duration_ms: int = 0
+    error: str = ""
+    decision: str = ""
+    reviewer_note: str = ""
+    updated_utc: str
+    cached_tokens: int = 0
+    claimed_by: str = ""
+    workflow_id: str = ""
+    resumed_by: int | None = None
+    # From the ticket (None for a record rejected before it had a ticket key).
+    received_at: str | None = None
+    customer: str | None = None
+    subject: str | None = None
+
+    @classmethod
+    def from_row(cls, row) -> Outcome:
+        return cls(**dict(row))
+
+    @property
+    def actions(self) -> list[dict]:
+        """The proposed actions and what became of each (`actions_json`), parsed."""
+        return json.loads(self.actions_json or "[]")
+
+
 @dataclass(frozen=True)
 class Step:
     """One row of `steps`: an agent's output in one round of a ticket, as `show` prints it and
@@ -1514,13 +1567,13 @@ class Ledger:
 
     # --- reading back ----------------------------------------------------------------------------
 
-    def outcomes(self, run_id: str) -> list[dict]:
+    def outcomes(self, run_id: str) -> list[Outcome]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT o.*, t.received_at, t.customer, t.subject FROM outcomes o "
                 "LEFT JOIN tickets t ON t.ticket_key = o.ticket_key AND t.content_hash = "
                 "o.content_hash WHERE o.run_id = ? ORDER BY o.outcome_id", (run_id,)).fetchall()
-            return [dict(r) for r in rows]
+            return [Outcome.from_row(r) for r in rows]
 
     def ticket(self, key: str, chash: str) -> dict | None:
         with self._lock:
@@ -1580,7 +1633,7 @@ class Ledger:
                 (run_id, *names)).fetchall()
             return [dict(r) for r in rows]
 
-    def review_outcome(self, outcome_id: int) -> dict | None:
+    def review_outcome(self, outcome_id: int) -> Outcome | None:
         """One outcome as `outcomes` lists it (with its ticket's customer): what a review sheet's
         `ref` signs, read back by `review apply` to check the row against."""
         with self._lock:
@@ -1588,7 +1641,7 @@ class Ledger:
                 "SELECT o.*, t.received_at, t.customer, t.subject FROM outcomes o "
                 "LEFT JOIN tickets t ON t.ticket_key = o.ticket_key AND t.content_hash = "
                 "o.content_hash WHERE o.outcome_id = ?", (outcome_id,)).fetchone()
-            return dict(row) if row else None
+            return Outcome.from_row(row) if row else None
 
     def outcome_trail(self, outcome_id: int) -> dict | None:
         """`trail` of one outcome named by its id (a run may hold the same ticket id twice)."""
@@ -1599,8 +1652,8 @@ class Ledger:
             q = self._db.execute
             return {
                 "outcome": outcome,
-                "ticket": self.ticket(outcome["ticket_key"], outcome["content_hash"])
-                if outcome["ticket_key"] else None,
+                "ticket": self.ticket(outcome.ticket_key, outcome.content_hash)
+                if outcome.ticket_key else None,
                 "steps": [Step.from_row(r) for r in q("SELECT * FROM steps WHERE outcome_id = ? "
                                                       "ORDER BY step_id", (outcome_id,))],
                 "actions": [dict(r) for r in q("SELECT * FROM actions WHERE outcome_id = ? ORDER BY "

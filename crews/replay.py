@@ -256,13 +256,12 @@ def save_cassette(ledger, run_id: str, only: tuple[str, ...], path: Path) -> Pat
             continue
         outcome = ledger.review_outcome(outcome_id)
         recorded = recorded_from_ledger(ledger, outcome_id, f"run {run_id}")
-        orders = {a.get("args", {}).get("order_id", "") for a in
-                  json.loads(outcome["actions_json"] or "[]")} | {""}
+        orders = {a.get("args", {}).get("order_id", "") for a in outcome.actions} | {""}
         refunds = {r["idempotency_key"]: r for o in sorted(orders) for r in
                    ledger.refund_history(o, ticket.customer, plan.as_of).rows}
         entries.append({
             "ticket": {**asdict(ticket), "attachments": list(ticket.attachments)},
-            "outcome": {k: outcome[k] for k in (
+            "outcome": {k: getattr(outcome, k) for k in (
                 "ticket_id", "status", "category", "priority", "critic_verdict", "draft_reply",
                 "actions_json", "needs_human_reason", "error", "prompt_tokens",
                 "completion_tokens", "cost_usd")},

@@ -161,14 +161,14 @@ def apply(config, ledger, path: Path) -> ReviewReport:
             continue
         outcome = trail["outcome"]
         note = _unneutralise(row.get("reviewer_note", "")).strip()
-        if outcome["decision"]:
-            (report.unchanged if outcome["decision"] == decision else report.problems).append(
-                f"{ticket_id}: already decided `{outcome['decision']}`"
-                + ("" if outcome["decision"] == decision else f"; `{decision}` not applied"))
+        if outcome.decision:
+            (report.unchanged if outcome.decision == decision else report.problems).append(
+                f"{ticket_id}: already decided `{outcome.decision}`"
+                + ("" if outcome.decision == decision else f"; `{decision}` not applied"))
             continue
         sheet_reply = _unneutralise(row.get("draft_reply", ""))
         if decision == "approve" and "draft_reply" in row.index and sheet_reply.strip() and \
-                not _same(sheet_reply, outcome["draft_reply"]):
+                not _same(sheet_reply, outcome.draft_reply):
             report.warnings.append(f"{ticket_id}: draft_reply was changed in the sheet but the "
                                    "decision is `approve`, which sends the reviewed draft; use "
                                    "`edit` to send your text")
@@ -191,33 +191,34 @@ def _verify(ledger, key: bytes, run_id: str, row: pd.Series) -> tuple[dict | Non
         return None, (f"its ref {ref} does not match the ledger's record of the outcome it names "
                       "(the ref was edited, or the sheet was signed with another review.key or "
                       f"before the ticket changed); {again}")
-    if outcome["run_id"] != run_id:
-        return None, (f"its ref is for a row of run {outcome['run_id']}, not of this sheet's run "
+    if outcome.run_id != run_id:
+        return None, (f"its ref is for a row of run {outcome.run_id}, not of this sheet's run "
                       f"{run_id}; apply each run's own sheet")
-    if not (_same(row["ticket_id"], outcome["ticket_id"])
-            or _clean_id(row["ticket_id"]) == _clean_id(outcome["ticket_id"])):
+    if not (_same(row["ticket_id"], outcome.ticket_id)
+            or _clean_id(row["ticket_id"]) == _clean_id(outcome.ticket_id)):
         return None, (f"ticket_id was changed in the sheet (the row was exported for "
-                      f"{outcome['ticket_id']})")
-    exported = {"customer": outcome["customer"] or "", "status": outcome["status"],
-                "actions": export.describe_actions(outcome["actions_json"])}
+                      f"{outcome.ticket_id})")
+    exported = {"customer": outcome.customer or "", "status": outcome.status,
+                "actions": export.describe_actions(outcome.actions_json)}
     for column in CHECKED:
         if column in row.index and not _same(row[column], exported[column]):
             return None, (f"`{column}` was changed in the sheet ({_shown(row[column])}; the row "
-                          f"was exported for {outcome['ticket_id']} with "
+                          f"was exported for {outcome.ticket_id} with "
                           f"{_shown(exported[column])})")
-    return ledger.outcome_trail(outcome["outcome_id"]), ""
+    return ledger.outcome_trail(outcome.outcome_id), ""
 
 
 def _apply_one(config, ledger, desks, report, trail, decision, note, sheet_reply) -> None:
-    outcome, ticket_id = trail["outcome"], trail["outcome"]["ticket_id"]
-    if outcome["status"] != Status.NEEDS_HUMAN.value:
+    outcome = trail["outcome"]
+    ticket_id = outcome.ticket_id
+    if outcome.status != Status.NEEDS_HUMAN.value:
         _already_final(config, ledger, report, outcome, decision, note)
         return
     if decision == "reject":
-        ledger.record_review(outcome["outcome_id"], decision, note, "closed by the reviewer")
+        ledger.record_review(outcome.outcome_id, decision, note, "closed by the reviewer")
         report.applied.append(f"{ticket_id}: reject: closed")
         return
-    reply = sheet_reply.strip() if decision == "edit" else outcome["draft_reply"]
+    reply = sheet_reply.strip() if decision == "edit" else outcome.draft_reply
     if not reply.strip():
         report.problems.append(f"{ticket_id}: `{decision}` but there is no reply text to send")
         return
@@ -235,18 +236,18 @@ def _apply_one(config, ledger, desks, report, trail, decision, note, sheet_reply
         report.problems.append(f"{ticket_id}: policy still refuses: {'; '.join(refused)}; "
                                "nothing was done")
         return
-    ledger.record_review(outcome["outcome_id"], decision, note,
+    ledger.record_review(outcome.outcome_id, decision, note,
                          f"reviewer {decision}: " + "; ".join(lines))
     report.applied.append(f"{ticket_id}: {decision}: " + "; ".join(lines))
 
 
 def _already_final(config, ledger, report, outcome, decision, note) -> None:
     """A decision on a ticket a person no longer decides: say what its status already means."""
-    ticket_id, status = outcome["ticket_id"], outcome["status"]
+    ticket_id, status = outcome.ticket_id, outcome.status
     if status == Status.APPROVED.value:
         done = _what_was_done(config, ledger, outcome)
         if decision == "approve":
-            ledger.record_review(outcome["outcome_id"], decision, note, "confirmed by the reviewer")
+            ledger.record_review(outcome.outcome_id, decision, note, "confirmed by the reviewer")
             report.applied.append(f"{ticket_id}: approve: confirmed (already carried out): {done}")
             return
         cannot = ("reject cannot undo that" if decision == "reject" else
@@ -254,9 +255,9 @@ def _already_final(config, ledger, report, outcome, decision, note) -> None:
         report.problems.append(f"{ticket_id}: already approved: {done}; {cannot} — nothing "
                                "recorded")
         return
-    reason = cut(outcome["reason"] or outcome["error"] or "no reason recorded", 161)
+    reason = cut(outcome.reason or outcome.error or "no reason recorded", 161)
     if status == Status.REJECTED.value and decision == "reject":
-        ledger.record_review(outcome["outcome_id"], decision, note, "closed by the reviewer")
+        ledger.record_review(outcome.outcome_id, decision, note, "closed by the reviewer")
         report.applied.append(f"{ticket_id}: reject: closed (the input record was already "
                               f"rejected at intake: {reason}; nothing was sent)")
         return
@@ -266,7 +267,7 @@ def _already_final(config, ledger, report, outcome, decision, note) -> None:
         Status.SKIPPED.value: f"skipped ({reason}): this run did not process it; decide on it in "
                               "the sheet of the run that did",
         Status.FAILED.value: f"failed ({reason}): nothing was sent; the next run over its source "
-                             f"(or `crewbatch retry {outcome['run_id']}`) processes it again",
+                             f"(or `crewbatch retry {outcome.run_id}`) processes it again",
         PENDING: "still pending: the run stopped before it; the next run processes it",
         RUNNING: "still running in a run that has not finished; decide once it is final",
     }.get(status, f"{status}: not a ticket waiting for a person")
@@ -278,7 +279,7 @@ def _already_final(config, ledger, report, outcome, decision, note) -> None:
 def _what_was_done(config, ledger, outcome) -> str:
     """What an approved ticket's run already did, with the reply's file as the reviewer finds it."""
     replies = []
-    for effect in ledger.side_effects(outcome["outcome_id"]):
+    for effect in ledger.side_effects(outcome.outcome_id):
         if effect["kind"] == QUEUE_REPLY:
             target = Path(effect["detail"])
             try:
@@ -327,9 +328,9 @@ class _DeskFactory:
             if action.kind not in (QUEUE_REPLY, ESCALATE_TO_HUMAN) and action not in plan:
                 plan.append(action)
         taxonomy = self.config.taxonomy
-        return Draft(category=o["category"] or taxonomy.fallback_category,
-                     priority=o["priority"] or taxonomy.default_priority,
-                     language=o["language"] or "en", reply=reply, actions=plan)
+        return Draft(category=o.category or taxonomy.fallback_category,
+                     priority=o.priority or taxonomy.default_priority,
+                     language=o.language or "en", reply=reply, actions=plan)
 
     def blocking_findings(self, ledger, trail, draft) -> list:
         """The gate's blocking findings on a reviewer's edited reply, as for a run's draft."""
@@ -338,7 +339,7 @@ class _DeskFactory:
         from .research import Evidence, look_up, research_tools
         from .settings import RESEARCH_TOOLS
 
-        ticket = ledger.outcome_ticket(trail["outcome"]["outcome_id"])
+        ticket = ledger.outcome_ticket(trail["outcome"].outcome_id)
         # The evidence a run's researcher starts from, rebuilt from the order table and the
         # knowledge base for this ticket's customer: all three lookups, whatever agents.yaml
         # gives the researcher, since this is what the gate may count as known, not what a model
@@ -371,7 +372,7 @@ class _DeskFactory:
         from .actions import ActionDesk, PolicyRefusal, perform
 
         o = trail["outcome"]
-        ticket = ledger.outcome_ticket(o["outcome_id"])
+        ticket = ledger.outcome_ticket(o.outcome_id)
         plan = draft.actions
         # The refund caps across tickets and runs bind a reviewer too (the order total always;
         # the automatic caps are lifted by the approval).
@@ -384,8 +385,8 @@ class _DeskFactory:
         refused = [f"{d.kind}: {d.reason}" for d in desk.decisions if not d.allowed]
         if refused:
             return [], refused
-        run_dir = rundir.run_dir(self.config.runs_dir, o["run_id"])
+        run_dir = rundir.run_dir(self.config.runs_dir, o.run_id)
         try:
-            return perform(desk.decisions, ticket, draft, run_dir, ledger, o["outcome_id"]), []
+            return perform(desk.decisions, ticket, draft, run_dir, ledger, o.outcome_id), []
         except PolicyRefusal as refusal:
             return [], [f"{REQUEST_REFUND}: {refusal}"]

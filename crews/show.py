@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from .export import describe_actions
 
 if TYPE_CHECKING:
-    from .ledger import Run
+    from .ledger import Outcome, Run
 
 
 def runs_table(runs: list[Run]) -> str:
@@ -49,16 +49,16 @@ def _duration(run: Run) -> str:
     return f"{seconds:.1f}"
 
 
-def run_table(run: Run, outcomes: list[dict]) -> str:
+def run_table(run: Run, outcomes: list[Outcome]) -> str:
     replay = f", replay of {run.replay_of}" if run.replay_of else ""
     lines = [f"run {run.run_id} ({run.status}, model {run.model}, "
              f"started {run.started_utc}{replay})",
              f"{'TICKET_ID':<16} {'STATUS':<12} {'CATEGORY':<13} {'PRIORITY':<8} {'REV':>3}  "
              "REASON / SUBJECT"]
     for o in outcomes:
-        why = o["needs_human_reason"] or o["error"] or o["reason"] or o.get("subject") or ""
-        lines.append(f"{o['ticket_id'][:16]:<16} {o['status']:<12} {o['category']:<13} "
-                     f"{o['priority']:<8} {o['revisions']:>3}  {cut(why, 90)}")
+        why = o.needs_human_reason or o.error or o.reason or o.subject or ""
+        lines.append(f"{o.ticket_id[:16]:<16} {o.status:<12} {o.category:<13} "
+                     f"{o.priority:<8} {o.revisions:>3}  {cut(why, 90)}")
     return "\n".join(lines)
 
 
@@ -94,17 +94,17 @@ def cut(text: object, chars: int) -> str:
 def trail_text(trail: dict) -> str:
     o = trail["outcome"]
     t = trail["ticket"] or {}
-    out = [f"ticket {o['ticket_id']} in run {o['run_id']}: {o['status']}",
-           f"source: {o['source']}   key: {o['ticket_key'] or '-'}   model: {o['model'] or '-'}"]
+    out = [f"ticket {o.ticket_id} in run {o.run_id}: {o.status}",
+           f"source: {o.source}   key: {o.ticket_key or '-'}   model: {o.model or '-'}"]
     if t:
         out += [f"from: {t['customer_name']} <{t['customer']}>   received: {t['received_at']}",
                 f"subject: {t['subject']}", "", _indent(t["body"])]
-    for label, key in (("reason", "reason"), ("needs human", "needs_human_reason"),
-                       ("error", "error")):
-        if o[key]:
-            out.append(f"{label}: {o[key]}")
-    out.append(f"tokens: {o['prompt_tokens']} prompt + {o['completion_tokens']} completion; "
-               f"cost ${o['cost_usd']:.4f}; {o['duration_ms']} ms; revisions: {o['revisions']}")
+    for label, value in (("reason", o.reason), ("needs human", o.needs_human_reason),
+                         ("error", o.error)):
+        if value:
+            out.append(f"{label}: {value}")
+    out.append(f"tokens: {o.prompt_tokens} prompt + {o.completion_tokens} completion; "
+               f"cost ${o.cost_usd:.4f}; {o.duration_ms} ms; revisions: {o.revisions}")
     for s in trail["steps"]:
         out += ["", f"── round {s.round} · {s.step} · {s.agent} ({s.model}, "
                     f"{s.duration_ms} ms, {s.prompt_tokens}+{s.completion_tokens} tokens)"]

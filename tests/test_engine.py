@@ -77,7 +77,7 @@ def test_every_queued_ticket_is_worked_once_within_the_concurrency(tmp_path):
     assert sorted(c[0] for c in calls) == sorted(o for o, _ in todo)  # each once
     assert 1 < peak[0] <= 3
     assert ledger.counts("r1") == {"approved": 24}
-    assert {o["claimed_by"] for o in ledger.outcomes("r1")} == {engine.executor_id}
+    assert {o.claimed_by for o in ledger.outcomes("r1")} == {engine.executor_id}
     ledger.close()
 
 
@@ -189,8 +189,8 @@ def test_a_killed_workers_tickets_are_finished_by_the_live_one_each_once(tmp_pat
         taken = [line().split()[1] for _ in range(2)]  # both its threads busy
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait()
-        held = {o["outcome_id"] for o in ledger.outcomes("r1") if o["status"] == RUNNING
-                and o["claimed_by"] != engine.executor_id}
+        held = {o.outcome_id for o in ledger.outcomes("r1") if o.status == RUNNING
+                and o.claimed_by != engine.executor_id}
         assert held == {int(t) for t in taken}
         gate.set()
         wait_until(lambda: ledger.final_count("r1") == 8, timeout=90)

@@ -161,8 +161,8 @@ def test_process_safely_records_a_failure_instead_of_raising(project):
         status, cost = process_safely(config, ledger, exploding, project / "runs/r1", oid,
                                       ticket)
         row = ledger.outcomes("r1")[0]
-    assert status == Status.FAILED.value and row["status"] == "failed"
-    assert row["error"].startswith("UnicodeEncodeError:")
+    assert status == Status.FAILED.value and row.status == "failed"
+    assert row.error.startswith("UnicodeEncodeError:")
 
 
 # --- output names are unique per outcome ----------------------------------------------------

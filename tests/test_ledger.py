@@ -77,8 +77,8 @@ def test_finished_tickets_are_skipped_and_edits_are_processed(target):
         ledger.start_run("r2", "offline", {}, [])
         todo2 = ledger.add_records("r2", [t("A"), t("B"), t("A", "edited")], reprocess=False)
         assert [(tk.key, tk.body) for _, tk in todo2] == [("B", "hello"), ("A", "edited")]
-        skipped = [o for o in ledger.outcomes("r2") if o["status"] == "skipped"]
-        assert skipped[0]["reason"] == "already approved in run r1 with the same content"
+        skipped = [o for o in ledger.outcomes("r2") if o.status == "skipped"]
+        assert skipped[0].reason == "already approved in run r1 with the same content"
 
         ledger.start_run("r3", "offline", {}, [])
         assert len(ledger.add_records("r3", [t("A")], reprocess=True)) == 1
@@ -94,7 +94,7 @@ def test_status_and_event_are_one_transaction(target):
         except ValueError:
             pass
         trail = ledger.trail("r1", "A")
-        assert trail["outcome"]["status"] == "running"
+        assert trail["outcome"].status == "running"
         assert [e["to_status"] for e in trail["events"]] == ["pending", "running"]
         ledger.record_result(oid, Status.NEEDS_HUMAN, {"needs_human_reason": "why"},
                              [{"round": 0, "step": "draft", "agent": "writer", "model": "m",
@@ -212,8 +212,8 @@ def test_every_reading_method_returns_plain_values(target):
                          "prompt_tokens": 10, "completion_tokens": 5, "duration_ms": 7}
         assert all(type(usage[k]) is int for k in ("calls", "prompt_tokens", "duration_ms"))
         outcome, = ledger.outcomes("r1")
-        assert (outcome["revisions"], outcome["customer"]) == (1, "a@x.example")
-        assert outcome["draft_reply"] in ("nul\x00gone", "nulgone")  # PostgreSQL text has no NUL
+        assert (outcome.revisions, outcome.customer) == (1, "a@x.example")
+        assert outcome.draft_reply in ("nul\x00gone", "nulgone")  # PostgreSQL text has no NUL
         assert ledger.outcome_ticket(oid).body == "hello"
         assert [e["to_status"] for e in ledger.trail("r1", "A")["events"]] == \
             ["pending", "running", "approved"]

@@ -90,7 +90,7 @@ def test_a_result_racing_a_recovery_is_recorded_or_dropped_never_both(pg_url):
         counts = ledger.counts("r1")
         for oid, _ in todo:
             events = ledger.outcome_trail(oid)["events"]
-            assert events[-1]["to_status"] == ledger.review_outcome(oid)["status"]
+            assert events[-1]["to_status"] == ledger.review_outcome(oid).status
             assert [e["to_status"] for e in events].count("approved") <= 1
     assert recorded.count(True) == counts.get("approved", 0)
     assert released == counts.get("pending", 0)

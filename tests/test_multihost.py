@@ -78,8 +78,8 @@ def test_three_hosts_share_a_run_and_a_killed_one_is_taken_over(project, pg_url,
                 assert time.monotonic() < deadline and run.poll() is None
                 run_id = ledger.active_run()
                 held = [o for o in ledger.outcomes(run_id)
-                        if o["status"] == "running" and o["claimed_by"]
-                        and o["claimed_by"] in {w["executor_id"] for w in ledger.workers(run_id)
+                        if o.status == "running" and o.claimed_by
+                        and o.claimed_by in {w["executor_id"] for w in ledger.workers(run_id)
                                                 if w["pid"] == victim.pid}] if run_id else []
                 if held:
                     break
@@ -96,21 +96,21 @@ def test_three_hosts_share_a_run_and_a_killed_one_is_taken_over(project, pg_url,
         run_id = out.strip()
         outcomes = ledger.outcomes(run_id)
         roster = {w["executor_id"]: w for w in ledger.workers(run_id)}
-        events = [e for o in outcomes for e in ledger.outcome_trail(o["outcome_id"])["events"]]
+        events = [e for o in outcomes for e in ledger.outcome_trail(o.outcome_id)["events"]]
     assert len(outcomes) == 48
-    assert {o["status"] for o in outcomes} <= {"approved", "needs_human"}
-    assert len({o["ticket_id"] for o in outcomes}) == 48
+    assert {o.status for o in outcomes} <= {"approved", "needs_human"}
+    assert len({o.ticket_id for o in outcomes}) == 48
     states = sorted((w["role"], w["state"]) for w in roster.values())
     assert states == [("run", "left"), ("worker", "dead"), ("worker", "left"),
                       ("worker", "left")]
     dead = next(e for e, w in roster.items() if w["state"] == "dead")
-    assert {held_o["outcome_id"] for held_o in held} <= {
-        o["outcome_id"] for o in outcomes if o["claimed_by"] != dead}
+    assert {held_o.outcome_id for held_o in held} <= {
+        o.outcome_id for o in outcomes if o.claimed_by != dead}
     assert any(f"from {dead}" in e["detail"] for e in events)  # taken over
-    by = {roster[o["claimed_by"]]["pid"] for o in outcomes}
+    by = {roster[o.claimed_by]["pid"] for o in outcomes}
     assert len(by) >= 3  # the run's process and at least two hosts recorded tickets
     outbox = [p.name for p in (project / "runs").glob("*/outbox/*.eml")]
-    assert len(outbox) == len(set(outbox)) == sum(o["status"] == "approved" for o in outcomes)
+    assert len(outbox) == len(set(outbox)) == sum(o.status == "approved" for o in outcomes)
     assert "127.0.0.1" in peers and peers <= {"127.0.0.1"} | {f"10.77.{i}.2"
                                                               for i in range(1, HOSTS + 1)}
     assert len(peers - {"127.0.0.1"}) >= 2  # at least two hosts asked the model themselves
@@ -133,8 +133,8 @@ def test_a_partitioned_worker_cannot_record_a_ticket_handed_to_another(project, 
                 run_id = ledger.active_run()
                 mine = {w["executor_id"] for w in ledger.workers(run_id) if w["role"] == "worker"} \
                     if run_id else set()
-                held = [o["outcome_id"] for o in ledger.outcomes(run_id)
-                        if o["status"] == "running" and o["claimed_by"] in mine] if mine else []
+                held = [o.outcome_id for o in ledger.outcomes(run_id)
+                        if o.status == "running" and o.claimed_by in mine] if mine else []
                 if held:
                     break
                 time.sleep(0.1)
@@ -150,9 +150,9 @@ def test_a_partitioned_worker_cannot_record_a_ticket_handed_to_another(project, 
         roster = {w["executor_id"]: w for w in ledger.workers(out.strip())}
     (cut_off,) = mine
     assert roster[cut_off]["state"] == "dead"
-    assert len(outcomes) == 16 and len({o["ticket_id"] for o in outcomes}) == 16
-    assert {o["status"] for o in outcomes} <= {"approved", "needs_human"}
-    finished_by = {o["outcome_id"]: o["claimed_by"] for o in outcomes}
+    assert len(outcomes) == 16 and len({o.ticket_id for o in outcomes}) == 16
+    assert {o.status for o in outcomes} <= {"approved", "needs_human"}
+    finished_by = {o.outcome_id: o.claimed_by for o in outcomes}
     assert all(finished_by[h] != cut_off for h in held)  # its tickets were finished elsewhere
     outbox = [p.name for p in (project / "runs").glob("*/outbox/*.eml")]
-    assert len(outbox) == len(set(outbox)) == sum(o["status"] == "approved" for o in outcomes)
+    assert len(outbox) == len(set(outbox)) == sum(o.status == "approved" for o in outcomes)

@@ -81,7 +81,7 @@ def run(config, crew, **kw):
 
 def statuses(config, run_id) -> dict[str, str]:
     with Ledger(config.ledger_url) as ledger:
-        return {o["ticket_id"]: o["status"] for o in ledger.outcomes(run_id)}
+        return {o.ticket_id: o.status for o in ledger.outcomes(run_id)}
 
 
 def test_every_record_ends_in_one_status_and_the_sheet_has_a_row_for_each(
@@ -94,8 +94,8 @@ def test_every_record_ends_in_one_status_and_the_sheet_has_a_row_for_each(
     summary = run(config, crew)
     assert summary.exit_code == ExitCode.FAILED and summary.status == "completed"
     with Ledger(config.ledger_url) as ledger:
-        assert [(o["ticket_id"], o["status"]) for o in ledger.outcomes(summary.run_id)
-                if o["ticket_id"] == "P-0"] == [("P-0", "approved"), ("P-0", "skipped")]
+        assert [(o.ticket_id, o.status) for o in ledger.outcomes(summary.run_id)
+                if o.ticket_id == "P-0"] == [("P-0", "approved"), ("P-0", "skipped")]
     by_ticket = statuses(config, summary.run_id)
     assert by_ticket["P-3"] == "approved"
     assert by_ticket["P-1"] == "failed" and by_ticket["P-2"] == "needs_human"

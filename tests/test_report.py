@@ -92,7 +92,7 @@ def test_report_summarises_the_run(sample, sample_html):
     # Tokens by agent, in tokens only (no pricing given), with the run's totals.
     for agent in ("researcher", "writer", "critic", "executor"):
         assert f"<tr><td>{agent}</td>" in page
-    total = sum(o["prompt_tokens"] + o["completion_tokens"] for o in outcomes)
+    total = sum(o.prompt_tokens + o.completion_tokens for o in outcomes)
     assert f"<td class=num>{total:,}</td>" in page
     assert "Tokens only: no pricing" in page and "cost (USD)" not in page
     assert "Slowest 10" in page and "Most expensive 10" in page
@@ -101,13 +101,13 @@ def test_report_summarises_the_run(sample, sample_html):
 def test_needs_human_queue_lists_reasons_and_proposed_actions(sample, sample_html):
     root, run_id = sample
     with Ledger(root / "runs/ledger.db") as ledger:
-        queue = [o for o in ledger.outcomes(run_id) if o["status"] == "needs_human"]
+        queue = [o for o in ledger.outcomes(run_id) if o.status == "needs_human"]
     assert queue
     section = sample_html.split('id="needs-human"')[1].split('id="failed"')[0]
     assert f"Needs a person ({len(queue)})" in section
     for o in queue:
-        assert f'<span class="tid">{o["ticket_id"]}</span>' in section
-        assert escape(o["needs_human_reason"]) in section
+        assert f'<span class="tid">{o.ticket_id}</span>' in section
+        assert escape(o.needs_human_reason) in section
     assert ('<li class="d-refused">request_refund(order_id=NW-10323, amount=249.0, currency=EUR): '
             "refused (a refund of 249.00 EUR is above the auto-approve limit") in section
     assert "No ticket failed." in sample_html
@@ -152,7 +152,7 @@ def test_hostile_ticket_text_is_escaped(tmp_path, tickets_file):
     with Ledger(root / "runs/ledger.db") as ledger:
         (outcome,) = ledger.outcomes(run_id)
         page = write_report(ledger, run_id, tmp_path / "report.html").read_text("utf-8")
-    assert outcome["status"] == "needs_human"
+    assert outcome.status == "needs_human"
     assert "&lt;script&gt;alert(1)&lt;/script&gt; refund now" in page
     assert "<script" not in page.lower() and "<img" not in page.lower()
 

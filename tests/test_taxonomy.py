@@ -144,9 +144,9 @@ def test_a_users_own_taxonomy_drives_prompt_classifier_and_review_sheet(project,
 
     with Ledger(project / "runs/ledger.db") as ledger:
         (outcome,) = ledger.outcomes(run_id)
-        steps = ledger.outcome_trail(outcome["outcome_id"])["steps"]
-    assert outcome["category"] == "gift_cards"
-    tags = [a["args"] for a in json.loads(outcome["actions_json"]) if a["kind"] == "tag_ticket"]
+        steps = ledger.outcome_trail(outcome.outcome_id)["steps"]
+    assert outcome.category == "gift_cards"
+    tags = [a["args"] for a in json.loads(outcome.actions_json) if a["kind"] == "tag_ticket"]
     assert tags == [{"queue": "billing"}]
     draft = next(s for s in steps if s.step == "draft")
     assert draft.output["category"] == "gift_cards"

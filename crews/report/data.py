@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from functools import cached_property
 
 from ..export import describe_actions
-from ..ledger import Run
+from ..ledger import Outcome, Run
 from ..pricing import cost_usd
 from ..ticket import ExitCode, RunStatus
 from .charts import percentile
@@ -45,7 +45,7 @@ class Finding:
 @dataclass
 class ReportData:
     run: Run
-    outcomes: list[dict]
+    outcomes: list[Outcome]
     usage: list[dict]
     findings: list[Finding]
     verdicts: Counter
@@ -58,18 +58,18 @@ class ReportData:
 
     @cached_property
     def counts(self) -> Counter:
-        return Counter(o["status"] for o in self.outcomes)
+        return Counter(o.status for o in self.outcomes)
 
     @cached_property
-    def processed(self) -> list[dict]:
-        return [o for o in self.outcomes if o["status"] in PROCESSED]
+    def processed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status in PROCESSED]
 
     @property
     def options(self) -> dict:
         return _json(self.run.options_json) or {}
 
-    def with_status(self, status: str) -> list[dict]:
-        return [o for o in self.outcomes if o["status"] == status]
+    def with_status(self, status: str) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == status]
 
 
 def collect(ledger, run_id: str, pricing: dict | None = None) -> ReportData:
@@ -184,9 +184,9 @@ class Tile:
 
 def tiles(data: ReportData) -> list[Tile]:
     counts, total = data.counts, len(data.outcomes)
-    tokens_in = sum(o["prompt_tokens"] for o in data.outcomes)
-    tokens_out = sum(o["completion_tokens"] for o in data.outcomes)
-    durations = [o["duration_ms"] for o in data.processed]
+    tokens_in = sum(o.prompt_tokens for o in data.outcomes)
+    tokens_out = sum(o.completion_tokens for o in data.outcomes)
+    durations = [o.duration_ms for o in data.processed]
     out = [Tile("Records", n(total), "read from the sources")]
     for status in PROCESSED:
         out.append(Tile(status.replace("_", " ").capitalize(), n(counts.get(status, 0)),
@@ -196,7 +196,7 @@ def tiles(data: ReportData) -> list[Tile]:
                  "unusable input · already done"),
             Tile("Tokens", compact(tokens_in + tokens_out),
                  f"{compact(tokens_in)} prompt · {compact(tokens_out)} completion"),
-            Tile("Cost", usd(sum(o["cost_usd"] for o in data.outcomes)), "recorded per ticket"),
+            Tile("Cost", usd(sum(o.cost_usd for o in data.outcomes)), "recorded per ticket"),
             Tile("Latency p50", ms(percentile(durations, .5)),
                  f"p90 {ms(percentile(durations, .9))} · p99 {ms(percentile(durations, .99))}")]
     pending = counts.get("pending", 0) + counts.get("running", 0)
@@ -208,11 +208,11 @@ def tiles(data: ReportData) -> list[Tile]:
 # --- outcomes, findings, revisions -----------------------------------------------------------------
 
 
-def by_category(processed: list[dict]) -> list[tuple[str, Counter]]:
+def by_category(processed: list[Outcome]) -> list[tuple[str, Counter]]:
     """Processed tickets per category (most first), counted by status."""
     by_cat: dict[str, Counter] = defaultdict(Counter)
     for o in processed:
-        by_cat[o["category"] or "(none)"][o["status"]] += 1
+        by_cat[o.category or "(none)"][o.status] += 1
     return sorted(by_cat.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
 
 
@@ -253,12 +253,12 @@ def finding_groups(findings: list[Finding]) -> list[FindingGroup]:
     return out
 
 
-def by_revisions(processed: list[dict], limit) -> list[tuple[int, Counter]]:
+def by_revisions(processed: list[Outcome], limit) -> list[tuple[int, Counter]]:
     """Processed tickets per number of revisions, from 0 to the most (or the limit), by status."""
-    top = max([o["revisions"] for o in processed] + [limit if isinstance(limit, int) else 0])
+    top = max([o.revisions for o in processed] + [limit if isinstance(limit, int) else 0])
     by_rev: dict[int, Counter] = defaultdict(Counter)
     for o in processed:
-        by_rev[o["revisions"]][o["status"]] += 1
+        by_rev[o.revisions][o.status] += 1
     return [(r, by_rev[r]) for r in range(top + 1)]
 
 
@@ -268,9 +268,9 @@ def reason_kind(reason: str) -> str:
     return head or "(no reason recorded)"
 
 
-def reasons(outcomes: list[dict]) -> list[tuple[str, int]]:
-    return Counter(reason_kind(o["needs_human_reason"]) for o in outcomes
-                   if o["status"] == "needs_human").most_common()
+def reasons(outcomes: list[Outcome]) -> list[tuple[str, int]]:
+    return Counter(reason_kind(o.needs_human_reason) for o in outcomes
+                   if o.status == "needs_human").most_common()
 
 
 # --- tokens, knowledge, latency --------------------------------------------------------------------
@@ -320,7 +320,7 @@ def usage(data: ReportData) -> Usage:
     order = sorted(agents, key=lambda name: (
         AGENT_ORDER.index(name) if name in AGENT_ORDER else len(AGENT_ORDER), name))
     return Usage([agents[name] for name in order], sorted(unpriced), data.pricing is not None,
-                 sum(o["cost_usd"] for o in data.outcomes))
+                 sum(o.cost_usd for o in data.outcomes))
 
 
 @dataclass
@@ -398,15 +398,15 @@ def latency_marks(durations: list[float]) -> list[tuple[str, float, str]]:
     return [(name, v, color) for name, v, color in marks if v is not None]
 
 
-def slowest(processed: list[dict]) -> list[dict]:
-    return sorted(processed, key=lambda o: (-o["duration_ms"], o["outcome_id"]))[:TOP_N]
+def slowest(processed: list[Outcome]) -> list[Outcome]:
+    return sorted(processed, key=lambda o: (-o.duration_ms, o.outcome_id))[:TOP_N]
 
 
-def dearest(processed: list[dict]) -> list[dict]:
+def dearest(processed: list[Outcome]) -> list[Outcome]:
     """The most expensive tickets; by tokens where nothing has a recorded cost."""
-    return sorted(processed, key=lambda o: (-o["cost_usd"], -(o["prompt_tokens"] +
-                                                              o["completion_tokens"]),
-                                            o["outcome_id"]))[:TOP_N]
+    return sorted(processed, key=lambda o: (-o.cost_usd, -(o.prompt_tokens +
+                                                              o.completion_tokens),
+                                            o.outcome_id))[:TOP_N]
 
 
 def action_lines(actions_json: str) -> list[tuple[str, str]]:

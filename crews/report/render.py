@@ -52,7 +52,7 @@ def page_context(report: data.ReportData) -> dict:
     counts, processed = report.counts, report.processed
     statuses = data.ordered_statuses(counts)
     usage = data.usage(report)
-    durations = [float(o["duration_ms"]) for o in processed]
+    durations = [float(o.duration_ms) for o in processed]
     marks = data.latency_marks(durations)
     knowledge = data.knowledge(report.searches)
     limit = report.options.get("revision_limit")
@@ -72,7 +72,7 @@ def page_context(report: data.ReportData) -> dict:
         "methods": ", ".join(f"{m} ({k:,})" for m, k in knowledge.methods) if knowledge else "",
         "marks": marks, "durations": durations,
         "slow": data.slowest(processed), "dear": data.dearest(processed),
-        "priced_tickets": any(o["cost_usd"] for o in processed),
+        "priced_tickets": any(o.cost_usd for o in processed),
         "queue": report.with_status("needs_human"), "failed": report.with_status("failed"),
         "rejected": report.with_status("rejected"), "limit": data.TABLE_LIMIT,
         "action_lines": data.action_lines,
