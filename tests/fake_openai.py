@@ -79,6 +79,7 @@ class Faults:
 @dataclass
 class BatchFaults:
     delay_s: float = 0.0                 # from creation until a batch is done
+    delayed_batches: int = 0             # only the first N batches wait delay_s (0: every one)
     # A line's error status (e.g. 500) or None, given {custom_id, body}; errors go to the error file.
     fail_line: Callable[[dict], int | None] | None = None
     # Answer only the first N lines of the next `expire_batches` batches; the batch then ends
@@ -481,7 +482,9 @@ class BatchAPI:
                 fate = "cancelled"
             b = {"id": batch_id, "seq": self.created, "lines": lines, "body": body,
                  "status": "in_progress", "created_at": time.time(), "fate": fate,
-                 "ready_at": time.time() + faults.delay_s, "answers": None, "cancel": False,
+                 "ready_at": time.time() + (faults.delay_s if not faults.delayed_batches or
+                                            self.created <= faults.delayed_batches else 0),
+                 "answers": None, "cancel": False,
                  "expire_after": faults.expire_after, "fail_line": faults.fail_line,
                  "output_file_id": None, "error_file_id": None, "errors": None,
                  "done_at": None}

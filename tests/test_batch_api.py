@@ -268,7 +268,8 @@ def check_exactly_once(project, server, tickets: int):
 
 def test_kill_9_while_a_batch_is_pending_resumes_polling_it(project):
     configure(project)
-    with FakeOpenAI(batch=BatchFaults(delay_s=4)) as server:
+    # The first two waves are slow (the kill comes while the second is pending); the rest not.
+    with FakeOpenAI(batch=BatchFaults(delay_s=4, delayed_batches=2)) as server:
         proc = crewbatch(project, "run", "--model", "fake-model", "--limit", "6", "--batch-api",
                          env=env_for(server))
         deadline = time.monotonic() + 120
@@ -305,7 +306,8 @@ def test_kill_9_while_a_batch_is_pending_resumes_polling_it(project):
 
 def test_a_time_limit_while_a_batch_is_pending_exits_3_and_the_next_run_polls_it(project):
     configure(project)
-    with FakeOpenAI(batch=BatchFaults(delay_s=8)) as server:
+    # Only the first wave's batch is slow: the run's time limit falls while it is pending.
+    with FakeOpenAI(batch=BatchFaults(delay_s=8, delayed_batches=1)) as server:
         started = time.monotonic()
         first = crewbatch(project, "run", "--model", "fake-model", "--limit", "4",
                           "--batch-api", "--max-minutes", "0.05", env=env_for(server))
