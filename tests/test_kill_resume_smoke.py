@@ -17,7 +17,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import kill_resume  # noqa: E402
 
-pytestmark = pytest.mark.slow  # end to end: real processes and servers (README: Development)
+# End to end: real processes and servers (README: Development). The hosts share the 10.77.i.0/24
+# addresses (tests/netns.py), so under pytest-xdist these files run in one worker, one at a time.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("netns")]
 
 
 def test_two_kills_then_a_final_run_finish_every_ticket_once(tmp_path, capsys):

@@ -20,7 +20,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import netns  # noqa: E402
 from fake_openai import FakeOpenAI, Faults  # noqa: E402
 
-pytestmark = pytest.mark.slow  # end to end: real processes and servers (README: Development)
+# End to end: real processes and servers (README: Development). The hosts share the 10.77.i.0/24
+# addresses (tests/netns.py), so under pytest-xdist these files run in one worker, one at a time.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("netns")]
 
 REPO = Path(__file__).resolve().parents[1]
 HOSTS = 3
