@@ -303,7 +303,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
                                                config.runs_dir)
                 report.write_report(ledger, run_id, rundir.report(run_dir),
                                     config.settings.pricing)
-                cost = sum(o.cost_usd for o in ledger.outcomes(run_id))
+                cost = ledger.run_cost(run_id)
                 log.info("run finished", run_id=run_id, status=status, exit_code=exit_code,
                          counts=counts, cost_usd=round(cost, 6), reason=stop_reason)
                 log.close()

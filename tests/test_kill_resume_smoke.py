@@ -78,8 +78,11 @@ def test_killing_worker_hosts_beside_a_run(tmp_path, capsys, pg_url):
     except netns.Unavailable as why:
         pytest.skip(f"worker hosts need network namespaces: {why}")
     out = tmp_path / "report.json"
+    # 0.6 s a request: the run lasts long enough for a second host's worker to start and join it
+    # on a loaded machine (at 0.3 s, beside three other test workers, the run once finished
+    # before host 2's worker had joined).
     code = kill_resume.main(["--tickets", "30", "--kills", "2", "--concurrency", "6",
-                             "--latency", "0.3", "--kill", "worker", "--hosts", "2",
+                             "--latency", "0.6", "--kill", "worker", "--hosts", "2",
                              "--lease", "3", "--seed", "4", "--database-url", pg_url,
                              "--out", str(out)])
     table = capsys.readouterr().out

@@ -16,6 +16,8 @@ import pytest
 from crews.ledger import SCHEMA_VERSION, Ledger
 from crews.ticket import Rejection, Status, Ticket
 
+# Record numbers (and sources x.csv:N) unique across the module's tests, whichever worker runs
+# them and in what order; hand-made records below use numbers from 10,000 on.
 _records = iter(range(1, 10_000))
 
 
@@ -66,7 +68,7 @@ def test_finished_tickets_are_skipped_and_edits_are_processed(target):
     with Ledger(target) as ledger:
         ledger.start_run("r1", "offline", {}, [])
         todo = ledger.add_records("r1", [t("A"), t("B"), t("A"),
-                                         Rejection(4, "x.csv:4", "empty")], reprocess=False)
+                                         Rejection(10_000, "x.csv:10000", "empty")], reprocess=False)
         assert [tk.key for _, tk in todo] == ["A", "B"]
         assert ledger.counts("r1") == {"pending": 2, "skipped": 1, "rejected": 1}
         for oid, _ in todo:
