@@ -266,6 +266,7 @@ def check_exactly_once(project, server, tickets: int):
     assert len(outbox) == len(set(outbox)) == approved
 
 
+@pytest.mark.slow  # two crewbatch processes end to end, 20-30 s
 def test_kill_9_while_a_batch_is_pending_resumes_polling_it(project):
     configure(project)
     # The first two waves are slow (the kill comes while the second is pending); the rest not.
@@ -304,20 +305,23 @@ def test_kill_9_while_a_batch_is_pending_resumes_polling_it(project):
                                                 for line in b["lines"]}
 
 
+@pytest.mark.slow  # two crewbatch processes end to end, 20-30 s
 def test_a_time_limit_while_a_batch_is_pending_exits_3_and_the_next_run_polls_it(project):
     configure(project)
-    # Only the first wave's batch is slow: the run's time limit falls while it is pending.
-    with FakeOpenAI(batch=BatchFaults(delay_s=8, delayed_batches=1)) as server:
+    # The first wave's batch stays pending until the test lets it finish, so the run's time
+    # limit (15 s: start-up on a loaded machine fits in it) falls while it is pending.
+    with FakeOpenAI(batch=BatchFaults(delay_s=600, delayed_batches=1)) as server:
         started = time.monotonic()
         first = crewbatch(project, "run", "--model", "fake-model", "--limit", "4",
-                          "--batch-api", "--max-minutes", "0.05", env=env_for(server))
+                          "--batch-api", "--max-minutes", "0.25", env=env_for(server))
         out, err = first.communicate(timeout=120)
         took = time.monotonic() - started
         assert first.returncode == 3, err
         assert "every ticket in flight waits on a pending batch" in err
         assert server.batch_api.created == 1
         waiting = next(iter(server.batch_api.batches.values()))
-        assert waiting["status"] == "in_progress" and took < 8 + 30
+        assert waiting["status"] == "in_progress" and took < 15 + 45  # not the batch's 600 s
+        server.batch_api.finish_now(waiting["id"])
         second = crewbatch(project, "run", "--model", "fake-model", "--limit", "4",
                            "--batch-api", env=env_for(server))
         out2, err2 = second.communicate(timeout=300)

@@ -23,6 +23,9 @@ from fake_openai import FakeOpenAI, Faults  # noqa: E402
 # End to end: real processes and servers (README: Development). The hosts share the 10.77.i.0/24
 # addresses (tests/netns.py), so under pytest-xdist these files run in one worker, one at a time.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("netns")]
+# Seconds a model request takes until the worker a test acts on holds tickets (then the test's
+# own latency): the run must not finish before a worker host has started and joined it.
+STARTING_LATENCY_S = 4.0
 
 REPO = Path(__file__).resolve().parents[1]
 HOSTS = 3
@@ -68,7 +71,9 @@ def start_run(project: Path, server: FakeOpenAI, pg_url: str, *args: str):
 def test_three_hosts_share_a_run_and_a_killed_one_is_taken_over(project, pg_url, hosts):
     settings = project / "config/settings.yaml"
     settings.write_text(settings.read_text() + "\nlease_s: 3\n")
-    with FakeOpenAI(Faults(latency_s=0.5), host="0.0.0.0") as server:
+    # Slow answers until the victim holds tickets: on a loaded machine its start-up (CrewAI's
+    # import) once took longer than the whole run at 0.5 s a request.
+    with FakeOpenAI(Faults(latency_s=STARTING_LATENCY_S), host="0.0.0.0") as server:
         workers = [start_worker(project, server, pg_url, ns, i)
                    for i, ns in enumerate(hosts, start=1)]
         run = start_run(project, server, pg_url, "--limit", "48", "--concurrency", "8",
@@ -86,6 +91,7 @@ def test_three_hosts_share_a_run_and_a_killed_one_is_taken_over(project, pg_url,
                 if held:
                     break
                 time.sleep(0.1)
+        server.inject(Faults(latency_s=0.5))
         victim.send_signal(signal.SIGKILL)
         out, err = run.communicate(timeout=300)
         for w in workers[1:]:
@@ -124,7 +130,7 @@ def test_a_partitioned_worker_cannot_record_a_ticket_handed_to_another(project, 
     worker's late results are refused by the ledger's fence and it leaves."""
     settings = project / "config/settings.yaml"
     settings.write_text(settings.read_text() + "\nlease_s: 3\n")
-    with FakeOpenAI(Faults(latency_s=1.0), host="0.0.0.0") as server:
+    with FakeOpenAI(Faults(latency_s=STARTING_LATENCY_S), host="0.0.0.0") as server:
         worker = start_worker(project, server, pg_url, hosts[0], 1)
         run = start_run(project, server, pg_url, "--limit", "16", "--concurrency", "4",
                         "--worker-concurrency", "2")
@@ -140,6 +146,7 @@ def test_a_partitioned_worker_cannot_record_a_ticket_handed_to_another(project, 
                 if held:
                     break
                 time.sleep(0.1)
+            server.inject(Faults(latency_s=1.0))
             netns.cut(1)
             try:
                 out, err = run.communicate(timeout=300)  # finished without the cut-off worker
