@@ -17,9 +17,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import kill_resume  # noqa: E402
 
-# End to end: real processes and servers (README: Development). The hosts share the 10.77.i.0/24
-# addresses (tests/netns.py), so under pytest-xdist these files run in one worker, one at a time.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("netns")]
+# End to end: real processes and servers (README: Development). Worker hosts must start and join
+# a run while it lasts, and the hosts share the 10.77.i.0/24 addresses (tests/netns.py): these run
+# `alone`, after the parallel part of the suite, in one process.
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 
 def test_two_kills_then_a_final_run_finish_every_ticket_once(tmp_path, capsys):

@@ -20,9 +20,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 import netns  # noqa: E402
 from fake_openai import FakeOpenAI, Faults  # noqa: E402
 
-# End to end: real processes and servers (README: Development). The hosts share the 10.77.i.0/24
-# addresses (tests/netns.py), so under pytest-xdist these files run in one worker, one at a time.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("netns")]
+# End to end: real processes and servers (README: Development). Worker hosts must start and join
+# a run while it lasts, and the hosts share the 10.77.i.0/24 addresses (tests/netns.py): these run
+# `alone`, after the parallel part of the suite, in one process.
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 # Seconds a model request takes until the worker a test acts on holds tickets (then the test's
 # own latency): the run must not finish before a worker host has started and joined it.
 STARTING_LATENCY_S = 4.0
