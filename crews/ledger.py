@@ -605,12 +605,19 @@ class Outcome:
 
     @classmethod
     def from_row(cls, row) -> Outcome:
+        """One row of `OUTCOME_ROWS`."""
         return cls(**dict(row))
 
     @property
     def actions(self) -> list[dict]:
         """The proposed actions and what became of each (`actions_json`), parsed."""
         return json.loads(self.actions_json or "[]")
+
+
+# What an `Outcome` is read from: every column of `outcomes` and the three of its ticket.
+OUTCOME_ROWS = ("SELECT o.*, t.received_at, t.customer, t.subject FROM outcomes o "
+                "LEFT JOIN tickets t ON t.ticket_key = o.ticket_key AND t.content_hash = "
+                "o.content_hash ")
 
 
 @dataclass(frozen=True)
@@ -1569,10 +1576,8 @@ class Ledger:
 
     def outcomes(self, run_id: str) -> list[Outcome]:
         with self._lock:
-            rows = self._db.execute(
-                "SELECT o.*, t.received_at, t.customer, t.subject FROM outcomes o "
-                "LEFT JOIN tickets t ON t.ticket_key = o.ticket_key AND t.content_hash = "
-                "o.content_hash WHERE o.run_id = ? ORDER BY o.outcome_id", (run_id,)).fetchall()
+            rows = self._db.execute(OUTCOME_ROWS + "WHERE o.run_id = ? ORDER BY o.outcome_id",
+                                    (run_id,)).fetchall()
             return [Outcome.from_row(r) for r in rows]
 
     def ticket(self, key: str, chash: str) -> dict | None:
@@ -1637,10 +1642,8 @@ class Ledger:
         """One outcome as `outcomes` lists it (with its ticket's customer): what a review sheet's
         `ref` signs, read back by `review apply` to check the row against."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT o.*, t.received_at, t.customer, t.subject FROM outcomes o "
-                "LEFT JOIN tickets t ON t.ticket_key = o.ticket_key AND t.content_hash = "
-                "o.content_hash WHERE o.outcome_id = ?", (outcome_id,)).fetchone()
+            row = self._db.execute(OUTCOME_ROWS + "WHERE o.outcome_id = ?",
+                                   (outcome_id,)).fetchone()
             return Outcome.from_row(row) if row else None
 
     def outcome_trail(self, outcome_id: int) -> dict | None:
