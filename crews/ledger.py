@@ -235,8 +235,8 @@ CREATE INDEX workers_run ON workers (run_id, state);
 -- The worker holding a running ticket: only it may record the ticket's result (a fence against
 -- a worker that was cut off while its ticket was handed to another).
 ALTER TABLE outcomes ADD COLUMN claimed_by TEXT NOT NULL DEFAULT '';
--- The ticket's DBOS workflow (its model requests are checkpointed there), and the outcome of a
--- later run that resumed this unfinished one from those checkpoints.
+-- The ticket's DBOS workflow, and the outcome of a later run that resumed this unfinished one
+-- from its checkpoints (since migration 8 in `checkpoints`; before, DBOS steps).
 ALTER TABLE outcomes ADD COLUMN workflow_id TEXT NOT NULL DEFAULT '';
 ALTER TABLE outcomes ADD COLUMN resumed_by INTEGER;
 -- Why the run's workers must start no new ticket (budget, time limit, a stop signal), or ''.
@@ -294,6 +294,21 @@ CREATE TABLE batch_requests (
     answered_utc    TEXT
 );
 CREATE INDEX batch_requests_by_batch ON batch_requests (batch_no)
+"""),
+    (8, """
+-- Each model request of a ticket being worked, checkpointed as its answer arrives (the engine's
+-- durable step): a ticket resumed after a crash, a stop or a worker's death is answered from here
+-- up to the request that was in flight, instead of asking the model again. `seq` is the request's
+-- place in the ticket, from 1. A ticket's rows pass to the outcome that resumes it and go when
+-- its result is recorded (the recording, model_calls and blobs, keeps what audit and replay need).
+CREATE TABLE checkpoints (
+    outcome_id     INTEGER NOT NULL,
+    seq            INTEGER NOT NULL,
+    request_hash   TEXT NOT NULL,
+    response_json  TEXT NOT NULL,
+    created_utc    TEXT NOT NULL,
+    PRIMARY KEY (outcome_id, seq)
+)
 """),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -1110,21 +1125,27 @@ class Ledger:
                 return None
             db.execute("UPDATE outcomes SET resumed_by = ? WHERE outcome_id = ?",
                        (outcome_id, row["outcome_id"]))
+            db.execute("UPDATE checkpoints SET outcome_id = ? WHERE outcome_id = ?",
+                       (outcome_id, row["outcome_id"]))
             return row["outcome_id"], row["workflow_id"]
 
-    def current_outcome(self, outcome_id: int) -> int:
-        """The outcome that now stands for `outcome_id`'s attempt: itself, or the later one that
-        resumed it (following the chain)."""
+    def checkpoints(self, outcome_id: int) -> dict[int, dict]:
+        """The outcome's checkpointed model answers by their place in the ticket:
+        {seq: {"request_hash": …, "response": …}} (engine.Checkpoints)."""
         with self._lock:
-            seen = set()
-            while outcome_id not in seen:
-                seen.add(outcome_id)
-                row = self._db.execute("SELECT resumed_by FROM outcomes WHERE outcome_id = ?",
-                                       (outcome_id,)).fetchone()
-                if row is None or row["resumed_by"] is None:
-                    return outcome_id
-                outcome_id = row["resumed_by"]
-            return outcome_id
+            rows = self._db.execute("SELECT seq, request_hash, response_json FROM checkpoints "
+                                    "WHERE outcome_id = ?", (outcome_id,)).fetchall()
+        return {r["seq"]: {"request_hash": r["request_hash"],
+                           "response": json.loads(r["response_json"])} for r in rows}
+
+    def checkpoint(self, outcome_id: int, seq: int, request_hash: str, response: dict) -> None:
+        """Checkpoint the answer to the outcome's `seq`-th model request. A row already there
+        (a worker declared dead wrote it too) stays: both answer the same request."""
+        with self._tx() as db:
+            db.execute("INSERT INTO checkpoints (outcome_id, seq, request_hash, response_json, "
+                       "created_utc) VALUES (?, ?, ?, ?, ?) ON CONFLICT (outcome_id, seq) DO "
+                       "NOTHING", (outcome_id, seq, request_hash,
+                                   json.dumps(response, ensure_ascii=False), utc_now()))
 
     def pause_model(self, model: str, until_s: float) -> None:
         """Hold every worker's requests to `model` until `until_s` (a Retry-After), never
@@ -1316,6 +1337,7 @@ class Ledger:
                     "created_utc) VALUES (?, ?, ?, ?, ?, ?)",
                     (outcome_id, a["kind"], json.dumps(a["args"], ensure_ascii=False),
                      a["decision"], a.get("reason", ""), now))
+            db.execute("DELETE FROM checkpoints WHERE outcome_id = ?", (outcome_id,))
             self._transition(db, outcome_id, status.value, detail, fields)
         self._remember_blobs(row[0] for row in packed)
         return True
