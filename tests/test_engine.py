@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from crews.engine import Engine
+from crews.engine import Checkpoints, Engine
 from crews.ledger import Ledger
 from crews.ticket import RUNNING, Status, Ticket
 
@@ -204,6 +204,29 @@ def test_a_killed_workers_tickets_are_finished_by_the_live_one_each_once(tmp_pat
     states = {w["role"]: w["state"] for w in ledger.workers("r1")}
     assert states == {"worker": "dead", "run": "left"}
     ledger.close()
+
+
+def test_checkpoints_answer_the_finished_requests_and_record_each_new_answer(tmp_path):
+    """A ticket worked again is answered from its checkpoints up to the first request that has
+    none; from there every answer is asked for and checkpointed, by its place in the ticket."""
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        ledger.start_run("r1", "offline", {}, [])
+        (oid, _), = ledger.add_records("r1", tickets(1), False)
+        ledger.checkpoint(oid, 1, "h1", {"content": "checkpointed"})
+        asked = []
+
+        def ask(n):
+            def answer():
+                asked.append(n)
+                return {"request_hash": f"h{n}", "response": {"content": f"asked {n}"}}
+            return answer
+
+        step = Checkpoints(ledger, oid)
+        assert step(ask(1)) == {"request_hash": "h1", "response": {"content": "checkpointed"}}
+        assert step(ask(2)) == {"request_hash": "h2", "response": {"content": "asked 2"}}
+        assert step(ask(3))["response"] == {"content": "asked 3"}
+        assert asked == [2, 3]
+        assert sorted(Checkpoints(ledger, oid).done) == [1, 2, 3]
 
 
 RUN_WORKER = textwrap.dedent("""

@@ -237,3 +237,29 @@ def test_refund_caps_are_checked_in_the_reserving_transaction(target):
         history = ledger.refund_history("NW-1", "a@x.example")
         assert [(r["idempotency_key"], r["amount"], r["currency"]) for r in history.rows] == \
             [("k1", 30.0, "USD")]
+
+
+def test_checkpoints_pass_to_the_resuming_attempt_once_and_go_with_its_result(target):
+    """The model answers a crashed run's ticket had checkpointed are the next attempt's (the
+    engine answers from them), once; a second copy of a request's answer (a worker declared
+    dead wrote it too) does not replace the first; recording the result deletes them."""
+    with Ledger(target) as ledger:
+        ledger.start_run("r1", "offline", {}, [])
+        (first, _), = ledger.add_records("r1", [t("A")], reprocess=False)
+        ledger.set_workflow(first, "r1:w")
+        assert ledger.claim(first, "worker 1")
+        ledger.checkpoint(first, 1, "h1", {"type": "text", "content": "één"})
+        ledger.checkpoint(first, 2, "h2", {"type": "text", "content": "two"})
+        ledger.checkpoint(first, 2, "h2", {"type": "text", "content": "a late copy"})
+        assert ledger.recover_crashed_runs("died") == ["r1"]
+        ledger.start_run("r2", "offline", {}, [])
+        (second, _), = ledger.add_records("r2", [t("A")], reprocess=False)
+        assert ledger.resumable(second) == (first, "r1:w")
+        assert ledger.checkpoints(second) == {
+            1: {"request_hash": "h1", "response": {"type": "text", "content": "één"}},
+            2: {"request_hash": "h2", "response": {"type": "text", "content": "two"}}}
+        assert ledger.checkpoints(first) == {}
+        assert ledger.resumable(second) is None
+        assert ledger.claim(second, "worker 2")
+        assert ledger.record_result(second, Status.APPROVED, {}, [], [], "done")
+        assert ledger.checkpoints(second) == {}
