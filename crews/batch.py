@@ -14,8 +14,9 @@ batch files behind an ordinary model interface.
 Exactly once: a request's custom_id is its ticket (the first outcome of its chain of attempts),
 round, step, its number in the ticket, its attempt and a hash of its body — the same after a
 crash. Batch, input file and custom_ids are in the ledger before anything is submitted; a run that
-starts finds the batches an earlier one left open, polls them, and a ticket resumed from its DBOS
-checkpoints asks its in-flight request again under the same custom_id and waits on that batch.
+starts finds the batches an earlier one left open, polls them, and a ticket resumed from its
+checkpoints (engine.Checkpoints) asks its in-flight request again under the same custom_id and
+waits on that batch.
 A downloaded line is stored in the ledger and answers its custom_id from then on. A line the
 batch did not answer (expired, cancelled, failed batch) or answered with an error goes back
 to the retry policy (calls.py), whose next attempt joins the next wave.
