@@ -293,7 +293,7 @@ class Engine:
 
         earlier = self.ledger.resumable(outcome_id)
         if earlier is not None:
-            LOG.info("ticket %s resumes outcome %s from its checkpoints", outcome_id, earlier[0])
+            LOG.info("ticket %s resumes outcome %s from its checkpoints", outcome_id, earlier)
         workflow_id = f"{self.run_id}:{outcome_id}"
         with SetWorkflowID(workflow_id):
             self.queue.enqueue(_workflow, self.run_id, outcome_id)

@@ -1108,14 +1108,14 @@ class Ledger:
             db.execute("UPDATE outcomes SET workflow_id = ? WHERE outcome_id = ?",
                        (workflow_id, outcome_id))
 
-    def resumable(self, outcome_id: int) -> tuple[int, str] | None:
-        """An earlier attempt at this outcome's ticket (same key and content) that a run left
-        unfinished — crashed, interrupted or stopped — with a workflow whose checkpoints a new
-        attempt can resume from: (its outcome_id, its workflow_id), claimed for this outcome
-        (`resumed_by`, so it is resumed once), or None."""
+    def resumable(self, outcome_id: int) -> int | None:
+        """The earlier attempt at this outcome's ticket (same key and content) that a run left
+        unfinished — crashed, interrupted or stopped — after queueing it, or None. It is claimed
+        for this outcome (`resumed_by`, so it is resumed once) and its checkpoints become this
+        outcome's, in one transaction."""
         with self._tx() as db:
             row = db.execute(
-                "SELECT p.outcome_id, p.workflow_id FROM outcomes o JOIN outcomes p ON "
+                "SELECT p.outcome_id FROM outcomes o JOIN outcomes p ON "
                 "p.ticket_key = o.ticket_key AND p.content_hash = o.content_hash AND "
                 "p.outcome_id < o.outcome_id JOIN runs r ON r.run_id = p.run_id WHERE "
                 "o.outcome_id = ? AND p.status = ? AND p.workflow_id <> '' AND p.resumed_by IS "
@@ -1127,7 +1127,7 @@ class Ledger:
                        (outcome_id, row["outcome_id"]))
             db.execute("UPDATE checkpoints SET outcome_id = ? WHERE outcome_id = ?",
                        (outcome_id, row["outcome_id"]))
-            return row["outcome_id"], row["workflow_id"]
+            return row["outcome_id"]
 
     def checkpoints(self, outcome_id: int) -> dict[int, dict]:
         """The outcome's checkpointed model answers by their place in the ticket:
