@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import export, intake, report, rundir, worker
-from .engine import Engine
+from .engine import BATCH_POLL_S, POLL_S, Engine
 from .ledger import Ledger, LedgerError
 from .llms import preflight, role_models
 from .lock import LockHeld, RunLock
@@ -267,7 +267,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
             engine = Engine(ledger, config.ledger_url, config.runs_dir, run_id, process,
                             concurrency=options.concurrency, threads=share(options),
                             should_stop=should_stop, lease_s=config.settings.lease_s,
-                            role="run")
+                            role="run", poll_s=BATCH_POLL_S if options.batch_api else POLL_S)
             engine.start()
             ledger.owner = engine.executor_id
             if collector is not None:
