@@ -2,7 +2,8 @@
 
 research → draft ⇄ review → execute. Each step is a real CrewAI `Task` (built per ticket) executed
 by a real pooled `Agent` that runs one execution at a time, so concurrent tickets never share
-an executor, with `Task.execute_sync` in the ticket's own thread — not wrapped in a `Crew`, which
+an executor, through `Agent.execute_task` in the ticket's own thread (`executor.execute_task`:
+not `Task.execute_sync`, whose extras a step never uses) — not wrapped in a `Crew`, which
 would write a replay log of every task output (ticket text included) to a SQLite file in
 CrewAI's storage: a third of the CPU per ticket, and a copy of customer data outside the ledger.
 The orchestration a Crew would add is ours anyway. The agents run on our `LeanExecutor`
@@ -36,7 +37,7 @@ from .action_kinds import ESCALATE_TO_HUMAN, QUEUE_REPLY, REQUEST_REFUND, TAG_TI
 from .action_tools import action_tools
 from .actions import ActionDesk, Decision
 from .calls import request_counter, request_done, share_generic_cache, step_key, ticket_deadline
-from .executor import StepAgent
+from .executor import StepAgent, execute_task
 from .knowledge import KnowledgeBase, Orders
 from .outputs import Draft, Finding, ProposedAction, models
 from .recording import RequestChanged, Tape, current_exchange, recording_step
@@ -309,7 +310,7 @@ class CrewRunner:
         try:
             # The ticket's own tools (bound to its customer and evidence) go with the task; the
             # agent's executor takes them for this execution only.
-            output = task.execute_sync(agent=agent, tools=tools)
+            raw, structured = execute_task(task, agent, tools)
         finally:
             self._checkin(role, agent)
             step_key.reset(stepped)
@@ -317,19 +318,18 @@ class CrewRunner:
             request_done.reset(observer)
             _metering.reset(token)
             meter.settle(key)
-        structured = output.pydantic
         model = getattr(llm, "model", str(llm))
         result.models.add(model)
         usage = meter.step(key)
         result.steps.append({
             "round": round_no, "step": step, "agent": role, "model": model,
-            "output_text": output.raw,
+            "output_text": raw,
             "output_json": structured.model_dump_json() if structured is not None else "",
             "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
             "cached_tokens": usage.cached_tokens, "calls": usage.calls,
             "duration_ms": int((time.monotonic() - started) * 1000),
         })
-        return output.raw, structured
+        return raw, structured
 
     def run(self, ticket: Ticket) -> TicketResult:
         """Run the crew over one ticket. The per-ticket boundary: any error becomes `failed`."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from crewai import Agent
+from crewai import Agent, Task
 from crewai.agents.agent_executor import AgentExecutor, AgentExecutorState
 from crewai.agents.parser import AgentFinish
 from crewai.flow.runtime import FlowState
@@ -35,6 +35,7 @@ from crewai.utilities.agent_utils import (
     format_native_tool_output_for_agent,
     handle_max_iterations_exceeded,
 )
+from crewai.utilities.converter import convert_to_model
 from crewai.utilities.printer import PRINTER
 from crewai.utilities.prompts import SystemPromptResult
 from pydantic import BaseModel, PrivateAttr
@@ -196,3 +197,23 @@ class StepAgent(Agent):
         super().create_agent_executor(tools=tools, task=task)
         if isinstance(self.agent_executor, LeanExecutor):
             self.agent_executor._prepared_for = key
+
+
+def execute_task(task: Task, agent: Agent, tools: list) -> tuple[str, BaseModel | None]:
+    """One step's (raw text, structured output): CrewAI's public `Agent.execute_task`, then the
+    task's output model the way `Task` fills it (the answer itself when the model returned it
+    structured, else CrewAI's `convert_to_model` of the text — a tool step's final answer).
+
+    Not `Task.execute_sync`: around the same `Agent.execute_task` it adds what a step of ours
+    never uses — task started/completed events, step hooks, guardrails, callbacks, an output
+    file, input files, and `clear_task_files`, an `asyncio.run` of a new event loop on every
+    task (py-spy, 640 tickets: ~2 % of a live run's CPU on its own).
+    """
+    result = agent.execute_task(task=task, context=None, tools=tools)
+    if isinstance(result, BaseModel):
+        return result.model_dump_json(), result if task.output_pydantic else None
+    text = result if isinstance(result, str) else str(result)
+    if task.output_pydantic is None:
+        return text, None
+    converted = convert_to_model(text, task.output_pydantic, None, agent, task.converter_cls)
+    return text, converted if isinstance(converted, BaseModel) else None
