@@ -14,6 +14,7 @@ replay, answered from the recording (recording.py): no limiter, no network, no r
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
@@ -24,6 +25,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from crewai.events.types.llm_events import LLMCallType
 from crewai.llms.base_llm import BaseLLM, llm_call_context
 from pydantic import PrivateAttr, ValidationError
@@ -430,3 +432,37 @@ class ManagedLLM(BaseLLM):
 
     def get_input_tokens_count(self, messages, tools=None, response_model=None) -> int:
         return self._inner.get_input_tokens_count(messages, tools, response_model)
+
+
+# Connections per pool: httpcore's pool looks at every connection it holds for each request it
+# hands out (`ConnectionPool._assign_requests_to_connections`, under the pool's lock), so one
+# pool of 272 connections at C = 256 is scanned 272 deep per request.
+POOL_SHARD = 32
+
+
+class ShardedPools(httpx.BaseTransport):
+    """An httpx transport: `in_flight` keep-alive connections in pools of at most `POOL_SHARD`,
+    each thread sending through one of them (dealt in turn on its first request). A thread
+    runs one ticket, so one request, at a time: a pool serves at most as many requests at once
+    as it has threads, and each request's scan is a pool's length, not the whole count's."""
+
+    def __init__(self, in_flight: int, shard: int = POOL_SHARD):
+        count = max(1, -(-in_flight // shard))
+        per_pool = -(-in_flight // count)
+        # One connection per in-flight call, plus headroom for those a timeout or a retry is
+        # still closing (16 in all, as for one pool).
+        self.pools = [httpx.HTTPTransport(limits=httpx.Limits(
+            max_connections=per_pool + -(-16 // count), max_keepalive_connections=per_pool))
+            for _ in range(count)]
+        self._dealt = itertools.count()
+        self._mine = threading.local()
+
+    def handle_request(self, request):
+        pool = getattr(self._mine, "pool", None)
+        if pool is None:
+            pool = self._mine.pool = self.pools[next(self._dealt) % len(self.pools)]
+        return pool.handle_request(request)
+
+    def close(self) -> None:
+        for pool in self.pools:
+            pool.close()

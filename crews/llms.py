@@ -119,18 +119,23 @@ def _build(config: Config, model: str, environ) -> Any:
 
 
 def size_pools(llms, in_flight: int) -> int:
-    """Give each HTTP model's client a connection pool for `in_flight` concurrent calls.
+    """Give each HTTP model's client connection pools for `in_flight` concurrent calls.
 
     The openai SDK's default pool keeps 100 idle connections (of 1,000): past 100 tickets in
     flight, each call could close its connection and the next open a new one, a TCP handshake per
-    request. The pool keeps one connection per in-flight call, plus headroom for the ones a
-    timeout or a retry is still closing. Returns how many clients were resized.
+    request. The pools keep one connection per in-flight call, in shards (`calls.ShardedPools`)
+    unless a proxy is configured in the environment: httpx applies the environment's proxies to
+    its own pool only, so then the calls go through one pool of that size. Returns how many
+    clients were resized.
     """
+    import urllib.request
+
     import httpx
     from openai import DefaultHttpxClient
 
-    limits = httpx.Limits(max_connections=in_flight + 16,
-                          max_keepalive_connections=max(1, in_flight))
+    from .calls import ShardedPools
+
+    proxied = any(k in ("http", "https", "all") for k in urllib.request.getproxies())
     resized = 0
     for inner in {id(m): m for m in (getattr(m, "inner", m) for m in llms)}.values():
         client = getattr(inner, "_get_sync_client", None)
@@ -138,9 +143,12 @@ def size_pools(llms, in_flight: int) -> int:
             continue  # the offline model, or a provider without the openai SDK client
         # CrewAI builds the SDK client from `client_params` without a way to hand it an httpx
         # client for the sync path only (the same params build the async client, which refuses
-        # one), so the sync client is replaced by a copy with its own pool.
+        # one), so the sync client is replaced by a copy with its own pools.
         old = client()
-        inner._client = old.with_options(http_client=DefaultHttpxClient(limits=limits))
+        inner._client = old.with_options(http_client=DefaultHttpxClient(
+            limits=httpx.Limits(max_connections=in_flight + 16,
+                                max_keepalive_connections=max(1, in_flight)))
+            if proxied else DefaultHttpxClient(transport=ShardedPools(in_flight)))
         old.close()
         resized += 1
     return resized

@@ -124,8 +124,11 @@ def test_the_fake_servers_prompt_cache_serves_the_longest_recent_prefix_in_128_t
     assert cache.serve(_body(short, "b")) == 0
 
 
-def test_the_connection_pool_is_sized_to_the_tickets_in_flight(project):
+def test_the_connection_pool_is_sized_to_the_tickets_in_flight(project, monkeypatch):
     import os
+    import threading
+
+    import httpx
 
     from crews import framework
     from crews.settings import load_config
@@ -133,7 +136,7 @@ def test_the_connection_pool_is_sized_to_the_tickets_in_flight(project):
     framework.prepare(project / "runs" / ".crewai")
     from crews.crew import CrewRunner
     from crews.knowledge import KnowledgeBase, Orders
-    from crews.llms import build_llms
+    from crews.llms import build_llms, close_clients, size_pools
 
     config = load_config(project)
     env = {**os.environ, "OPENAI_API_KEY": "sk-test-pool", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
@@ -141,6 +144,29 @@ def test_the_connection_pool_is_sized_to_the_tickets_in_flight(project):
     runner = CrewRunner(config, llms, KnowledgeBase(config.knowledge_dir),
                         Orders(config.orders_file), 2)
     runner.warm(40)
-    pool = llms["writer"].inner._get_sync_client()._client._transport._pool
-    assert pool._max_keepalive_connections == 40 and pool._max_connections == 56
+    # 40 keep-alive connections (+16 headroom) in two pools of at most 32, threads dealt over them.
+    sharded = llms["writer"].inner._get_sync_client()._client._transport
+    pools = [p._pool for p in sharded.pools]
+    assert [p._max_keepalive_connections for p in pools] == [20, 20]
+    assert [p._max_connections for p in pools] == [28, 28]
+    with FakeOpenAI() as server:
+        def ask() -> None:
+            request = httpx.Request("POST", f"{server.base_url}/chat/completions", json={
+                "model": "fake-model", "messages": [{"role": "user", "content": "hello"}]})
+            response = sharded.handle_request(request)
+            response.read()
+            assert response.status_code == 200
+
+        for _ in range(3):  # one after another: the first and third thread share a pool
+            thread = threading.Thread(target=ask)
+            thread.start()
+            thread.join()
+    assert [len(p.connections) for p in pools] == [1, 1]
     runner.close()
+    # With a proxy in the environment, httpx applies it to its own single pool only.
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    proxied = build_llms(config, "fake-model", env)
+    size_pools(proxied.values(), 40)
+    pool = proxied["writer"].inner._get_sync_client()._client._transport._pool
+    assert pool._max_keepalive_connections == 40 and pool._max_connections == 56
+    close_clients(proxied.values())
