@@ -178,6 +178,9 @@ def test_an_order_number_from_the_knowledge_base_is_grounded(kit):
     ("order NW-10323", "belongs to another customer"),
     ("tracking JD014600004956531040", "another customer's"),
     ("Julia Weber", "another customer"),
+    ("JULIA WEBER", "another customer"),
+    # Not ASCII: re's IGNORECASE matches the dotless ı with i, which lower-casing does not.
+    ("Julıa Weber, ünsere Kundin", "another customer"),
     ("+1 (202) 555-0199", "phone number"),
     ("020 7946 0958", "phone number"),
     ("221B Baker Street", "postal address"),

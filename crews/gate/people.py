@@ -33,10 +33,17 @@ def other_customer_data(case: Case):
         owner = gate.tracking_owner.get(token)
         if owner and owner != customer:
             yield f"the reply contains tracking number {token}, which is another customer's"
+    own_name, ticket_lower = p.norm(case.ticket.customer_name), case.ticket_text.lower()
+    # Between ASCII texts re's IGNORECASE is lower-case equality, so a name the lower-cased reply
+    # does not contain cannot match: most names are ruled out without a regex of their own (a
+    # shop's thousands of customers would each cost a compile once re's cache of 512 is full).
+    folded = reply.lower() if reply.isascii() else None
     for name, owner in gate.name_owner.items():
-        if owner != customer and name != p.norm(case.ticket.customer_name) and \
-                re.search(rf"\b{re.escape(name)}\b", reply, re.IGNORECASE) and \
-                name not in case.ticket_text.lower():
+        if owner == customer or name == own_name or name in ticket_lower:
+            continue
+        if folded is not None and name.isascii() and name not in folded:
+            continue
+        if re.search(rf"\b{re.escape(name)}\b", reply, re.IGNORECASE):
             yield f"the reply names {name.title()}, another customer"
     for m in p.phones(p.mask(case.masked, AMOUNT, BARE_DECIMAL)):
         digits = p.digits(m.group(0))
