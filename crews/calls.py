@@ -440,6 +440,13 @@ class ManagedLLM(BaseLLM):
 POOL_SHARD = 32
 
 
+def pool_limits(in_flight: int, pools: int = 1) -> httpx.Limits:
+    """One of `pools` pools' share of `in_flight` calls: a keep-alive connection per call, plus
+    a share of 16 connections' headroom for those a timeout or a retry is still closing."""
+    return httpx.Limits(max_connections=-(-in_flight // pools) + -(-16 // pools),
+                        max_keepalive_connections=max(1, -(-in_flight // pools)))
+
+
 class ShardedPools(httpx.BaseTransport):
     """An httpx transport: `in_flight` keep-alive connections in pools of at most `POOL_SHARD`,
     each thread sending through one of them (dealt in turn on its first request). A thread
@@ -448,12 +455,8 @@ class ShardedPools(httpx.BaseTransport):
 
     def __init__(self, in_flight: int, shard: int = POOL_SHARD):
         count = max(1, -(-in_flight // shard))
-        per_pool = -(-in_flight // count)
-        # One connection per in-flight call, plus headroom for those a timeout or a retry is
-        # still closing (16 in all, as for one pool).
-        self.pools = [httpx.HTTPTransport(limits=httpx.Limits(
-            max_connections=per_pool + -(-16 // count), max_keepalive_connections=per_pool))
-            for _ in range(count)]
+        self.pools = [httpx.HTTPTransport(limits=pool_limits(in_flight, count))
+                      for _ in range(count)]
         self._dealt = itertools.count()
         self._mine = threading.local()
 

@@ -130,10 +130,9 @@ def size_pools(llms, in_flight: int) -> int:
     """
     import urllib.request
 
-    import httpx
     from openai import DefaultHttpxClient
 
-    from .calls import ShardedPools
+    from .calls import ShardedPools, pool_limits
 
     proxied = any(k in ("http", "https", "all") for k in urllib.request.getproxies())
     resized = 0
@@ -146,9 +145,8 @@ def size_pools(llms, in_flight: int) -> int:
         # one), so the sync client is replaced by a copy with its own pools.
         old = client()
         inner._client = old.with_options(http_client=DefaultHttpxClient(
-            limits=httpx.Limits(max_connections=in_flight + 16,
-                                max_keepalive_connections=max(1, in_flight)))
-            if proxied else DefaultHttpxClient(transport=ShardedPools(in_flight)))
+            limits=pool_limits(in_flight)) if proxied
+            else DefaultHttpxClient(transport=ShardedPools(in_flight)))
         old.close()
         resized += 1
     return resized

@@ -80,6 +80,10 @@ class Case:
             self.policy_durations = p.durations(f"{policy_text}\n{self.ticket_text}")
 
     @cached_property
+    def ticket_lower(self) -> str:
+        return self.ticket_text.lower()
+
+    @cached_property
     def masked(self) -> str:
         """The reply with addresses, links, keys, dates, times and order numbers blanked out,
         so the number-reading checks do not read an order number as an amount."""

@@ -49,6 +49,6 @@ def placeholder(case: Case):
         before, after = reply[max(0, m.start() - 40):m.start()], reply[m.end():m.end() + 40]
         quoted = re.search(r"[\"“‘'`][^\"“”‘’'`\n]*$", before) and \
             re.match(r"^[^\"“”‘’'`\n]*[\"”’'`]", after)
-        if quoted and m.group(0).lower() in case.ticket_text.lower():
+        if quoted and m.group(0).lower() in case.ticket_lower:
             continue  # quoting what the customer saw is not a placeholder of ours
         yield f"unfilled placeholder {m.group(0)!r} in the reply"

@@ -20,7 +20,7 @@ def other_customer_data(case: Case):
             continue
         if email in gate.emails:
             yield f"the reply contains {email}, the address of another customer"
-        elif email in case.ticket_text.lower():
+        elif email in case.ticket_lower:
             yield ("major", f"the reply contains {email}, which is not the customer's address; "
                             "reply only to the customer")
         else:
@@ -33,13 +33,13 @@ def other_customer_data(case: Case):
         owner = gate.tracking_owner.get(token)
         if owner and owner != customer:
             yield f"the reply contains tracking number {token}, which is another customer's"
-    own_name, ticket_lower = p.norm(case.ticket.customer_name), case.ticket_text.lower()
+    own_name = p.norm(case.ticket.customer_name)
     # Between ASCII texts re's IGNORECASE is lower-case equality, so a name the lower-cased reply
     # does not contain cannot match: most names are ruled out without a regex of their own (a
     # shop's thousands of customers would each cost a compile once re's cache of 512 is full).
     folded = reply.lower() if reply.isascii() else None
     for name, owner in gate.name_owner.items():
-        if owner == customer or name == own_name or name in ticket_lower:
+        if owner == customer or name == own_name or name in case.ticket_lower:
             continue
         if folded is not None and name.isascii() and name not in folded:
             continue
