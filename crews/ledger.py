@@ -1002,10 +1002,14 @@ class Ledger:
 
     def claim(self, outcome_id: int, worker: str) -> Ticket | None:
         """Take a ticket for this worker: a pending one, one it holds already (its own work
-        resumed), or one a worker declared dead held. None if it is final or a live worker's."""
+        resumed), or one a worker declared dead held. None if it is final or a live worker's,
+        or if its run is not running: a crashed run's workflow left on the queue, dequeued by the
+        next run before that run cancels it (`Engine._cancel_leftovers`), must not work a ticket
+        that the next run has taken from the sources again."""
         with self._tx() as db:
-            row = db.execute(OUTCOME_TICKET + "WHERE o.outcome_id = ?",
-                             (outcome_id,)).fetchone()
+            row = db.execute(OUTCOME_TICKET + "JOIN runs r ON r.run_id = o.run_id "
+                             "WHERE o.outcome_id = ? AND r.status = ?",
+                             (outcome_id, RunStatus.RUNNING.value)).fetchone()
             if row is None:
                 return None
             status, holder = self._claim_state(db, outcome_id)

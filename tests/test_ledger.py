@@ -263,3 +263,16 @@ def test_checkpoints_pass_to_the_resuming_attempt_once_and_go_with_its_result(ta
         assert ledger.claim(second, "worker 2")
         assert ledger.record_result(second, Status.APPROVED, {}, [], [], "done")
         assert ledger.checkpoints(second) == {}
+
+
+def test_a_crashed_runs_ticket_cannot_be_claimed_by_the_next_run(target):
+    """A crashed run's workflow left on the queue can be dequeued by the next run before that run
+    cancels it; the ticket, taken again from the sources as a new outcome, must run once."""
+    with Ledger(target) as ledger:
+        ledger.start_run("r1", "offline", {}, [])
+        (first, _), = ledger.add_records("r1", [t("A")], reprocess=False)
+        assert ledger.recover_crashed_runs("died") == ["r1"]
+        ledger.start_run("r2", "offline", {}, [])
+        (second, _), = ledger.add_records("r2", [t("A")], reprocess=False)
+        assert ledger.claim(first, "worker 2") is None
+        assert ledger.claim(second, "worker 2").ticket_id == "A"
