@@ -920,12 +920,18 @@ class Ledger:
                         f"run started with model {model}"
                         + (f", replaying run {replay_of}" if replay_of else ""))
 
-    def finish_run(self, run_id: str, status: str, exit_code: int, detail: str = "") -> None:
+    def finish_run(self, run_id: str, status: str, exit_code: int, detail: str = "") -> bool:
+        """End a running run; False if it had ended already (the first end recorded stands:
+        a stopping run's main thread and its stop watchdog may both try)."""
         status, exit_code = RunStatus(status).value, int(exit_code)  # plain values, as stored
         with self._tx() as db:
-            db.execute("UPDATE runs SET status = ?, finished_utc = ?, exit_code = ?, detail = ? "
-                       "WHERE run_id = ?", (status, utc_now(), exit_code, detail, run_id))
-            self._event(db, run_id, None, RunStatus.RUNNING.value, status, detail)
+            ended = db.execute("UPDATE runs SET status = ?, finished_utc = ?, exit_code = ?, "
+                               "detail = ? WHERE run_id = ? AND status = ?",
+                               (status, utc_now(), exit_code, detail, run_id,
+                                RunStatus.RUNNING.value)).rowcount == 1
+            if ended:
+                self._event(db, run_id, None, RunStatus.RUNNING.value, status, detail)
+        return ended
 
     def runs(self, limit: int = 50) -> list[Run]:
         with self._lock:

@@ -101,7 +101,11 @@ class Stop(threading.Event):
 
 
 def _stop_watchdog(config: Config, run_id: str, stop: threading.Event,
-                   finished: threading.Event, parked: Callable[[], bool] | None = None) -> None:
+                   finished: threading.Event, ending: threading.Lock,
+                   stop_reasons: list[str], parked: Callable[[], bool] | None = None) -> None:
+    """Once the run is asked to stop, end it from here if its main thread cannot: a second
+    signal, `stop_grace_s` passing, or (--batch-api) every ticket in flight waiting on a pending
+    batch. Whichever of the two takes `ending` first records the run's end; the other leaves it."""
     while not finished.is_set():
         if stop.wait(0.5):
             break
@@ -117,24 +121,33 @@ def _stop_watchdog(config: Config, run_id: str, stop: threading.Event,
             waits_on_batches = True
             break
         forced.wait(0.2)
-    if finished.is_set():
+    if finished.is_set() or not ending.acquire(blocking=False):
+        # The main thread is recording the end itself (its ledger writes, then results.csv).
+        if not finished.wait(config.settings.stop_grace_s):
+            os._exit(ExitCode.STOPPED)
         return
     why = ("a second stop signal" if forced.is_set() else
            "every ticket in flight waits on a pending batch; the next run resumes polling it"
            if waits_on_batches else
            f"in-flight work did not finish within stop_grace_s={config.settings.stop_grace_s:g}s")
+    # Nothing is cut short when the tickets wait on batches: a run a limit stopped is `stopped`
+    # as it would be without them; a signal's is `interrupted`, as is any forced stop.
+    status = (RunStatus.STOPPED if waits_on_batches and stop_reasons and not forced.is_set()
+              else RunStatus.INTERRUPTED)
+    detail = "; ".join(filter(None, [stop_reasons[0] if stop_reasons else "",
+                                     f"forced stop: {why}" if status == RunStatus.INTERRUPTED
+                                     else why]))
     try:
         # A connection of its own: the run's may be held by the very call that is stuck.
         with Ledger(config.ledger_url) as ledger:
-            ledger.release_unfinished(run_id, f"run interrupted ({why}) before this ticket "
+            ledger.release_unfinished(run_id, f"run {status.value} ({why}) before this ticket "
                                               "finished")
-            ledger.finish_run(run_id, RunStatus.INTERRUPTED.value, ExitCode.STOPPED,
-                              f"forced stop: {why}")
+            ledger.finish_run(run_id, status.value, ExitCode.STOPPED, detail)
             export.write_results(ledger, run_id,
                                  rundir.results(rundir.run_dir(config.runs_dir, run_id)),
                                  config.runs_dir)
     finally:
-        os.write(2, f"crewbatch: stopped at once ({why}); run {run_id} is interrupted, its "
+        os.write(2, f"crewbatch: stopped at once ({why}); run {run_id} is {status.value}, its "
                     "unfinished tickets stay pending for the next run\n".encode())
         os._exit(ExitCode.STOPPED)
 
@@ -223,11 +236,12 @@ def run(config: Config, options: RunOptions, sources: list[str],
         log = RunLog(rundir.log(run_dir), json_lines=config.settings.log_json)
         status, stop_reason = RunStatus.CRASHED.value, ""
         budget = Budget(options.max_cost, options.max_minutes, lambda: ledger.run_cost(run_id))
-        finished = threading.Event()
-        threading.Thread(target=_stop_watchdog, args=(config, run_id, stop, finished,
-                                                      collector.parked if collector else None),
-                         name="crewbatch-stop", daemon=True).start()
+        finished, ending = threading.Event(), threading.Lock()
         stop_reasons: list[str] = []
+        threading.Thread(target=_stop_watchdog,
+                         args=(config, run_id, stop, finished, ending, stop_reasons,
+                               collector.parked if collector else None),
+                         name="crewbatch-stop", daemon=True).start()
         engine = None
         try:
             ledger.start_run(run_id, options.model, {
@@ -290,6 +304,7 @@ def run(config: Config, options: RunOptions, sources: list[str],
                 if collector is not None:
                     collector.close()
                 close_crew(crew)
+                ending.acquire()  # the stop watchdog, if it took it, ends the run and the process
                 if status != RunStatus.COMPLETED:
                     ledger.release_unfinished(run_id, f"run {status} before this ticket finished")
                 counts = ledger.counts(run_id)

@@ -331,8 +331,15 @@ def test_a_time_limit_while_a_batch_is_pending_exits_3_and_the_next_run_polls_it
     db = ledger(project)
     assert db.execute("SELECT state FROM batches WHERE batch_id = ?",
                       (waiting["id"],)).fetchone()[0] == "completed"
-    runs = [r[0] for r in db.execute("SELECT status FROM runs ORDER BY started_utc")]
-    assert runs == ["interrupted", "completed"]
+    # A limit stopped the first run: `stopped`, as without batches (a signal's run is
+    # `interrupted`), whichever of its main thread and its stop watchdog recorded the end.
+    runs = [tuple(r) for r in db.execute("SELECT status, exit_code, detail FROM runs "
+                                         "ORDER BY started_utc")]
+    assert [r[:2] for r in runs] == [("stopped", 3), ("completed", 0)]
+    assert runs[0][2] == ("time limit of 0.5 minute(s) reached; every ticket in flight waits "
+                          "on a pending batch; the next run resumes polling it")
+    assert db.execute("SELECT COUNT(*) FROM events WHERE outcome_id IS NULL AND "
+                      "from_status = 'running'").fetchone()[0] == 2  # one end per run
 
 
 def test_batch_options_are_validated(project):
@@ -391,6 +398,7 @@ def test_sigterm_while_a_batch_is_pending(project):
     db = ledger(project)
     assert [tuple(r) for r in db.execute("SELECT state FROM batches")] == [("submitted",)]
     assert {r[0] for r in db.execute("SELECT status FROM outcomes")} == {"pending"}
+    assert db.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -265,6 +265,24 @@ def test_checkpoints_pass_to_the_resuming_attempt_once_and_go_with_its_result(ta
         assert ledger.checkpoints(second) == {}
 
 
+def test_a_run_ends_once(target):
+    """A stopping run's main thread and its stop watchdog may both record its end: the first
+    stands, with one event, and a crashed run found later is not ended again."""
+    with Ledger(target) as ledger:
+        ledger.start_run("r1", "offline", {}, [])
+        assert ledger.finish_run("r1", "stopped", 3, "time limit")
+        assert not ledger.finish_run("r1", "interrupted", 3, "forced stop")
+        assert (ledger.run("r1").status, ledger.run("r1").detail) == ("stopped", "time limit")
+        ends = ledger._db.execute("SELECT from_status, to_status FROM events WHERE run_id = ? AND "
+                                  "outcome_id IS NULL AND from_status = ?",
+                                  ("r1", "running")).fetchall()
+        assert [(e["from_status"], e["to_status"]) for e in ends] == [("running", "stopped")]
+        ledger.start_run("r2", "offline", {}, [])
+        assert ledger.recover_crashed_runs("died") == ["r2"]
+        assert not ledger.finish_run("r2", "completed", 0)
+        assert ledger.run("r2").status == "crashed"
+
+
 def test_a_crashed_runs_ticket_cannot_be_claimed_by_the_next_run(target):
     """A crashed run's workflow left on the queue can be dequeued by the next run before that run
     cancels it; the ticket, taken again from the sources as a new outcome, must run once."""
