@@ -23,12 +23,12 @@ import time
 from collections import deque
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 from crewai.events.types.llm_events import LLMCallType
 from crewai.llms.base_llm import BaseLLM, llm_call_context
-from pydantic import PrivateAttr, ValidationError
+from pydantic import BaseModel, PrivateAttr, ValidationError
 
 from .engine import durable_step
 from .recording import (
@@ -64,6 +64,41 @@ _generics_lock = threading.Lock()
 _shared_generics: tuple[Any, list] | None = None  # (pydantic's cache of them, the classes)
 
 
+def _model_classes(annotation) -> list[type[BaseModel]]:
+    """The pydantic model classes an annotation names, in lists, unions, Optional, Annotated."""
+    found = []
+    try:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found.append(annotation)
+    except TypeError:  # a parametrized alias such as list[X] on some Pythons
+        pass
+    for arg in get_args(annotation):
+        found.extend(_model_classes(arg))
+    return found
+
+
+def complete_classes(roots) -> None:
+    """Build now the schema of every model class reachable from `roots` through their fields.
+
+    The openai SDK declares its response classes with pydantic's `defer_build`: each builds its
+    schema at its first use, in `model_rebuild`, and `model_rebuild` is not thread-safe — it
+    deletes the class's placeholder schema before setting the real one, and a thread reading the
+    class's schema in between gets BaseModel's ("Pydantic models should inherit from BaseModel,
+    BaseModel cannot be instantiated directly", openai-python#3079). With many tickets making
+    their first calls at once that failed a ticket now and then (CI, test_replay_bench_smoke).
+    Called under `_generics_lock`, before any ticket thread parses an answer.
+    """
+    todo, seen = list(roots), set()
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        cls.model_rebuild()  # nothing to do for a class already built
+        for field in cls.model_fields.values():
+            todo.extend(_model_classes(field.annotation))
+
+
 def share_generic_cache(models) -> None:
     """Give this thread's context the process's one cache of parametrized generic models.
 
@@ -72,29 +107,30 @@ def share_generic_cache(models) -> None:
     held by a ContextVar, which is empty in every new thread, and builds each class's schema
     lazily at its first use: ~60 ms of CPU per thread for the Draft and Verdict classes. At 256
     tickets in flight (256 threads) that was over a quarter of a run's CPU. The classes are
-    built and their schemas completed once per process, and every ticket thread's context is
-    given the same cache; the classes are held here because the cache keeps weak references.
-    Without pydantic's cache variable (another pydantic version) each thread builds its own.
+    built once per process, with every other class an answer is parsed into (`complete_classes`:
+    building them lazily from many threads at once is not safe), and every ticket thread's
+    context is given the same cache; the classes are held here because the cache keeps weak
+    references. Without pydantic's cache variable (another pydantic version) each thread builds
+    its own generic classes; the shared, non-generic ones are still built first.
     """
     global _shared_generics
-    from openai.types.chat import ParsedChatCompletion
+    from openai.types import Batch, FileObject
+    from openai.types.chat import ChatCompletion, ParsedChatCompletion
 
     try:
         from pydantic._internal._generics import _GENERIC_TYPES_CACHE as cache_var
     except ImportError:  # pragma: no cover - a pydantic without it: per-thread classes
         cache_var = None
+    try:  # what the SDK parametrizes its answers with when it parses one
+        from openai.lib._parsing._completions import ResponseFormatT
+    except ImportError:  # pragma: no cover - another openai version
+        ResponseFormatT = None
     with _generics_lock:
         if _shared_generics is None:
             held = [ParsedChatCompletion[m] for m in models]
-            for cls in held:
-                cls.model_rebuild()
-                for field in cls.model_fields.values():
-                    for arg in getattr(field.annotation, "__args__", ()):
-                        if hasattr(arg, "model_rebuild"):
-                            arg.model_rebuild()
-                            for inner in arg.model_fields.values():
-                                if hasattr(inner.annotation, "model_rebuild"):
-                                    inner.annotation.model_rebuild()
+            if ResponseFormatT is not None:
+                held.append(ParsedChatCompletion[ResponseFormatT])
+            complete_classes([ChatCompletion, Batch, FileObject, *held])
             _shared_generics = (cache_var.get() if cache_var is not None else None, held)
     cache, held = _shared_generics
     if cache_var is None or cache is None:
