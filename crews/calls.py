@@ -114,19 +114,21 @@ def share_generic_cache(models) -> None:
     its own generic classes; the shared, non-generic ones are still built first.
     """
     global _shared_generics
-    from openai.types import Batch, FileObject
-    from openai.types.chat import ChatCompletion, ParsedChatCompletion
+    from openai.types.chat import ParsedChatCompletion
 
     try:
         from pydantic._internal._generics import _GENERIC_TYPES_CACHE as cache_var
     except ImportError:  # pragma: no cover - a pydantic without it: per-thread classes
         cache_var = None
-    try:  # what the SDK parametrizes its answers with when it parses one
-        from openai.lib._parsing._completions import ResponseFormatT
-    except ImportError:  # pragma: no cover - another openai version
-        ResponseFormatT = None
     with _generics_lock:
         if _shared_generics is None:
+            from openai.types import Batch, FileObject
+            from openai.types.chat import ChatCompletion
+
+            try:  # what the SDK parametrizes its answers with when it parses one
+                from openai.lib._parsing._completions import ResponseFormatT
+            except ImportError:  # pragma: no cover - another openai version
+                ResponseFormatT = None
             held = [ParsedChatCompletion[m] for m in models]
             if ResponseFormatT is not None:
                 held.append(ParsedChatCompletion[ResponseFormatT])
